@@ -1,0 +1,186 @@
+"""The one place where a backend is chosen for an op.
+
+Backends:
+
+* ``reference``: pure PyTorch (``fuseops.<op>.reference``), the definition.
+* ``cpu``: C++ kernels in ``fuseops._C`` (CPU tensors).
+* ``cuda``: CUDA kernels in ``fuseops._C`` (CUDA tensors).
+* ``triton``: Triton kernels in ``fuseops.kernels`` (CUDA tensors, or CPU tensors
+  when ``TRITON_INTERPRET=1`` is set, which is how the tests run them).
+* ``auto``: the fastest available backend for the tensor's device.
+
+The choice comes from :func:`use_backend` (a context manager) or, outside one, from
+the ``FUSEOPS_BACKEND`` environment variable; the default is ``auto``.
+
+Each op registers, per backend, a function that says whether that backend can run
+it (and why not); asking for a backend that cannot run raises
+:class:`BackendUnavailableError` with the reason, never a silent fallback.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+
+BACKENDS: tuple[str, ...] = ("reference", "cpu", "cuda", "triton")
+ENV_VAR = "FUSEOPS_BACKEND"
+
+_selected: contextvars.ContextVar[str | None] = contextvars.ContextVar("fuseops_backend", default=None)
+
+
+class BackendUnavailableError(RuntimeError):
+    """The requested backend cannot run this op on this device; the message says why."""
+
+
+@dataclass(frozen=True)
+class Availability:
+    ok: bool
+    reason: str = ""
+
+
+# op name -> backend -> probe(device or None) -> Availability
+_probes: dict[str, dict[str, Callable[[torch.device | None], Availability]]] = {}
+# op name -> device type -> backends in order of preference for "auto"
+_auto_order: dict[str, dict[str, tuple[str, ...]]] = {}
+
+
+def _check_name(name: str) -> str:
+    if not isinstance(name, str):
+        raise TypeError(f"backend must be a str, got {type(name).__name__}")
+    if name != "auto" and name not in BACKENDS:
+        raise ValueError(f"backend must be one of {('auto',) + BACKENDS}, got {name!r}")
+    return name
+
+
+def register_op(
+    op: str,
+    probes: dict[str, Callable[[torch.device | None], Availability]],
+    auto_order: dict[str, tuple[str, ...]],
+) -> None:
+    """Declare which backends ``op`` has and the order "auto" tries them per device type."""
+    _probes[op] = dict(probes)
+    _auto_order[op] = dict(auto_order)
+
+
+def registered_ops() -> tuple[str, ...]:
+    return tuple(_probes)
+
+
+@contextlib.contextmanager
+def use_backend(name: str) -> Iterator[str]:
+    """Run the ops inside the ``with`` block on backend ``name``.
+
+    ``name`` is one of "auto", "reference", "cpu", "cuda" or "triton".  An unknown name
+    raises ``ValueError`` at once; an unavailable one raises
+    :class:`BackendUnavailableError` when an op is called.
+    """
+    token = _selected.set(_check_name(name))
+    try:
+        yield name
+    finally:
+        _selected.reset(token)
+
+
+def current_backend() -> str:
+    """The backend name in force: the innermost ``use_backend``, else $FUSEOPS_BACKEND, else "auto"."""
+    name = _selected.get()
+    if name is None:
+        env = os.environ.get(ENV_VAR, "auto") or "auto"
+        try:
+            name = _check_name(env)
+        except ValueError as exc:
+            raise ValueError(f"${ENV_VAR}: {exc}") from None
+    return name
+
+
+def availability(op: str, backend: str, device: torch.device | None = None) -> Availability:
+    """Whether ``backend`` can run ``op`` (on ``device`` if given), and why not."""
+    probes = _probes[op]
+    if backend not in probes:
+        return Availability(False, f"{op} has no {backend} backend")
+    return probes[backend](device)
+
+
+def resolve(op: str, device: torch.device) -> str:
+    """The concrete backend that runs ``op`` for a tensor on ``device`` right now."""
+    name = current_backend()
+    if name == "auto":
+        reasons = []
+        for candidate in _auto_order[op].get(device.type, ()):
+            avail = availability(op, candidate, device)
+            if avail.ok:
+                return candidate
+            reasons.append(f"{candidate}: {avail.reason}")
+        raise BackendUnavailableError(
+            f"no backend can run {op} on {device.type} tensors ({'; '.join(reasons) or 'none registered'})"
+        )
+    avail = availability(op, name, device)
+    if not avail.ok:
+        raise BackendUnavailableError(f"backend {name!r} cannot run {op} on {device.type}: {avail.reason}")
+    return name
+
+
+# ----------------------------------------------------------------------------- shared probes
+def reference_probe(device: torch.device | None) -> Availability:
+    return Availability(True)
+
+
+def cpu_probe_for(kernel: str) -> Callable[[torch.device | None], Availability]:
+    """Probe for a C++ CPU kernel ``torch.ops.fuseops_ext.<kernel>``."""
+
+    def probe(device: torch.device | None) -> Availability:
+        from fuseops._extension import has_kernel
+
+        if device is not None and device.type != "cpu":
+            return Availability(False, f"the cpu backend runs CPU tensors only, got {device.type}")
+        ok, reason = has_kernel(kernel)
+        return Availability(ok, reason)
+
+    return probe
+
+
+def cuda_probe_for(kernel: str) -> Callable[[torch.device | None], Availability]:
+    """Probe for a CUDA kernel registered as ``torch.ops.fuseops_ext.<kernel>`` for CUDA."""
+
+    def probe(device: torch.device | None) -> Availability:
+        from fuseops._extension import cuda_compiled, has_kernel
+
+        if device is not None and device.type != "cuda":
+            return Availability(False, f"the cuda backend runs CUDA tensors only, got {device.type}")
+        if not torch.cuda.is_available():
+            return Availability(False, "torch.cuda.is_available() is False (no GPU or CPU-only torch)")
+        ok, reason = has_kernel(kernel)
+        if not ok:
+            return Availability(False, reason)
+        if not cuda_compiled():
+            return Availability(False, "fuseops._C was built without CUDA sources (no nvcc or CPU-only torch)")
+        return Availability(True)
+
+    return probe
+
+
+def triton_probe(device: torch.device | None) -> Availability:
+    """Triton runs CUDA tensors, or CPU tensors under TRITON_INTERPRET=1."""
+    try:
+        import triton  # noqa: F401
+    except ImportError as exc:
+        return Availability(False, f"triton is not installed ({exc}); pip install 'fuseops[triton]'")
+    interpret = os.environ.get("TRITON_INTERPRET") == "1"
+    if device is None:
+        if torch.cuda.is_available() or interpret:
+            return Availability(True)
+        return Availability(False, "no CUDA device; set TRITON_INTERPRET=1 to run Triton on the CPU")
+    if device.type == "cuda":
+        if torch.cuda.is_available():
+            return Availability(True)
+        return Availability(False, "torch.cuda.is_available() is False (no GPU or CPU-only torch)")
+    if device.type == "cpu" and interpret:
+        return Availability(True)
+    return Availability(
+        False, f"triton needs CUDA tensors, or TRITON_INTERPRET=1 for CPU tensors; got a {device.type} tensor"
+    )

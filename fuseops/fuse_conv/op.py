@@ -1,0 +1,127 @@
+"""Registration of ``torch.ops.fuseops.fuse_conv2d`` (schema, fake impl, autograd).
+
+The op's implementation asks :mod:`fuseops.backends` which backend runs it and calls
+that backend's module, which holds kernel launchers only:
+
+* ``reference`` -> :mod:`fuseops.fuse_conv.reference`
+* ``cpu``       -> :mod:`fuseops.fuse_conv.cpu_impl`    (C++ kernels in ``fuseops._C``)
+* ``cuda``      -> :mod:`fuseops.fuse_conv.cuda_impl`   (CUDA kernels in ``fuseops._C``)
+* ``triton``    -> :mod:`fuseops.fuse_conv.triton_impl` (kernels in ``fuseops.kernels``)
+
+Each backend module provides ``forward(x, weight_row, weight_col, bias, full, stride,
+padding, dilation, activation) -> out`` and ``backward(grad_out, x, weight_row,
+weight_col, bias, full, stride, padding, dilation, activation) -> (grad_x,
+grad_weight_row, grad_weight_col, grad_bias)``.  Outputs are contiguous NCHW; the
+bias gradient always has shape (C_out,).
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import torch
+
+from fuseops import backends
+from fuseops.fuse_conv.geometry import fuse_geometry
+from fuseops.fuse_conv.reference import fuse_conv2d_reference, fuse_conv2d_reference_backward
+
+OP_NAME = "fuse_conv2d"
+
+backends.register_op(
+    OP_NAME,
+    probes={
+        "reference": backends.reference_probe,
+        "cpu": backends.cpu_probe_for("fuse_conv2d_forward"),
+        "cuda": backends.cuda_probe_for("fuse_conv2d_forward"),
+        "triton": backends.triton_probe,
+    },
+    # "auto" on CUDA prefers the faster of cuda/triton (measured, see fuse_conv.cuda_impl);
+    # the static order here is the fallback when only one is present.
+    auto_order={"cpu": ("cpu", "reference"), "cuda": ("cuda", "triton", "reference")},
+)
+
+
+class _ReferenceBackend:
+    forward = staticmethod(fuse_conv2d_reference)
+    backward = staticmethod(fuse_conv2d_reference_backward)
+
+
+def _backend_module(name: str):
+    if name == "reference":
+        return _ReferenceBackend
+    return importlib.import_module(f"fuseops.fuse_conv.{name}_impl")
+
+
+def _geometry(x, weight_row, weight_col, full, stride, padding, dilation):
+    kernel = weight_row.shape[-1]
+    return fuse_geometry(tuple(x.shape), kernel, weight_row.shape[0], weight_col.shape[0], full,
+                         stride, padding, dilation)
+
+
+@torch.library.custom_op("fuseops::fuse_conv2d", mutates_args=())
+def fuse_conv2d_op(
+    x: torch.Tensor,
+    weight_row: torch.Tensor,
+    weight_col: torch.Tensor,
+    bias: torch.Tensor | None,
+    full: bool,
+    stride: int,
+    padding: int,
+    dilation: int,
+    activation: str,
+) -> torch.Tensor:
+    impl = _backend_module(backends.resolve(OP_NAME, x.device))
+    return impl.forward(x, weight_row, weight_col, bias, full, stride, padding, dilation, activation)
+
+
+@fuse_conv2d_op.register_fake
+def _(x, weight_row, weight_col, bias, full, stride, padding, dilation, activation):
+    geo = _geometry(x, weight_row, weight_col, full, stride, padding, dilation)
+    return x.new_empty((geo.batch, geo.out_channels, geo.out_height, geo.out_width))
+
+
+@torch.library.custom_op("fuseops::fuse_conv2d_backward", mutates_args=())
+def fuse_conv2d_backward_op(
+    grad_out: torch.Tensor,
+    x: torch.Tensor,
+    weight_row: torch.Tensor,
+    weight_col: torch.Tensor,
+    bias: torch.Tensor | None,
+    full: bool,
+    stride: int,
+    padding: int,
+    dilation: int,
+    activation: str,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    impl = _backend_module(backends.resolve(OP_NAME, x.device))
+    return impl.backward(grad_out, x, weight_row, weight_col, bias, full, stride, padding, dilation, activation)
+
+
+@fuse_conv2d_backward_op.register_fake
+def _(grad_out, x, weight_row, weight_col, bias, full, stride, padding, dilation, activation):
+    c_out = weight_row.shape[0] + weight_col.shape[0]
+    return (
+        torch.empty_like(x, memory_format=torch.contiguous_format),
+        torch.empty_like(weight_row, memory_format=torch.contiguous_format),
+        torch.empty_like(weight_col, memory_format=torch.contiguous_format),
+        x.new_empty((c_out,)),
+    )
+
+
+def _setup_context(ctx, inputs, output):
+    x, weight_row, weight_col, bias, full, stride, padding, dilation, activation = inputs
+    # The backward recomputes the pre-activation from x, so only inputs are saved:
+    # no intermediate of output size is kept alive between forward and backward.
+    ctx.save_for_backward(x, weight_row, weight_col, bias)
+    ctx.config = (full, stride, padding, dilation, activation)
+
+
+def _backward(ctx, grad_out):
+    x, weight_row, weight_col, bias = ctx.saved_tensors
+    grad_x, grad_wr, grad_wc, grad_b = torch.ops.fuseops.fuse_conv2d_backward(
+        grad_out.contiguous(), x, weight_row, weight_col, bias, *ctx.config
+    )
+    return grad_x, grad_wr, grad_wc, (grad_b if bias is not None else None), None, None, None, None, None
+
+
+fuse_conv2d_op.register_autograd(_backward, setup_context=_setup_context)

@@ -1,0 +1,5 @@
+"""Analytical hardware models: systolic arrays (FuSeConv) and FPGAs (block convolution)."""
+
+from hwmodel.layers import Layer
+
+__all__ = ["Layer"]
