@@ -23,6 +23,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <map>
 #include <string>
@@ -30,6 +31,9 @@
 #include <vector>
 
 namespace {
+
+// NCHW input: gather into channels_last blocks (true) or NCHW blocks (false).
+constexpr bool kChannelsLastForNchw = true;
 
 enum class PadMode { kConstant, kReplicate, kReflect };
 
@@ -106,109 +110,147 @@ int64_t total_out(const std::vector<int64_t>& bounds, int64_t kernel, int64_t st
   return total;
 }
 
-// Padded blocks of one (row class, col class) pair:
-//   x (N, C, H, W) contiguous -> buf (N, nr, nc, C, bh+2ph, bw+2pw) contiguous.
+// A (C x W) tile with arbitrary strides: dst = src, or dst += src when Add.  The fast
+// paths are the layouts that occur: both W-contiguous (NCHW to NCHW: row copies), both
+// C-contiguous (channels_last to channels_last: pixel copies) and the two transposes,
+// done 16 channels at a time so the strided side stays in cache.
+template <typename scalar_t, bool Add>
+void copy_tile(scalar_t* dst, int64_t dcs, int64_t dws, const scalar_t* src, int64_t scs, int64_t sws, int64_t chans,
+               int64_t width) {
+  using acc_t = at::opmath_type<scalar_t>;
+  auto put = [](scalar_t& to, scalar_t from) {
+    if constexpr (Add) {
+      to = static_cast<acc_t>(to) + static_cast<acc_t>(from);
+    } else {
+      to = from;
+    }
+  };
+  if (!Add && dws == 1 && sws == 1) {
+    for (int64_t c = 0; c < chans; ++c) std::memcpy(dst + c * dcs, src + c * scs, sizeof(scalar_t) * width);
+  } else if (!Add && dcs == 1 && scs == 1) {
+    for (int64_t w = 0; w < width; ++w) std::memcpy(dst + w * dws, src + w * sws, sizeof(scalar_t) * chans);
+  } else if (dws == 1 && sws == 1) {
+    for (int64_t c = 0; c < chans; ++c)
+      for (int64_t w = 0; w < width; ++w) put(dst[c * dcs + w], src[c * scs + w]);
+  } else if (dcs == 1 && scs == 1) {
+    for (int64_t w = 0; w < width; ++w)
+      for (int64_t c = 0; c < chans; ++c) put(dst[w * dws + c], src[w * sws + c]);
+  } else if (dcs == 1) {
+    for (int64_t c0 = 0; c0 < chans; c0 += 16) {
+      const int64_t c1 = std::min(chans, c0 + 16);
+      for (int64_t w = 0; w < width; ++w)
+        for (int64_t c = c0; c < c1; ++c) put(dst[w * dws + c], src[c * scs + w * sws]);
+    }
+  } else {
+    for (int64_t c0 = 0; c0 < chans; c0 += 16) {
+      const int64_t c1 = std::min(chans, c0 + 16);
+      for (int64_t w = 0; w < width; ++w)
+        for (int64_t c = c0; c < c1; ++c) put(dst[c * dcs + w * dws], src[c * scs + w * sws]);
+    }
+  }
+}
+
+// The kernels read and write through strides, so x, grad_out and the buffers may be NCHW,
+// channels_last or sliced.
+struct Strides4 {
+  int64_t n, c, h, w;
+  explicit Strides4(const at::Tensor& t) : n(t.stride(0)), c(t.stride(1)), h(t.stride(2)), w(t.stride(3)) {}
+};
+
+// Padded blocks of one (row class, col class) pair: x (N, C, H, W), any strides ->
+// buf (N*nr*nc, C, bh+2ph, bw+2pw), block b = (n, i, j) in that order.
+// Work item: one padded row of one block, all channels.
 template <typename scalar_t>
 void gather_padded(const at::Tensor& x, at::Tensor& buf, const SizeClass& rows, const SizeClass& cols,
                    int64_t pad_w) {
-  const int64_t n_batch = x.size(0), channels = x.size(1), height = x.size(2), width = x.size(3);
+  const int64_t channels = x.size(1);
   const int64_t nr = rows.in_starts.size(), nc = cols.in_starts.size();
-  const int64_t ph_total = rows.table.size(), pw_total = cols.table.size();
-  const int64_t bw = cols.size;
+  const int64_t ph_total = rows.table.size(), pw_total = cols.table.size(), bw = cols.size;
+  const Strides4 xs(x), bs(buf);
   const scalar_t* src = x.const_data_ptr<scalar_t>();
   scalar_t* dst = buf.mutable_data_ptr<scalar_t>();
-  const int64_t planes = n_batch * nr * nc * channels;
-  at::parallel_for(0, planes, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t p = begin; p < end; ++p) {
-      const int64_t c = p % channels;
-      const int64_t j = (p / channels) % nc;
-      const int64_t i = (p / (channels * nc)) % nr;
-      const int64_t n = p / (channels * nc * nr);
-      const scalar_t* plane = src + (n * channels + c) * height * width;
-      const int64_t r0 = rows.in_starts[i], c0 = cols.in_starts[j];
-      scalar_t* out = dst + p * ph_total * pw_total;
-      for (int64_t t = 0; t < ph_total; ++t, out += pw_total) {
-        const int64_t sr = rows.table[t];
-        if (sr < 0) {
-          std::fill(out, out + pw_total, scalar_t(0));
-          continue;
-        }
-        const scalar_t* line = plane + (r0 + sr) * width + c0;
-        // Interior: one contiguous copy; the padding columns go through the table.
-        std::memcpy(out + pad_w, line, sizeof(scalar_t) * bw);
-        for (int64_t u = 0; u < pad_w; ++u) {
-          const int64_t left = cols.table[u], right = cols.table[pad_w + bw + u];
-          out[u] = left < 0 ? scalar_t(0) : line[left];
-          out[pad_w + bw + u] = right < 0 ? scalar_t(0) : line[right];
-        }
+  at::parallel_for(0, buf.size(0) * ph_total, 8, [&](int64_t begin, int64_t end) {
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t t = item % ph_total, b = item / ph_total;
+      const int64_t j = b % nc, i = (b / nc) % nr, n = b / (nc * nr);
+      scalar_t* out = dst + b * bs.n + t * bs.h;
+      const int64_t sr = rows.table[t];
+      if (sr < 0) {  // a padding row of zeros
+        for (int64_t c = 0; c < channels; ++c)
+          for (int64_t u = 0; u < pw_total; ++u) out[c * bs.c + u * bs.w] = scalar_t(0);
+        continue;
+      }
+      const scalar_t* line = src + n * xs.n + (rows.in_starts[i] + sr) * xs.h + cols.in_starts[j] * xs.w;
+      copy_tile<scalar_t, false>(out + pad_w * bs.w, bs.c, bs.w, line, xs.c, xs.w, channels, bw);
+      for (int64_t u = 0; u < pw_total; ++u) {
+        if (u == pad_w) u += bw;  // skip the interior
+        if (u >= pw_total) break;
+        const int64_t sc = cols.table[u];
+        for (int64_t c = 0; c < channels; ++c)
+          out[c * bs.c + u * bs.w] = sc < 0 ? scalar_t(0) : line[c * xs.c + sc * xs.w];
       }
     }
   });
 }
 
-// The adjoint of gather_padded: grad_x[block] += every padded-block gradient that read it.
-// grad_x must hold zeros on the blocks' pixels.  Blocks are disjoint, so planes run in
-// parallel without races; within a plane the order is fixed (deterministic).
+// The adjoint of gather_padded: grad_x[block] += every padded-block gradient that read
+// it.  grad_x must hold zeros.  A block's padding reads only that block's own pixels and
+// blocks are disjoint, so work items (whole blocks) never touch the same element of
+// grad_x: race-free, and the order of the sums within a block is fixed (deterministic).
 template <typename scalar_t>
 void scatter_padded(const at::Tensor& grad_buf, at::Tensor& grad_x, const SizeClass& rows, const SizeClass& cols,
                     int64_t pad_w) {
-  const int64_t n_batch = grad_x.size(0), channels = grad_x.size(1), height = grad_x.size(2),
-                width = grad_x.size(3);
+  const int64_t channels = grad_x.size(1);
   const int64_t nr = rows.in_starts.size(), nc = cols.in_starts.size();
-  const int64_t ph_total = rows.table.size(), pw_total = cols.table.size();
-  const int64_t bw = cols.size;
+  const int64_t ph_total = rows.table.size(), pw_total = cols.table.size(), bw = cols.size;
+  const Strides4 xs(grad_x), bs(grad_buf);
   const scalar_t* src = grad_buf.const_data_ptr<scalar_t>();
   scalar_t* dst = grad_x.mutable_data_ptr<scalar_t>();
-  const int64_t planes = n_batch * nr * nc * channels;
   using acc_t = at::opmath_type<scalar_t>;
-  at::parallel_for(0, planes, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t p = begin; p < end; ++p) {
-      const int64_t c = p % channels;
-      const int64_t j = (p / channels) % nc;
-      const int64_t i = (p / (channels * nc)) % nr;
-      const int64_t n = p / (channels * nc * nr);
-      scalar_t* plane = dst + (n * channels + c) * height * width;
-      const int64_t r0 = rows.in_starts[i], c0 = cols.in_starts[j];
-      const scalar_t* in = src + p * ph_total * pw_total;
-      for (int64_t t = 0; t < ph_total; ++t, in += pw_total) {
+  at::parallel_for(0, grad_buf.size(0), 1, [&](int64_t begin, int64_t end) {
+    for (int64_t b = begin; b < end; ++b) {
+      const int64_t j = b % nc, i = (b / nc) % nr, n = b / (nc * nr);
+      for (int64_t t = 0; t < ph_total; ++t) {
         const int64_t sr = rows.table[t];
         if (sr < 0) continue;
-        scalar_t* line = plane + (r0 + sr) * width + c0;
-        for (int64_t u = 0; u < bw; ++u) line[u] = static_cast<acc_t>(line[u]) + static_cast<acc_t>(in[pad_w + u]);
-        for (int64_t u = 0; u < pad_w; ++u) {
-          const int64_t left = cols.table[u], right = cols.table[pad_w + bw + u];
-          if (left >= 0) line[left] = static_cast<acc_t>(line[left]) + static_cast<acc_t>(in[u]);
-          if (right >= 0) line[right] = static_cast<acc_t>(line[right]) + static_cast<acc_t>(in[pad_w + bw + u]);
+        scalar_t* line = dst + n * xs.n + (rows.in_starts[i] + sr) * xs.h + cols.in_starts[j] * xs.w;
+        const scalar_t* g = src + b * bs.n + t * bs.h;
+        copy_tile<scalar_t, true>(line, xs.c, xs.w, g + pad_w * bs.w, bs.c, bs.w, channels, bw);
+        for (int64_t u = 0; u < pw_total; ++u) {
+          if (u == pad_w) u += bw;
+          if (u >= pw_total) break;
+          const int64_t sc = cols.table[u];
+          if (sc < 0) continue;
+          for (int64_t c = 0; c < channels; ++c) {
+            scalar_t& to = line[c * xs.c + sc * xs.w];
+            to = static_cast<acc_t>(to) + static_cast<acc_t>(g[c * bs.c + u * bs.w]);
+          }
         }
       }
     }
   });
 }
 
-// Output blocks <-> stitched map.  blocks: (N, nr, nc, C, oh, ow); full: (N, C, OH, OW).
+// Output blocks <-> stitched map.  blocks: (N*nr*nc, C, oh, ow); full: (N, C, OH, OW).
 // to_full=true writes the blocks into the map (forward); false reads them out (backward).
 template <typename scalar_t>
-void move_blocks(at::Tensor& blocks, at::Tensor& full, const SizeClass& rows, const SizeClass& cols, int64_t oh,
-                 int64_t ow, bool to_full) {
-  const int64_t n_batch = full.size(0), channels = full.size(1), height = full.size(2), width = full.size(3);
+void move_blocks(at::Tensor& blocks, const at::Tensor& full, const SizeClass& rows, const SizeClass& cols,
+                 int64_t oh, int64_t ow, bool to_full) {
+  const int64_t channels = full.size(1);
   const int64_t nr = rows.in_starts.size(), nc = cols.in_starts.size();
+  const Strides4 bs(blocks), fs(full);
   scalar_t* blk = blocks.mutable_data_ptr<scalar_t>();
-  scalar_t* map = full.mutable_data_ptr<scalar_t>();
-  const int64_t planes = n_batch * nr * nc * channels;
-  at::parallel_for(0, planes, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t p = begin; p < end; ++p) {
-      const int64_t c = p % channels;
-      const int64_t j = (p / channels) % nc;
-      const int64_t i = (p / (channels * nc)) % nr;
-      const int64_t n = p / (channels * nc * nr);
-      scalar_t* plane = map + ((n * channels + c) * height + rows.out_starts[i]) * width + cols.out_starts[j];
-      scalar_t* block = blk + p * oh * ow;
-      for (int64_t r = 0; r < oh; ++r) {
-        if (to_full) {
-          std::memcpy(plane + r * width, block + r * ow, sizeof(scalar_t) * ow);
-        } else {
-          std::memcpy(block + r * ow, plane + r * width, sizeof(scalar_t) * ow);
-        }
+  scalar_t* map = const_cast<scalar_t*>(full.const_data_ptr<scalar_t>());  // written only when to_full
+  at::parallel_for(0, blocks.size(0) * oh, 8, [&](int64_t begin, int64_t end) {
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t r = item % oh, b = item / oh;
+      const int64_t j = b % nc, i = (b / nc) % nr, n = b / (nc * nr);
+      scalar_t* block = blk + b * bs.n + r * bs.h;
+      scalar_t* line = map + n * fs.n + (rows.out_starts[i] + r) * fs.h + cols.out_starts[j] * fs.w;
+      if (to_full) {
+        copy_tile<scalar_t, false>(line, fs.c, fs.w, block, bs.c, bs.w, channels, ow);
+      } else {
+        copy_tile<scalar_t, false>(block, bs.c, bs.w, line, fs.c, fs.w, channels, ow);
       }
     }
   });
@@ -249,84 +291,97 @@ Geometry make_geometry(const at::Tensor& x, const at::Tensor& weight, c10::IntAr
   return g;
 }
 
-at::Tensor gather_class(const at::Tensor& x, const SizeClass& rows, const SizeClass& cols, int64_t pad_w) {
+// Whether the gathered blocks (and so ATen's conv) use channels_last.  oneDNN's CPU conv
+// is fastest on channels_last, and the gather transposes NCHW input for free while it
+// pads (see docs/perf-notes.md, "block conv CPU").
+bool buffer_channels_last(const at::Tensor& x) {
+  static const int forced = [] {
+    const char* env = std::getenv("FUSEOPS_BLOCK_CPU_LAYOUT");  // "nchw" | "nhwc": for measurements only
+    if (env == nullptr) return -1;
+    return std::string(env) == "nhwc" ? 1 : 0;
+  }();
+  if (forced >= 0) return forced == 1;
+  if (x.suggest_memory_format() == at::MemoryFormat::ChannelsLast) return true;
+  return kChannelsLastForNchw;
+}
+
+at::Tensor gather_class(const at::Tensor& x, const SizeClass& rows, const SizeClass& cols, int64_t pad_w,
+                        bool channels_last) {
   const int64_t nr = rows.in_starts.size(), nc = cols.in_starts.size();
   at::Tensor buf = at::empty({x.size(0) * nr * nc, x.size(1), static_cast<int64_t>(rows.table.size()),
                               static_cast<int64_t>(cols.table.size())},
-                             x.options().memory_format(at::MemoryFormat::Contiguous));
+                             x.options().memory_format(channels_last ? at::MemoryFormat::ChannelsLast
+                                                                     : at::MemoryFormat::Contiguous));
   AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, x.scalar_type(), "block_gather_padded",
                                  [&] { gather_padded<scalar_t>(x, buf, rows, cols, pad_w); });
   return buf;
 }
 
-at::Tensor block_conv2d_forward(const at::Tensor& x_in, const at::Tensor& weight_in, const c10::optional<at::Tensor>& bias,
+at::Tensor block_conv2d_forward(const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
                                 c10::IntArrayRef stride, c10::IntArrayRef padding, c10::IntArrayRef dilation,
                                 int64_t groups, c10::IntArrayRef row_bounds, c10::IntArrayRef col_bounds,
                                 c10::string_view padding_mode) {
-  const Geometry g = make_geometry(x_in, weight_in, stride, padding, dilation, groups, row_bounds, col_bounds,
+  const Geometry g = make_geometry(x, weight, stride, padding, dilation, groups, row_bounds, col_bounds,
                                    std::string(padding_mode));
-  const at::Tensor x = x_in.contiguous();
-  const at::Tensor weight = weight_in.contiguous();
+  const bool channels_last = buffer_channels_last(x);
   at::Tensor out = at::empty({x.size(0), weight.size(0), g.out_h, g.out_w}, x.options());
-  const bool single_class = g.rows.size() == 1 && g.cols.size() == 1;
+  const bool one_block = row_bounds.size() == 2 && col_bounds.size() == 2;
   for (const auto& rows : g.rows) {
     for (const auto& cols : g.cols) {
-      at::Tensor buf = gather_class(x, rows, cols, padding[1]);
-      at::Tensor y = at::convolution(buf, weight, bias, stride, {0, 0}, dilation, false, {0, 0}, groups).contiguous();
-      const int64_t oh = y.size(2), ow = y.size(3);
-      if (single_class && rows.in_starts.size() == 1 && cols.in_starts.size() == 1) return y;  // one block
-      AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, x.scalar_type(), "block_scatter_out",
-                                     [&] { move_blocks<scalar_t>(y, out, rows, cols, oh, ow, true); });
+      at::Tensor buf = gather_class(x, rows, cols, padding[1], channels_last);
+      at::Tensor y = at::convolution(buf, weight, bias, stride, {0, 0}, dilation, false, {0, 0}, groups);
+      if (one_block) return y.contiguous();
+      AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, x.scalar_type(), "block_scatter_out", [&] {
+        move_blocks<scalar_t>(y, out, rows, cols, y.size(2), y.size(3), true);
+      });
     }
   }
   return out;
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> block_conv2d_backward(
-    const at::Tensor& grad_out_in, const at::Tensor& x_in, const at::Tensor& weight_in,
+    const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& weight,
     const c10::optional<at::Tensor>& bias, c10::IntArrayRef stride, c10::IntArrayRef padding,
     c10::IntArrayRef dilation, int64_t groups, c10::IntArrayRef row_bounds, c10::IntArrayRef col_bounds,
     c10::string_view padding_mode) {
   (void)bias;  // grad_bias does not depend on it
-  const Geometry g = make_geometry(x_in, weight_in, stride, padding, dilation, groups, row_bounds, col_bounds,
+  const Geometry g = make_geometry(x, weight, stride, padding, dilation, groups, row_bounds, col_bounds,
                                    std::string(padding_mode));
-  TORCH_CHECK(grad_out_in.dim() == 4 && grad_out_in.size(0) == x_in.size(0) &&
-                  grad_out_in.size(1) == weight_in.size(0) && grad_out_in.size(2) == g.out_h &&
-                  grad_out_in.size(3) == g.out_w,
-              "block_conv2d_backward: grad_out has shape ", grad_out_in.sizes(), ", expected (", x_in.size(0), ", ",
-              weight_in.size(0), ", ", g.out_h, ", ", g.out_w, ")");
-  TORCH_CHECK(grad_out_in.scalar_type() == x_in.scalar_type(), "block_conv2d_backward: grad_out dtype differs from x");
-  const at::Tensor x = x_in.contiguous();
-  const at::Tensor weight = weight_in.contiguous();
-  at::Tensor grad_out = grad_out_in.contiguous();
-  at::Tensor grad_x = at::zeros_like(x, at::MemoryFormat::Contiguous);
+  TORCH_CHECK(grad_out.dim() == 4 && grad_out.size(0) == x.size(0) && grad_out.size(1) == weight.size(0) &&
+                  grad_out.size(2) == g.out_h && grad_out.size(3) == g.out_w,
+              "block_conv2d_backward: grad_out has shape ", grad_out.sizes(), ", expected (", x.size(0), ", ",
+              weight.size(0), ", ", g.out_h, ", ", g.out_w, ")");
+  TORCH_CHECK(grad_out.scalar_type() == x.scalar_type(), "block_conv2d_backward: grad_out dtype differs from x");
+  const bool channels_last = buffer_channels_last(x);
+  const auto buf_format = channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+  at::Tensor grad_x = at::zeros(x.sizes(), x.options());
   at::Tensor grad_weight;
   const bool one_block = row_bounds.size() == 2 && col_bounds.size() == 2;
   for (const auto& rows : g.rows) {
     for (const auto& cols : g.cols) {
-      at::Tensor buf = gather_class(x, rows, cols, padding[1]);
-      const int64_t kh = weight.size(2), kw = weight.size(3);
-      const int64_t oh = out_size(rows.size, kh, stride[0], padding[0], dilation[0]);
-      const int64_t ow = out_size(cols.size, kw, stride[1], padding[1], dilation[1]);
+      at::Tensor buf = gather_class(x, rows, cols, padding[1], channels_last);
+      const int64_t oh = out_size(rows.size, weight.size(2), stride[0], padding[0], dilation[0]);
+      const int64_t ow = out_size(cols.size, weight.size(3), stride[1], padding[1], dilation[1]);
       at::Tensor grad_blocks;
       if (one_block) {
-        grad_blocks = grad_out;
+        grad_blocks = grad_out.contiguous(buf_format);
       } else {
-        grad_blocks = at::empty({buf.size(0), weight.size(0), oh, ow}, grad_out.options());
-        AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, x.scalar_type(), "block_gather_out",
-                                       [&] { move_blocks<scalar_t>(grad_blocks, grad_out, rows, cols, oh, ow, false); });
+        grad_blocks = at::empty({buf.size(0), weight.size(0), oh, ow}, grad_out.options().memory_format(buf_format));
+        AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, x.scalar_type(), "block_gather_out", [&] {
+          move_blocks<scalar_t>(grad_blocks, grad_out, rows, cols, oh, ow, false);
+        });
       }
       auto grads = at::convolution_backward(grad_blocks, buf, weight, c10::nullopt, stride, {0, 0}, dilation, false,
                                             {0, 0}, groups, {true, true, false});
-      at::Tensor grad_buf = std::get<0>(grads).contiguous();
-      at::Tensor gw = std::get<1>(grads);
+      const at::Tensor& grad_buf = std::get<0>(grads);
+      const at::Tensor& gw = std::get<1>(grads);
       grad_weight = grad_weight.defined() ? grad_weight.add_(gw) : gw.contiguous();
       AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, x.scalar_type(), "block_scatter_padded",
                                      [&] { scatter_padded<scalar_t>(grad_buf, grad_x, rows, cols, padding[1]); });
     }
   }
   at::Tensor grad_bias = grad_out.sum({0, 2, 3});
-  return {grad_x, grad_weight.contiguous(), grad_bias};
+  return {grad_x, grad_weight, grad_bias};
 }
 
 // block_pad: every block the same size (the caller checks); x (N, C, H, W) ->
@@ -341,7 +396,7 @@ at::Tensor block_pad_gather(const at::Tensor& x_in, c10::IntArrayRef row_bounds,
   auto rows = size_classes(row_bounds.vec(), x_in.size(2), 1, 1, padding[0], 1, mode, "H");
   auto cols = size_classes(col_bounds.vec(), x_in.size(3), 1, 1, padding[1], 1, mode, "W");
   TORCH_CHECK(rows.size() == 1 && cols.size() == 1, "block_pad_gather needs blocks of one size");
-  return gather_class(x_in.contiguous(), rows[0], cols[0], padding[1]);
+  return gather_class(x_in, rows[0], cols[0], padding[1], false);
 }
 
 at::Tensor block_pad_scatter(const at::Tensor& grad_in, c10::IntArrayRef x_sizes, c10::IntArrayRef row_bounds,
@@ -358,7 +413,7 @@ at::Tensor block_pad_scatter(const at::Tensor& grad_in, c10::IntArrayRef x_sizes
                   grad_in.size(2) == static_cast<int64_t>(rows[0].table.size()) &&
                   grad_in.size(3) == static_cast<int64_t>(cols[0].table.size()),
               "block_pad_scatter: grad has shape ", grad_in.sizes(), " which does not match the padded blocks");
-  at::Tensor grad = grad_in.contiguous();
+  const at::Tensor& grad = grad_in;
   at::Tensor grad_x = at::zeros(x_sizes, grad.options());
   AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, grad.scalar_type(), "block_pad_scatter",
                                  [&] { scatter_padded<scalar_t>(grad, grad_x, rows[0], cols[0], padding[1]); });
