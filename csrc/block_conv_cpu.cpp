@@ -15,7 +15,7 @@
 // a block, no atomics).
 //
 // Ops (schemas in TORCH_LIBRARY_FRAGMENT(fuseops_ext)):
-//   block_conv2d_forward, block_conv2d_backward, block_pad_gather, block_pad_scatter.
+//   block_conv2d_forward, block_conv2d_backward, block_pad_forward, block_pad_backward.
 #include <ATen/ATen.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
@@ -386,36 +386,36 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> block_conv2d_backward(
 
 // block_pad: every block the same size (the caller checks); x (N, C, H, W) ->
 // (N*nh*nw, C, bh+2ph, bw+2pw) ordered (n, block row, block column).
-at::Tensor block_pad_gather(const at::Tensor& x_in, c10::IntArrayRef row_bounds, c10::IntArrayRef col_bounds,
+at::Tensor block_pad_forward(const at::Tensor& x_in, c10::IntArrayRef row_bounds, c10::IntArrayRef col_bounds,
                             c10::IntArrayRef padding, c10::string_view padding_mode) {
-  TORCH_CHECK(x_in.device().is_cpu(), "block_pad_gather (cpu): x must be a CPU tensor");
-  TORCH_CHECK(x_in.dim() == 4, "block_pad_gather: x must be 4-D, got ", x_in.dim(), "-D");
+  TORCH_CHECK(x_in.device().is_cpu(), "block_pad_forward (cpu): x must be a CPU tensor");
+  TORCH_CHECK(x_in.dim() == 4, "block_pad_forward: x must be 4-D, got ", x_in.dim(), "-D");
   check_list(padding, "padding", 0);
   const PadMode mode = parse_mode(std::string(padding_mode));
   // Kernel 1, stride 1, dilation 1: every block yields its own padded size.
   auto rows = size_classes(row_bounds.vec(), x_in.size(2), 1, 1, padding[0], 1, mode, "H");
   auto cols = size_classes(col_bounds.vec(), x_in.size(3), 1, 1, padding[1], 1, mode, "W");
-  TORCH_CHECK(rows.size() == 1 && cols.size() == 1, "block_pad_gather needs blocks of one size");
+  TORCH_CHECK(rows.size() == 1 && cols.size() == 1, "block_pad_forward needs blocks of one size");
   return gather_class(x_in, rows[0], cols[0], padding[1], false);
 }
 
-at::Tensor block_pad_scatter(const at::Tensor& grad_in, c10::IntArrayRef x_sizes, c10::IntArrayRef row_bounds,
+at::Tensor block_pad_backward(const at::Tensor& grad_in, c10::IntArrayRef x_sizes, c10::IntArrayRef row_bounds,
                              c10::IntArrayRef col_bounds, c10::IntArrayRef padding, c10::string_view padding_mode) {
-  TORCH_CHECK(grad_in.device().is_cpu(), "block_pad_scatter (cpu): grad must be a CPU tensor");
-  TORCH_CHECK(x_sizes.size() == 4, "block_pad_scatter: x_sizes must have 4 entries");
+  TORCH_CHECK(grad_in.device().is_cpu(), "block_pad_backward (cpu): grad must be a CPU tensor");
+  TORCH_CHECK(x_sizes.size() == 4, "block_pad_backward: x_sizes must have 4 entries");
   check_list(padding, "padding", 0);
   const PadMode mode = parse_mode(std::string(padding_mode));
   auto rows = size_classes(row_bounds.vec(), x_sizes[2], 1, 1, padding[0], 1, mode, "H");
   auto cols = size_classes(col_bounds.vec(), x_sizes[3], 1, 1, padding[1], 1, mode, "W");
-  TORCH_CHECK(rows.size() == 1 && cols.size() == 1, "block_pad_scatter needs blocks of one size");
+  TORCH_CHECK(rows.size() == 1 && cols.size() == 1, "block_pad_backward needs blocks of one size");
   const int64_t nb = static_cast<int64_t>(rows[0].in_starts.size() * cols[0].in_starts.size());
   TORCH_CHECK(grad_in.dim() == 4 && grad_in.size(0) == x_sizes[0] * nb && grad_in.size(1) == x_sizes[1] &&
                   grad_in.size(2) == static_cast<int64_t>(rows[0].table.size()) &&
                   grad_in.size(3) == static_cast<int64_t>(cols[0].table.size()),
-              "block_pad_scatter: grad has shape ", grad_in.sizes(), " which does not match the padded blocks");
+              "block_pad_backward: grad has shape ", grad_in.sizes(), " which does not match the padded blocks");
   const at::Tensor& grad = grad_in;
   at::Tensor grad_x = at::zeros(x_sizes, grad.options());
-  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, grad.scalar_type(), "block_pad_scatter",
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, grad.scalar_type(), "block_pad_backward",
                                  [&] { scatter_padded<scalar_t>(grad, grad_x, rows[0], cols[0], padding[1]); });
   return grad_x;
 }
@@ -429,15 +429,15 @@ TORCH_LIBRARY_FRAGMENT(fuseops_ext, m) {
   m.def(
       "block_conv2d_backward(Tensor grad_out, Tensor x, Tensor weight, Tensor? bias, int[] stride, int[] padding, "
       "int[] dilation, int groups, int[] row_bounds, int[] col_bounds, str padding_mode) -> (Tensor, Tensor, Tensor)");
-  m.def("block_pad_gather(Tensor x, int[] row_bounds, int[] col_bounds, int[] padding, str padding_mode) -> Tensor");
+  m.def("block_pad_forward(Tensor x, int[] row_bounds, int[] col_bounds, int[] padding, str padding_mode) -> Tensor");
   m.def(
-      "block_pad_scatter(Tensor grad, int[] x_sizes, int[] row_bounds, int[] col_bounds, int[] padding, "
+      "block_pad_backward(Tensor grad, int[] x_sizes, int[] row_bounds, int[] col_bounds, int[] padding, "
       "str padding_mode) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(fuseops_ext, CPU, m) {
   m.impl("block_conv2d_forward", &block_conv2d_forward);
   m.impl("block_conv2d_backward", &block_conv2d_backward);
-  m.impl("block_pad_gather", &block_pad_gather);
-  m.impl("block_pad_scatter", &block_pad_scatter);
+  m.impl("block_pad_forward", &block_pad_forward);
+  m.impl("block_pad_backward", &block_pad_backward);
 }

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from fuseops import _checks
 from fuseops.block_conv.grid import BLOCKINGS, block_grid, block_out_size, spans_to_bounds
 from fuseops.block_conv.op import block_conv2d_op
-from fuseops.block_conv.reference import block_pad_reference
+from fuseops.block_conv.pad_op import block_pad_op
 
 PADDING_MODES = ("constant", "replicate", "reflect")
 STRIDE_MODES = ("conv", "pool")
@@ -125,7 +125,7 @@ def block_pad(
 
     x: (N, C, H, W) whose H and W the blocks divide evenly.  Returns
     (N*nh*nw, C, bh+2ph, bw+2pw), blocks ordered (n, block row, block column).
-    Differentiable.
+    Differentiable; runs on the C++ gather when the cpu backend is available.
     """
     _checks.tensor("x", x, ndim=4)
     _checks.floating_input("x", x)
@@ -140,4 +140,4 @@ def block_pad(
             f"block_size={block_size!r} ({blocking}) gives block sizes {sorted(sizes_h)} x {sorted(sizes_w)}"
         )
     _check_reflect(padding_mode, padding_hw, (rows, cols))
-    return block_pad_reference(x, sizes_h.pop(), sizes_w.pop(), padding_hw, padding_mode)
+    return block_pad_op(x, sizes_h.pop(), sizes_w.pop(), list(padding_hw), padding_mode)

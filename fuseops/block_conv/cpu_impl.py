@@ -25,9 +25,9 @@ def backward(grad_out, x, weight, bias, stride, padding, dilation, groups, row_b
     )
 
 
-def pad_gather(x, row_bounds, col_bounds, padding, padding_mode):
-    return torch.ops.fuseops_ext.block_pad_gather(x, row_bounds, col_bounds, padding, padding_mode)
+def pad_forward(x, row_bounds, col_bounds, padding, padding_mode):
+    return torch.ops.fuseops_ext.block_pad_forward(x, row_bounds, col_bounds, padding, padding_mode)
 
 
-def pad_scatter(grad, x_sizes, row_bounds, col_bounds, padding, padding_mode):
-    return torch.ops.fuseops_ext.block_pad_scatter(grad, x_sizes, row_bounds, col_bounds, padding, padding_mode)
+def pad_backward(grad, x_sizes, row_bounds, col_bounds, padding, padding_mode):
+    return torch.ops.fuseops_ext.block_pad_backward(grad, x_sizes, row_bounds, col_bounds, padding, padding_mode)

@@ -145,3 +145,17 @@ def block_conv2d_composition(
     c_out, oh, ow = out.shape[1:]
     out = out.reshape(n, nh, nw, c_out, oh, ow).permute(0, 3, 1, 4, 2, 5)
     return out.reshape(n, c_out, nh * oh, nw * ow)
+
+
+def block_pad_reference_backward(
+    grad: torch.Tensor, x_shape: list[int], block_h: int, block_w: int, padding: tuple[int, int], padding_mode: str
+) -> torch.Tensor:
+    """The adjoint of ``block_pad_reference``: (N*nh*nw, C, bh+2ph, bw+2pw) -> (N, C, H, W),
+    each padded block's gradient summed back onto the block pixels it was read from.
+    """
+    n, c, h, w = x_shape
+    nh, nw = h // block_h, w // block_w
+    blocks_shape = (n * nh * nw, c, block_h, block_w)
+    grad_blocks = _pad_block_backward(grad, grad.new_empty(blocks_shape), tuple(padding), padding_mode)
+    grad_blocks = grad_blocks.reshape(n, nh, nw, c, block_h, block_w).permute(0, 3, 1, 4, 2, 5)
+    return grad_blocks.reshape(n, c, h, w).contiguous()

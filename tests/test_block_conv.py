@@ -1,0 +1,484 @@
+"""block_conv2d, block_grid, block_pad and BlockConv2d on the CPU backends (reference, cpu).
+
+Every backend is checked against the per-block reference loop in float64, forward and
+backward; the reference itself is checked against F.conv2d(F.pad(...)) on single
+blocks and against hand-built blocks.  The Triton backend has its own file.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given
+from hypothesis import strategies as st
+from torch import nn
+
+import fuseops
+from fuseops import use_backend
+from fuseops.block_conv.grid import block_grid, spans_to_bounds
+from fuseops.block_conv.reference import block_conv2d_reference, block_conv2d_reference_backward
+from fuseops.nn import BlockConv2d
+
+from backend_helpers import require_backend
+
+BACKENDS = ("reference", "cpu")
+MODES = ("constant", "replicate", "reflect")
+F_PAD_MODE = {"constant": "constant", "replicate": "replicate", "reflect": "reflect"}
+
+
+def reference(x, weight, bias, stride, padding, dilation, groups, block_size, mode, blocking):
+    """The per-block reference on the public arguments."""
+    rows, cols = block_grid(x.shape[2], x.shape[3], block_size, blocking)
+    pair = lambda v: list(v) if isinstance(v, tuple) else [v, v]  # noqa: E731
+    return block_conv2d_reference(x, weight, bias, pair(stride), pair(padding), pair(dilation), groups,
+                                  spans_to_bounds(rows), spans_to_bounds(cols), mode)
+
+
+def reference_grads(x, weight, bias, stride, padding, dilation, groups, block_size, mode, blocking, grad_out):
+    rows, cols = block_grid(x.shape[2], x.shape[3], block_size, blocking)
+    pair = lambda v: list(v) if isinstance(v, tuple) else [v, v]  # noqa: E731
+    return block_conv2d_reference_backward(grad_out, x, weight, bias, pair(stride), pair(padding), pair(dilation),
+                                           groups, spans_to_bounds(rows), spans_to_bounds(cols), mode)
+
+
+def run_backend(backend, x, weight, bias, grad_out=None, **kwargs):
+    """Forward (and backward through autograd when grad_out is given) on ``backend``."""
+    leaves = [t.detach().clone().requires_grad_(grad_out is not None) if t is not None else None
+              for t in (x, weight, bias)]
+    with use_backend(backend):
+        out = fuseops.block_conv2d(*leaves, **kwargs)
+        if grad_out is None:
+            return out, None
+        out.backward(grad_out)
+    return out, tuple(t.grad if t is not None else None for t in leaves)
+
+
+# ------------------------------------------------------------------------ block_grid
+def test_grid_fixed_ragged_hand_computed():
+    rows, cols = block_grid(10, 7, (4, 3), "fixed")
+    assert rows == ((0, 4), (4, 8), (8, 10))
+    assert cols == ((0, 3), (3, 6), (6, 7))
+
+
+def test_grid_hierarchical_non_dividing_hand_computed():
+    # floor(i*10/3) = 0, 3, 6, 10 -> sizes 3, 3, 4; floor(i*7/2) = 0, 3, 7.
+    rows, cols = block_grid(10, 7, (3, 2), "hierarchical")
+    assert rows == ((0, 3), (3, 6), (6, 10))
+    assert cols == ((0, 3), (3, 7))
+
+
+def test_grid_hierarchical_more_blocks_than_pixels_is_an_error():
+    with pytest.raises(ValueError, match="only 5 pixels"):
+        block_grid(5, 8, (6, 2), "hierarchical")
+
+
+def test_grid_block_larger_than_map_is_one_block():
+    assert block_grid(9, 6, 28, "fixed") == (((0, 9),), ((0, 6),))
+
+
+@pytest.mark.parametrize("bad", [0, -3, (2, 0)])
+def test_grid_block_size_must_be_positive(bad):
+    with pytest.raises(ValueError, match="block_size"):
+        block_grid(8, 8, bad, "fixed")
+
+
+def test_grid_unknown_blocking():
+    with pytest.raises(ValueError, match="blocking"):
+        block_grid(8, 8, 2, "tiled")
+
+
+# ------------------------------------------------------------------------ reference vs independent constructions
+@pytest.mark.parametrize("mode", MODES)
+def test_single_block_equals_padded_conv(mode):
+    x = torch.randn(2, 6, 11, 9, dtype=torch.float64)
+    weight = torch.randn(4, 3, 3, 5, dtype=torch.float64)
+    bias = torch.randn(4, dtype=torch.float64)
+    expected = F.conv2d(F.pad(x, (2, 2, 1, 1), mode=F_PAD_MODE[mode]), weight, bias, (2, 1), 0, (1, 1), 2)
+    for backend in BACKENDS:
+        require_backend("block_conv2d", backend)
+        out, _ = run_backend(backend, x, weight, bias, stride=(2, 1), padding=(1, 2), groups=2, block_size=64,
+                             padding_mode=mode)
+        torch.testing.assert_close(out, expected, msg=backend)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_reference_equals_hand_built_blocks(mode):
+    # Ragged fixed blocks (4 + 3 rows, 5 + 5 + 2 columns), built by hand with F.pad per block.
+    x = torch.randn(1, 2, 7, 12, dtype=torch.float64)
+    weight = torch.randn(3, 2, 3, 3, dtype=torch.float64)
+    expected_rows = []
+    for r0, r1 in ((0, 4), (4, 7)):
+        row = [F.conv2d(F.pad(x[:, :, r0:r1, c0:c1], (1, 1, 1, 1), mode=F_PAD_MODE[mode]), weight)
+               for c0, c1 in ((0, 5), (5, 10), (10, 12))]
+        expected_rows.append(torch.cat(row, dim=3))
+    expected = torch.cat(expected_rows, dim=2)
+    out = reference(x, weight, None, 1, 1, 1, 1, (4, 5), mode, "fixed")
+    torch.testing.assert_close(out, expected)
+
+
+def test_one_by_one_conv_is_unchanged_by_blocking():
+    x = torch.randn(2, 4, 9, 10, dtype=torch.float64)
+    weight = torch.randn(5, 4, 1, 1, dtype=torch.float64)
+    for backend in BACKENDS:
+        require_backend("block_conv2d", backend)
+        out, _ = run_backend(backend, x, weight, None, block_size=(3, 4))
+        torch.testing.assert_close(out, F.conv2d(x, weight))
+
+
+# ------------------------------------------------------------------------ the grid of cases
+def _grid_cases(count: int, seed: int = 1234):
+    """A fixed sample of the full grid: modes x blockings x stride x dilation x groups x kernel x padding.
+
+    Every value of each axis appears; the sample is fixed so failures reproduce.
+    """
+    axes = dict(
+        mode=MODES,
+        blocking=("fixed", "hierarchical"),
+        stride=(1, 2, 3),
+        dilation=(1, 2),
+        groups=("1", "2", "depthwise"),
+        kernel=(1, 3, 5, 7),
+        padding=((0, 0), (1, 1), (1, 2), (3, 1)),
+    )
+    full = list(itertools.product(*axes.values()))
+    rng = random.Random(seed)
+    picked = rng.sample(full, count)
+    # Make sure every value of every axis appears at least once.
+    for axis, values in enumerate(axes.values()):
+        for value in values:
+            if not any(case[axis] == value for case in picked):
+                picked.append(next(c for c in full if c[axis] == value))
+    return picked
+
+
+def _make_case(mode, blocking, stride, dilation, groups, kernel, padding):
+    c_in = {"1": 3, "2": 4, "depthwise": 6}[groups]
+    g = {"1": 1, "2": 2, "depthwise": c_in}[groups]
+    c_out = {"1": 5, "2": 6, "depthwise": c_in}[groups]
+    span = dilation * (kernel - 1) + 1
+    least = max(span, 4)  # every block fits the kernel and exceeds the largest reflect padding (3)
+    if blocking == "fixed":
+        # Two full blocks and a smaller ragged last one in each dimension.
+        bh, bw = least + 2, least + 1
+        height, width, block = 2 * bh + least, 2 * bw + least, (bh, bw)
+    else:
+        # Spans that differ by one pixel: 3 x 2 blocks over a map that neither count divides.
+        height, width, block = 3 * least + 2, 2 * least + 1, (3, 2)
+    # Every block, the ragged ones included, must fit the kernel and (reflect) exceed the padding.
+    spans = block_grid(height, width, block, blocking)
+    smallest = [min(b - a for a, b in dim) for dim in spans]
+    ph, pw = padding
+    for dim, pad in ((0, ph), (1, pw)):
+        if smallest[dim] + 2 * pad < span:
+            return None
+        if mode == "reflect" and pad >= smallest[dim]:
+            return None
+    x = torch.randn(2, c_in, height, width, dtype=torch.float64)
+    weight = torch.randn(c_out, c_in // g, kernel, kernel, dtype=torch.float64)
+    bias = torch.randn(c_out, dtype=torch.float64)
+    kwargs = dict(stride=stride, padding=padding, dilation=dilation, groups=g, block_size=block,
+                  padding_mode=mode, blocking=blocking)
+    return x, weight, bias, kwargs
+
+
+GRID = _grid_cases(40)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("case", GRID, ids=lambda c: "-".join(str(v) for v in c))
+def test_grid_forward_backward_matches_reference(backend, case):
+    require_backend("block_conv2d", backend)
+    made = _make_case(*case)
+    if made is None:
+        pytest.skip("kernel does not fit the smallest block for this sampled case")
+    x, weight, bias, kwargs = made
+    expected = reference(x, weight, bias, kwargs["stride"], kwargs["padding"], kwargs["dilation"], kwargs["groups"],
+                         kwargs["block_size"], kwargs["padding_mode"], kwargs["blocking"])
+    grad_out = torch.randn_like(expected)
+    expected_grads = reference_grads(x, weight, bias, kwargs["stride"], kwargs["padding"], kwargs["dilation"],
+                                     kwargs["groups"], kwargs["block_size"], kwargs["padding_mode"],
+                                     kwargs["blocking"], grad_out)
+    out, grads = run_backend(backend, x, weight, bias, grad_out, **kwargs)
+    torch.testing.assert_close(out, expected)
+    for name, got, want in zip(("x", "weight", "bias"), grads, expected_grads):
+        torch.testing.assert_close(got, want, msg=f"grad {name}")
+
+
+def test_grid_sample_is_mostly_runnable():
+    # Guards against the sampled grid silently degenerating into skips.
+    runnable = sum(_make_case(*case) is not None for case in GRID)
+    assert runnable >= 0.75 * len(GRID)
+
+
+def test_reference_backward_matches_autograd():
+    # The reference backward is hand-written (no autograd); check it against autograd
+    # through the reference forward, which is plain torch ops.
+    for mode in MODES:
+        x = torch.randn(2, 4, 11, 9, dtype=torch.float64, requires_grad=True)
+        weight = torch.randn(6, 2, 3, 3, dtype=torch.float64, requires_grad=True)
+        bias = torch.randn(6, dtype=torch.float64, requires_grad=True)
+        out = reference(x, weight, bias, 2, (1, 2), 1, 2, (4, 3), mode, "fixed")
+        grad_out = torch.randn_like(out)
+        want = torch.autograd.grad(out, (x, weight, bias), grad_out)
+        got = reference_grads(x.detach(), weight.detach(), bias.detach(), 2, (1, 2), 1, 2, (4, 3), mode, "fixed",
+                              grad_out)
+        for g, w in zip(got, want):
+            torch.testing.assert_close(g, w)
+
+
+# ------------------------------------------------------------------------ hypothesis
+@given(
+    n=st.integers(1, 2), c=st.integers(1, 5), h=st.integers(3, 17), w=st.integers(3, 17),
+    k=st.sampled_from([1, 3, 5]), stride=st.integers(1, 3), pad=st.integers(0, 2),
+    mode=st.sampled_from(MODES), blocking=st.sampled_from(["fixed", "hierarchical"]),
+    bh=st.integers(1, 9), bw=st.integers(1, 9), depthwise=st.booleans(),
+)
+def test_hypothesis_cpu_matches_reference(n, c, h, w, k, stride, pad, mode, blocking, bh, bw, depthwise):
+    require_backend("block_conv2d", "cpu")
+    block = (min(bh, h), min(bw, w)) if blocking == "hierarchical" else (bh, bw)
+    spans = block_grid(h, w, block, blocking)
+    smallest = min(b - a for dim in spans for a, b in dim)
+    if smallest + 2 * pad < k or (mode == "reflect" and pad >= smallest):
+        return  # not a valid configuration; the API's error for it is tested below
+    groups = c if depthwise else 1
+    x = torch.randn(n, c, h, w, dtype=torch.float64)
+    weight = torch.randn(c if depthwise else 3, c // groups, k, k, dtype=torch.float64)
+    kwargs = dict(stride=stride, padding=pad, groups=groups, block_size=block, padding_mode=mode, blocking=blocking)
+    expected = reference(x, weight, None, stride, pad, 1, groups, block, mode, blocking)
+    grad_out = torch.randn_like(expected)
+    expected_grads = reference_grads(x, weight, None, stride, pad, 1, groups, block, mode, blocking, grad_out)
+    out, grads = run_backend("cpu", x, weight, None, grad_out, **kwargs)
+    torch.testing.assert_close(out, expected)
+    torch.testing.assert_close(grads[0], expected_grads[0])
+    torch.testing.assert_close(grads[1], expected_grads[1])
+
+
+# ------------------------------------------------------------------------ layouts and dtypes
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("layout", ["channels_last", "sliced"])
+def test_non_contiguous_inputs(backend, layout):
+    require_backend("block_conv2d", backend)
+    if layout == "channels_last":
+        x = torch.randn(2, 6, 13, 22, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+    else:
+        x = torch.randn(2, 8, 13, 40, dtype=torch.float64)[:, 1:7, :, 3:39:2]  # sliced channels, W stride 2
+    weight = torch.randn(6, 3, 3, 3, dtype=torch.float64)
+    kwargs = dict(stride=1, padding=1, groups=2, block_size=(5, 4), padding_mode="reflect")
+    expected = reference(x.contiguous(), weight, None, 1, 1, 1, 2, (5, 4), "reflect", "fixed")
+    grad_out = torch.randn_like(expected)
+    expected_grads = reference_grads(x.contiguous(), weight, None, 1, 1, 1, 2, (5, 4), "reflect", "fixed", grad_out)
+    out, grads = run_backend(backend, x, weight, None, grad_out, **kwargs)
+    torch.testing.assert_close(out, expected)
+    torch.testing.assert_close(grads[0], expected_grads[0])
+    torch.testing.assert_close(grads[1], expected_grads[1])
+
+
+# float32 and bfloat16 against the float64 reference: tolerance grows with the reduction length.
+DTYPE_TOL = {torch.float32: dict(atol=1e-4, rtol=1e-4), torch.bfloat16: dict(atol=1e-1, rtol=5e-2)}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_low_precision_dtypes(backend, dtype):
+    require_backend("block_conv2d", backend)
+    x = torch.randn(2, 8, 15, 14, dtype=torch.float64)
+    weight = torch.randn(8, 8, 3, 3, dtype=torch.float64) / 8
+    bias = torch.randn(8, dtype=torch.float64)
+    expected = reference(x, weight, bias, 1, 1, 1, 1, 4, "replicate", "fixed")
+    grad_out = torch.randn_like(expected)
+    expected_grads = reference_grads(x, weight, bias, 1, 1, 1, 1, 4, "replicate", "fixed", grad_out)
+    out, grads = run_backend(backend, x.to(dtype), weight.to(dtype), bias.to(dtype), grad_out.to(dtype),
+                             padding=1, block_size=4, padding_mode="replicate")
+    assert out.dtype == dtype
+    torch.testing.assert_close(out.double(), expected, **DTYPE_TOL[dtype])
+    torch.testing.assert_close(grads[0].double(), expected_grads[0], **DTYPE_TOL[dtype])
+    # grad_weight sums over N*H*W products: scale the tolerance with its magnitude.
+    scale = expected_grads[1].abs().max().item()
+    tol = DTYPE_TOL[dtype]
+    torch.testing.assert_close(grads[1].double(), expected_grads[1], atol=tol["atol"] * scale, rtol=tol["rtol"])
+
+
+# ------------------------------------------------------------------------ autograd, opcheck, compile
+# The reference is slow under gradcheck's many calls: one mode for it, every mode for cpu.
+@pytest.mark.parametrize(("backend", "mode"), [("reference", "reflect")] + [("cpu", m) for m in MODES])
+def test_gradcheck(backend, mode):
+    require_backend("block_conv2d", backend)
+    x = torch.randn(1, 2, 7, 6, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(2, 1, 3, 3, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(2, dtype=torch.float64, requires_grad=True)
+
+    def fn(x, weight, bias):
+        return fuseops.block_conv2d(x, weight, bias, stride=(1, 2), padding=(2, 1), groups=2, block_size=(4, 3),
+                                    padding_mode=mode)
+
+    with use_backend(backend):
+        assert torch.autograd.gradcheck(fn, (x, weight, bias))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_opcheck(backend):
+    require_backend("block_conv2d", backend)
+    rows, cols = block_grid(10, 8, (4, 3), "fixed")
+    for requires_grad in (False, True):
+        x = torch.randn(2, 4, 10, 8, dtype=torch.float64, requires_grad=requires_grad)
+        weight = torch.randn(6, 2, 3, 3, dtype=torch.float64, requires_grad=requires_grad)
+        bias = torch.randn(6, dtype=torch.float64, requires_grad=requires_grad)
+        args = (x, weight, bias, [1, 1], [1, 1], [1, 1], 2, spans_to_bounds(rows), spans_to_bounds(cols), "reflect")
+        with use_backend(backend):
+            torch.library.opcheck(torch.ops.fuseops.block_conv2d, args)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_torch_compile_fullgraph(backend):
+    require_backend("block_conv2d", backend)
+    layer = BlockConv2d(3, 4, 3, padding=1, block_size=(5, 4), padding_mode="replicate").double()
+    x = torch.randn(2, 3, 11, 9, dtype=torch.float64, requires_grad=True)
+    with use_backend(backend):
+        eager = layer(x)
+        eager.sum().backward()
+        eager_grad = x.grad.clone()
+        x.grad = None
+        compiled = torch.compile(layer, fullgraph=True, backend="aot_eager")
+        out = compiled(x)
+        out.sum().backward()
+    torch.testing.assert_close(out, eager)
+    torch.testing.assert_close(x.grad, eager_grad)
+
+
+def test_cpu_backward_is_deterministic():
+    require_backend("block_conv2d", "cpu")
+    x = torch.randn(2, 5, 14, 14)
+    weight = torch.randn(5, 5, 3, 3)
+    grad_out = torch.randn(2, 5, 14, 14)
+    grads = [run_backend("cpu", x, weight, None, grad_out, padding=1, block_size=4, padding_mode="reflect")[1][0]
+             for _ in range(3)]
+    assert torch.equal(grads[0], grads[1]) and torch.equal(grads[1], grads[2])
+
+
+# ------------------------------------------------------------------------ stride_mode="pool"
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_stride_mode_pool_is_stride_one_then_max_pool(backend):
+    require_backend("block_conv2d", backend)
+    x = torch.randn(2, 3, 16, 12, dtype=torch.float64)
+    weight = torch.randn(4, 3, 3, 3, dtype=torch.float64)
+    stride_one = reference(x, weight, None, 1, 1, 1, 1, 4, "constant", "fixed")
+    expected = F.max_pool2d(stride_one, kernel_size=2, stride=2)
+    out, _ = run_backend(backend, x, weight, None, stride=2, padding=1, block_size=4, stride_mode="pool")
+    torch.testing.assert_close(out, expected)
+
+
+# ------------------------------------------------------------------------ block_pad
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("mode", MODES)
+def test_block_pad_values_and_backward(backend, mode):
+    require_backend("block_pad", backend)
+    x = torch.randn(2, 3, 8, 9, dtype=torch.float64, requires_grad=True)
+    with use_backend(backend):
+        out = fuseops.block_pad(x, (4, 3), (2, 1), padding_mode=mode)
+    assert out.shape == (2 * 2 * 3, 3, 8, 5)
+    # Manual: block (n, i, j) of x, padded alone by F.pad.
+    expected = torch.stack([
+        F.pad(x[n, :, 4 * i:4 * i + 4, 3 * j:3 * j + 3], (1, 1, 2, 2), mode=F_PAD_MODE[mode])
+        for n in range(2) for i in range(2) for j in range(3)
+    ])
+    torch.testing.assert_close(out, expected)
+    grad = torch.randn_like(out)
+    (got,) = torch.autograd.grad(out, x, grad)
+    (want,) = torch.autograd.grad(expected, x, grad)
+    torch.testing.assert_close(got, want)
+
+
+def test_block_pad_hierarchical_and_opcheck():
+    x = torch.randn(1, 2, 6, 8, dtype=torch.float64, requires_grad=True)
+    out = fuseops.block_pad(x, (2, 4), 1, blocking="hierarchical")
+    assert out.shape == (8, 2, 5, 4)
+    torch.library.opcheck(torch.ops.fuseops.block_pad, (x, 3, 2, [1, 1], "replicate"))
+
+
+def test_block_pad_uneven_map_is_an_error():
+    with pytest.raises(ValueError, match="divide the map evenly"):
+        fuseops.block_pad(torch.randn(1, 2, 10, 8), 4, 1)
+
+
+def test_block_pad_reflect_limit():
+    with pytest.raises(ValueError, match="reflect"):
+        fuseops.block_pad(torch.randn(1, 2, 8, 8), 2, 2, padding_mode="reflect")
+
+
+# ------------------------------------------------------------------------ BlockConv2d
+def test_layer_state_dict_matches_conv2d():
+    layer = BlockConv2d(4, 6, 3, padding=1, block_size=7)
+    conv = nn.Conv2d(4, 6, 3, padding=1)
+    assert list(layer.state_dict()) == list(conv.state_dict())
+    conv.load_state_dict(layer.state_dict())  # loads both ways
+    layer.load_state_dict(conv.state_dict())
+
+
+def test_layer_from_conv_keeps_weights_and_single_block_equals_conv():
+    conv = nn.Conv2d(4, 6, 3, stride=2, padding=(1, 2), groups=2, padding_mode="reflect").double()
+    layer = BlockConv2d.from_conv(conv, block_size=100)
+    assert torch.equal(layer.weight, conv.weight) and torch.equal(layer.bias, conv.bias)
+    assert layer.padding_mode == "reflect" and layer.stride == (2, 2) and layer.groups == 2
+    x = torch.randn(2, 4, 12, 10, dtype=torch.float64)
+    torch.testing.assert_close(layer(x), conv(x))
+
+
+def test_layer_blocked_equals_functional():
+    layer = BlockConv2d(3, 5, 3, padding=1, bias=False, block_size=(2, 3), blocking="hierarchical",
+                        padding_mode="replicate").double()
+    x = torch.randn(1, 3, 9, 10, dtype=torch.float64)
+    expected = reference(x, layer.weight.detach(), None, 1, 1, 1, 1, (2, 3), "replicate", "hierarchical")
+    torch.testing.assert_close(layer(x), expected)
+
+
+def test_layer_extra_repr_shows_blocking():
+    text = repr(BlockConv2d(4, 6, 3, padding=1, block_size=(2, 2), blocking="hierarchical", stride_mode="pool"))
+    assert "block_size=2x2 (hierarchical)" in text
+    assert "block_padding='constant'" in text and "stride_mode='pool'" in text
+
+
+# ------------------------------------------------------------------------ bad input
+def _call(**overrides):
+    args = dict(x=torch.randn(1, 4, 8, 8), weight=torch.randn(4, 4, 3, 3), padding=1, block_size=4)
+    args.update(overrides)
+    x, weight = args.pop("x"), args.pop("weight")
+    return fuseops.block_conv2d(x, weight, **args)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "error", "match"),
+    [
+        (dict(block_size=0), ValueError, "block_size"),
+        (dict(block_size=(4, -1)), ValueError, "block_size"),
+        (dict(padding_mode="reflect", padding=4), ValueError, "reflect"),
+        (dict(padding_mode="reflect", padding=2, block_size=3), ValueError, "smallest block"),  # ragged block of 2
+        (dict(padding_mode="circular"), ValueError, "padding_mode"),
+        (dict(blocking="tiles"), ValueError, "blocking"),
+        (dict(stride_mode="avg"), ValueError, "stride_mode"),
+        (dict(x=torch.randn(4, 8, 8)), ValueError, "x must be 4-D"),
+        (dict(weight=torch.randn(4, 4, 3)), ValueError, "weight must be 4-D"),
+        (dict(groups=3), ValueError, "groups"),
+        (dict(weight=torch.randn(4, 2, 3, 3)), ValueError, "C_in/groups"),
+        (dict(padding_mode=3), TypeError, "padding_mode"),
+        (dict(block_size=2, padding=0, weight=torch.randn(4, 4, 3, 3)), ValueError, "too small"),
+    ],
+)
+def test_bad_input(overrides, error, match):
+    with pytest.raises(error, match=match):
+        _call(**overrides)
+
+
+def test_cpu_kernel_checks_its_inputs():
+    require_backend("block_conv2d", "cpu")
+    x = torch.randn(1, 4, 8, 8)
+    weight = torch.randn(4, 4, 3, 3)
+    with pytest.raises(RuntimeError, match="bounds"):
+        torch.ops.fuseops_ext.block_conv2d_forward(x, weight, None, [1, 1], [1, 1], [1, 1], 1, [0, 4, 7], [0, 8],
+                                                    "constant")
+    with pytest.raises(RuntimeError, match="reflect"):
+        torch.ops.fuseops_ext.block_conv2d_forward(x, weight, None, [1, 1], [2, 2], [1, 1], 1, [0, 2, 8], [0, 8],
+                                                    "reflect")
