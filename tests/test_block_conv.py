@@ -13,6 +13,7 @@ import random
 import pytest
 import torch
 import torch.nn.functional as F
+from backend_helpers import require_backend
 from hypothesis import given
 from hypothesis import strategies as st
 from torch import nn
@@ -22,8 +23,6 @@ from fuseops import use_backend
 from fuseops.block_conv.grid import block_grid, spans_to_bounds
 from fuseops.block_conv.reference import block_conv2d_reference, block_conv2d_reference_backward
 from fuseops.nn import BlockConv2d
-
-from backend_helpers import require_backend
 
 BACKENDS = ("reference", "cpu")
 MODES = ("constant", "replicate", "reflect")
