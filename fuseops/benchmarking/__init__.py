@@ -1,0 +1,1 @@
+"""Benchmark tables shared by ``bench/`` scripts and ``python -m fuseops bench``."""

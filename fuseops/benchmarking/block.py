@@ -1,0 +1,174 @@
+"""Block convolution timings: the blocked op against the paper code's composition,
+``torch.compile`` of that composition, and the floor (plain F.conv2d, unblocked).
+
+One function, :func:`run`, measures every case side by side (providers interleaved
+round by round, so a busy machine slows them alike) and returns rows;
+``bench/block_table.py`` and ``bench/bench_block_conv.py`` share :func:`make_case`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+import fuseops
+from fuseops.block_conv.grid import block_grid
+from fuseops.block_conv.reference import block_conv2d_composition
+
+BATCH = 8
+#: (name, channels, map size, groups): 3x3 convs C -> C at stride 1, padding 1.
+SHAPES = (
+    ("conv 64x56x56", 64, 56, 1),
+    ("conv 128x28x28", 128, 28, 1),
+    ("conv 256x14x14", 256, 14, 1),
+    ("dw 128x56x56", 128, 56, 128),
+)
+#: (label, block_size, blocking)
+BLOCKINGS = (("F14", 14, "fixed"), ("F28", 28, "fixed"), ("H2x2", 2, "hierarchical"), ("H4x4", 4, "hierarchical"))
+MODES = ("constant", "replicate", "reflect")
+PROVIDERS = ("plain", "block_conv2d", "composition", "compiled")
+
+COLUMNS = ("shape", "blocking", "mode", "pass", "plain ms", "block_conv2d", "composition", "compiled",
+           "block vs composition")
+
+
+@dataclass
+class Case:
+    x: torch.Tensor
+    weight: torch.Tensor
+    bias: torch.Tensor
+    groups: int
+    block_size: int
+    blocking: str
+    mode: str
+    even_block: tuple[int, int] | None  # the block size when the grid divides the map (composition needs it)
+
+
+def make_case(shape: tuple, blocking: tuple, mode: str, dtype: torch.dtype = torch.float32) -> Case:
+    _, channels, size, groups = shape
+    _, block_size, kind = blocking
+    x = torch.randn(BATCH, channels, size, size, dtype=dtype)
+    weight = torch.randn(channels, channels // groups, 3, 3, dtype=dtype) / 3
+    bias = torch.randn(channels, dtype=dtype)
+    rows, cols = block_grid(size, size, block_size, kind)
+    sizes = {b - a for a, b in rows} | {b - a for a, b in cols}
+    even = (sizes.pop(),) * 2 if len(sizes) == 1 else None
+    return Case(x, weight, bias, groups, block_size, kind, mode, even)
+
+
+def providers(case: Case, compiled_composition: Callable | None) -> dict[str, Callable | None]:
+    """provider -> function(x, weight, bias) -> out; None when it cannot run the case."""
+
+    def plain(x, w, b):
+        return F.conv2d(x, w, b, 1, 1, 1, case.groups)
+
+    def blocked(x, w, b):
+        return fuseops.block_conv2d(x, w, b, 1, 1, 1, case.groups, block_size=case.block_size,
+                                    padding_mode=case.mode, blocking=case.blocking)
+
+    def composition(x, w, b, fn=block_conv2d_composition):
+        bh, bw = case.even_block
+        return fn(x, w, b, bh, bw, (1, 1), (1, 1), (1, 1), case.groups, case.mode)
+
+    result = {"plain": plain, "block_conv2d": blocked, "composition": None, "compiled": None}
+    if case.even_block is not None:
+        result["composition"] = composition
+        if compiled_composition is not None:
+            result["compiled"] = lambda x, w, b: composition(x, w, b, compiled_composition)
+    return result
+
+
+def _timed(fn: Callable, case: Case, backward: bool) -> float:
+    if backward:
+        x = case.x.detach().requires_grad_()
+        w = case.weight.detach().requires_grad_()
+        b = case.bias.detach().requires_grad_()
+        start = time.perf_counter()
+        fn(x, w, b).sum().backward()
+    else:
+        x, w, b = case.x, case.weight, case.bias
+        start = time.perf_counter()
+        with torch.no_grad():
+            fn(x, w, b)
+    return time.perf_counter() - start
+
+
+def measure(case: Case, fns: dict[str, Callable | None], backward: bool, rounds: int) -> dict[str, float | None]:
+    """Best-of-``rounds`` seconds per provider, providers interleaved in every round."""
+    live = {name: fn for name, fn in fns.items() if fn is not None}
+    for fn in live.values():  # warm-up (and compilation)
+        _timed(fn, case, backward)
+    best = {name: float("inf") for name in live}
+    for _ in range(rounds):
+        for name, fn in live.items():
+            best[name] = min(best[name], _timed(fn, case, backward))
+    return {name: best.get(name) for name in fns}
+
+
+def run(quick: bool = False, rounds: int | None = None, threads: int = 2, compile_composition: bool = True,
+        progress: bool = True) -> list[tuple]:
+    """Measure the cases; return rows under :data:`COLUMNS` (ratios are times over plain F.conv2d,
+    and "block vs composition" is how many times faster the op is than the composition).
+
+    ``quick``: the F14 and H4x4 blockings with constant padding only.
+    """
+    torch.set_num_threads(threads)
+    rounds = rounds or (3 if quick else 5)
+    blockings = [b for b in BLOCKINGS if b[0] in ("F14", "H4x4")] if quick else list(BLOCKINGS)
+    modes = ("constant",) if quick else MODES
+    compiled = torch.compile(block_conv2d_composition, dynamic=False) if compile_composition else None
+    cases = [(s, b, m, bwd) for s in SHAPES for b in blockings for m in modes for bwd in (False, True)]
+    bar = None
+    if progress:
+        try:
+            from tqdm import tqdm
+
+            bar = tqdm(total=len(cases), desc="block conv", unit="case")
+        except ImportError:
+            bar = None
+    rows = []
+    for shape, blocking, mode, backward in cases:
+        case = make_case(shape, blocking, mode)
+        times = measure(case, providers(case, compiled), backward, rounds)
+        plain = times["plain"]
+
+        def ratio(name, times=times, plain=plain):
+            return "n/a" if times[name] is None else f"{times[name] / plain:.2f}x"
+
+        vs = ("n/a" if times["composition"] is None
+              else f"{times['composition'] / times['block_conv2d']:.2f}x")
+        rows.append((shape[0], blocking[0], mode, "fwd+bwd" if backward else "fwd", f"{plain * 1e3:.1f}",
+                     ratio("block_conv2d"), ratio("composition"), ratio("compiled"), vs))
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    return rows
+
+
+def environment() -> str:
+    cpu = platform.processor() or platform.machine()
+    return (f"torch {torch.__version__}, {torch.get_num_threads()} threads, {cpu}, "
+            f"python {platform.python_version()}, backend {fuseops.current_backend()}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Block conv timings against the composition and plain F.conv2d.")
+    parser.add_argument("--quick", action="store_true", help="F14 and H4x4, constant padding only")
+    parser.add_argument("--rounds", type=int, default=None, help="timing rounds per case (best of)")
+    parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")
+    parser.add_argument("--no-compile", action="store_true", help="skip torch.compile of the composition")
+    parser.add_argument("--markdown", action="store_true", help="also print a markdown table")
+    args = parser.parse_args(argv)
+    rows = run(quick=args.quick, rounds=args.rounds, threads=args.threads, compile_composition=not args.no_compile)
+    from fuseops.cli.table import markdown_table, print_table
+
+    print_table(f"block conv, N={BATCH}, 3x3 stride 1 padding 1 ({environment()})", COLUMNS, rows)
+    if args.markdown:
+        print(markdown_table(COLUMNS, rows))
