@@ -3,7 +3,9 @@
 Same code as ``python -m fuseops bench block`` (fuseops.benchmarking.block).
 """
 
-from fuseops.benchmarking.block import main
+import sys
+
+from fuseops.benchmarking.block import cli_main
 
 if __name__ == "__main__":
-    main()
+    sys.exit(cli_main())

@@ -158,7 +158,25 @@ def environment() -> str:
             f"python {platform.python_version()}, backend {fuseops.current_backend()}")
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(quick: bool = False, threads: int = 2, min_time: float | None = None, out_dir: str | None = None,
+         markdown: bool = False, progress: bool = True, rounds: int | None = None,
+         compile_composition: bool = True) -> int:
+    """The ``fuseops bench block`` target: measure, print the table (and markdown), return 0.
+
+    ``min_time`` and ``out_dir`` are accepted for the shared bench interface; this target
+    times best-of-``rounds`` and writes no files.
+    """
+    rows = run(quick=quick, rounds=rounds, threads=threads, compile_composition=compile_composition,
+               progress=progress)
+    from fuseops.cli.table import markdown_table, print_table
+
+    print_table(f"block conv, N={BATCH}, 3x3 stride 1 padding 1 ({environment()})", COLUMNS, rows)
+    if markdown:
+        print(markdown_table(COLUMNS, rows))
+    return 0
+
+
+def cli_main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Block conv timings against the composition and plain F.conv2d.")
     parser.add_argument("--quick", action="store_true", help="F14 and H4x4, constant padding only")
     parser.add_argument("--rounds", type=int, default=None, help="timing rounds per case (best of)")
@@ -166,9 +184,5 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-compile", action="store_true", help="skip torch.compile of the composition")
     parser.add_argument("--markdown", action="store_true", help="also print a markdown table")
     args = parser.parse_args(argv)
-    rows = run(quick=args.quick, rounds=args.rounds, threads=args.threads, compile_composition=not args.no_compile)
-    from fuseops.cli.table import markdown_table, print_table
-
-    print_table(f"block conv, N={BATCH}, 3x3 stride 1 padding 1 ({environment()})", COLUMNS, rows)
-    if args.markdown:
-        print(markdown_table(COLUMNS, rows))
+    return main(quick=args.quick, threads=args.threads, markdown=args.markdown, rounds=args.rounds,
+                compile_composition=not args.no_compile)
