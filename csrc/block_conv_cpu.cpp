@@ -324,8 +324,12 @@ at::Tensor block_conv2d_forward(const at::Tensor& x, const at::Tensor& weight, c
   const Geometry g = make_geometry(x, weight, stride, padding, dilation, groups, row_bounds, col_bounds,
                                    std::string(padding_mode));
   const bool channels_last = buffer_channels_last(x);
-  at::Tensor out = at::empty({x.size(0), weight.size(0), g.out_h, g.out_w}, x.options());
   const bool one_block = row_bounds.size() == 2 && col_bounds.size() == 2;
+  if (one_block && g.mode == PadMode::kConstant) {
+    // One block with zero padding is exactly the plain conv: no gather at all.
+    return at::convolution(x, weight, bias, stride, padding, dilation, false, {0, 0}, groups).contiguous();
+  }
+  at::Tensor out = at::empty({x.size(0), weight.size(0), g.out_h, g.out_w}, x.options());
   for (const auto& rows : g.rows) {
     for (const auto& cols : g.cols) {
       at::Tensor buf = gather_class(x, rows, cols, padding[1], channels_last);
@@ -354,9 +358,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> block_conv2d_backward(
   TORCH_CHECK(grad_out.scalar_type() == x.scalar_type(), "block_conv2d_backward: grad_out dtype differs from x");
   const bool channels_last = buffer_channels_last(x);
   const auto buf_format = channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+  const bool one_block = row_bounds.size() == 2 && col_bounds.size() == 2;
+  if (one_block && g.mode == PadMode::kConstant) {  // the plain conv's backward (see the forward)
+    auto grads = at::convolution_backward(grad_out, x, weight, c10::nullopt, stride, padding, dilation, false, {0, 0},
+                                          groups, {true, true, false});
+    return {std::get<0>(grads).contiguous(), std::get<1>(grads).contiguous(), grad_out.sum({0, 2, 3})};
+  }
   at::Tensor grad_x = at::zeros(x.sizes(), x.options());
   at::Tensor grad_weight;
-  const bool one_block = row_bounds.size() == 2 && col_bounds.size() == 2;
   for (const auto& rows : g.rows) {
     for (const auto& cols : g.cols) {
       at::Tensor buf = gather_class(x, rows, cols, padding[1], channels_last);

@@ -481,3 +481,24 @@ def test_cpu_kernel_checks_its_inputs():
     with pytest.raises(RuntimeError, match="reflect"):
         torch.ops.fuseops_ext.block_conv2d_forward(x, weight, None, [1, 1], [2, 2], [1, 1], 1, [0, 2, 8], [0, 8],
                                                     "reflect")
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("mode", MODES)
+def test_cpu_single_block_backward(layout, mode):
+    # The cpu backend runs one constant-padded block as the plain conv (no gather).
+    require_backend("block_conv2d", "cpu")
+    x = torch.randn(2, 4, 9, 8, dtype=torch.float64)
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    weight = torch.randn(6, 2, 3, 3, dtype=torch.float64)
+    bias = torch.randn(6, dtype=torch.float64)
+    expected = reference(x, weight, bias, 2, (1, 2), 1, 2, 16, mode, "fixed")
+    grad_out = torch.randn_like(expected)
+    expected_grads = reference_grads(x, weight, bias, 2, (1, 2), 1, 2, 16, mode, "fixed", grad_out)
+    out, grads = run_backend("cpu", x, weight, bias, grad_out, stride=2, padding=(1, 2), groups=2, block_size=16,
+                             padding_mode=mode)
+    torch.testing.assert_close(out, expected)
+    assert out.is_contiguous()
+    for got, want in zip(grads, expected_grads):
+        torch.testing.assert_close(got, want)
