@@ -34,6 +34,8 @@ namespace {
 
 // NCHW input: gather into channels_last blocks (true) or NCHW blocks (false).
 constexpr bool kChannelsLastForNchw = true;
+// Depthwise forward: the direct per-plane kernel (true) or gather + ATen conv (false).
+constexpr bool kDirectDepthwise = true;
 
 enum class PadMode { kConstant, kReplicate, kReflect };
 
@@ -256,6 +258,109 @@ void move_blocks(at::Tensor& blocks, const at::Tensor& full, const SizeClass& ro
   });
 }
 
+// Depthwise (groups == C_in == C_out) forward without the gather/conv/stitch passes: a
+// depthwise conv is memory-bound, so the extra passes would dominate.  Per (n, c) plane
+// and block, the padded block is built in a small cache-resident buffer and convolved
+// straight into the stitched output: x is read once and the output written once, like
+// the plain conv.  Accumulates in opmath (float for bfloat16).
+template <typename scalar_t>
+void depthwise_direct(const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
+                      at::Tensor& out, const std::vector<SizeClass>& row_classes,
+                      const std::vector<SizeClass>& col_classes, c10::IntArrayRef stride, c10::IntArrayRef dilation) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t n_batch = x.size(0), channels = x.size(1), height = x.size(2), width = x.size(3);
+  const int64_t kh = weight.size(2), kw = weight.size(3);
+  const int64_t out_h = out.size(2), out_w = out.size(3);
+  const int64_t sh = stride[0], sw = stride[1], dh = dilation[0], dw = dilation[1];
+  int64_t max_ph = 0, max_pw = 0, max_ow = 0;
+  for (const auto& r : row_classes) max_ph = std::max<int64_t>(max_ph, r.table.size());
+  for (const auto& c : col_classes) {
+    max_pw = std::max<int64_t>(max_pw, c.table.size());
+    max_ow = std::max<int64_t>(max_ow, (static_cast<int64_t>(c.table.size()) - dw * (kw - 1) - 1) / sw + 1);
+  }
+  const scalar_t* src = x.const_data_ptr<scalar_t>();
+  const scalar_t* wts = weight.const_data_ptr<scalar_t>();
+  const scalar_t* bias_ptr = bias.has_value() && bias->defined() ? bias->const_data_ptr<scalar_t>() : nullptr;
+  scalar_t* dst = out.mutable_data_ptr<scalar_t>();
+  at::parallel_for(0, n_batch * channels, 1, [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> padded(max_ph * max_pw), full_acc(max_ph * max_pw), row(max_ow), w(kh * kw);
+    for (int64_t plane = begin; plane < end; ++plane) {
+      const int64_t c = plane % channels;
+      const scalar_t* in = src + plane * height * width;
+      scalar_t* o = dst + plane * out_h * out_w;
+      for (int64_t q = 0; q < kh * kw; ++q) w[q] = static_cast<acc_t>(wts[c * kh * kw + q]);
+      const acc_t b0 = bias_ptr ? static_cast<acc_t>(bias_ptr[c]) : acc_t(0);
+      for (const auto& rows : row_classes) {
+        const int64_t ph_total = rows.table.size();
+        const int64_t oh = (ph_total - dh * (kh - 1) - 1) / sh + 1;
+        for (const auto& cols : col_classes) {
+          const int64_t pw_total = cols.table.size();
+          const int64_t ow = (pw_total - dw * (kw - 1) - 1) / sw + 1;
+          for (size_t i = 0; i < rows.in_starts.size(); ++i) {
+            for (size_t j = 0; j < cols.in_starts.size(); ++j) {
+              const int64_t r0 = rows.in_starts[i], c0 = cols.in_starts[j];
+              for (int64_t t = 0; t < ph_total; ++t) {
+                const int64_t sr = rows.table[t];
+                acc_t* prow = padded.data() + t * pw_total;
+                if (sr < 0) {
+                  std::fill(prow, prow + pw_total, acc_t(0));
+                  continue;
+                }
+                const scalar_t* line = in + (r0 + sr) * width + c0;
+                const int64_t pad_w = (pw_total - cols.size) / 2;
+                for (int64_t u = 0; u < cols.size; ++u) prow[pad_w + u] = static_cast<acc_t>(line[u]);
+                for (int64_t u = 0; u < pad_w; ++u) {
+                  const int64_t left = cols.table[u], right = cols.table[pad_w + cols.size + u];
+                  prow[u] = left < 0 ? acc_t(0) : static_cast<acc_t>(line[left]);
+                  prow[pad_w + cols.size + u] = right < 0 ? acc_t(0) : static_cast<acc_t>(line[right]);
+                }
+              }
+              if (sh == 1 && sw == 1) {
+                // Stride 1: accumulate over the padded block's full width, so each of the
+                // kh*kw taps is one long contiguous (vectorised) loop; the (pw_total - ow)
+                // columns past each output row are computed and dropped.
+                const int64_t span = (oh - 1) * pw_total + ow;
+                acc_t* __restrict acc = full_acc.data();
+                for (int64_t q = 0; q < span; ++q) acc[q] = b0;
+                for (int64_t a = 0; a < kh; ++a) {
+                  for (int64_t bcol = 0; bcol < kw; ++bcol) {
+                    const acc_t wv = w[a * kw + bcol];
+                    const acc_t* __restrict p0 = padded.data() + a * dh * pw_total + bcol * dw;
+                    for (int64_t q = 0; q < span; ++q) acc[q] += wv * p0[q];
+                  }
+                }
+                for (int64_t r = 0; r < oh; ++r) {
+                  scalar_t* __restrict orow = o + (rows.out_starts[i] + r) * out_w + cols.out_starts[j];
+                  for (int64_t u = 0; u < ow; ++u) orow[u] = static_cast<scalar_t>(acc[r * pw_total + u]);
+                }
+                continue;
+              }
+              acc_t* __restrict acc = row.data();
+              for (int64_t r = 0; r < oh; ++r) {
+                for (int64_t u = 0; u < ow; ++u) acc[u] = b0;
+                for (int64_t a = 0; a < kh; ++a) {
+                  const acc_t* prow = padded.data() + (r * sh + a * dh) * pw_total;
+                  for (int64_t bcol = 0; bcol < kw; ++bcol) {
+                    const acc_t wv = w[a * kw + bcol];
+                    const acc_t* __restrict p0 = prow + bcol * dw;
+                    if (sw == 1) {
+                      for (int64_t u = 0; u < ow; ++u) acc[u] += wv * p0[u];
+                    } else {
+                      for (int64_t u = 0; u < ow; ++u) acc[u] += wv * p0[u * sw];
+                    }
+                  }
+                }
+                scalar_t* __restrict orow = o + (rows.out_starts[i] + r) * out_w + cols.out_starts[j];
+                for (int64_t u = 0; u < ow; ++u) orow[u] = static_cast<scalar_t>(acc[u]);
+              }
+            }
+          }
+        }
+      }
+    }
+  });
+}
+
 struct Geometry {
   std::vector<SizeClass> rows, cols;
   int64_t out_h = 0, out_w = 0;
@@ -330,6 +435,14 @@ at::Tensor block_conv2d_forward(const at::Tensor& x, const at::Tensor& weight, c
     return at::convolution(x, weight, bias, stride, padding, dilation, false, {0, 0}, groups).contiguous();
   }
   at::Tensor out = at::empty({x.size(0), weight.size(0), g.out_h, g.out_w}, x.options());
+  if (kDirectDepthwise && groups == x.size(1) && weight.size(0) == groups && weight.size(1) == 1) {
+    const at::Tensor xc = x.contiguous();
+    const at::Tensor wc = weight.contiguous();
+    AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, x.scalar_type(), "block_depthwise_direct", [&] {
+      depthwise_direct<scalar_t>(xc, wc, bias, out, g.rows, g.cols, stride, dilation);
+    });
+    return out;
+  }
   for (const auto& rows : g.rows) {
     for (const auto& cols : g.cols) {
       at::Tensor buf = gather_class(x, rows, cols, padding[1], channels_last);

@@ -282,16 +282,17 @@ DTYPE_TOL = {torch.float32: dict(atol=1e-4, rtol=1e-4), torch.bfloat16: dict(ato
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_low_precision_dtypes(backend, dtype):
+@pytest.mark.parametrize("groups", [1, 8], ids=["dense", "depthwise"])
+def test_low_precision_dtypes(backend, dtype, groups):
     require_backend("block_conv2d", backend)
     x = torch.randn(2, 8, 15, 14, dtype=torch.float64)
-    weight = torch.randn(8, 8, 3, 3, dtype=torch.float64) / 8
+    weight = torch.randn(8, 8 // groups, 3, 3, dtype=torch.float64) / 8
     bias = torch.randn(8, dtype=torch.float64)
-    expected = reference(x, weight, bias, 1, 1, 1, 1, 4, "replicate", "fixed")
+    expected = reference(x, weight, bias, 1, 1, 1, groups, 4, "replicate", "fixed")
     grad_out = torch.randn_like(expected)
-    expected_grads = reference_grads(x, weight, bias, 1, 1, 1, 1, 4, "replicate", "fixed", grad_out)
+    expected_grads = reference_grads(x, weight, bias, 1, 1, 1, groups, 4, "replicate", "fixed", grad_out)
     out, grads = run_backend(backend, x.to(dtype), weight.to(dtype), bias.to(dtype), grad_out.to(dtype),
-                             padding=1, block_size=4, padding_mode="replicate")
+                             padding=1, groups=groups, block_size=4, padding_mode="replicate")
     assert out.dtype == dtype
     torch.testing.assert_close(out.double(), expected, **DTYPE_TOL[dtype])
     torch.testing.assert_close(grads[0].double(), expected_grads[0], **DTYPE_TOL[dtype])
