@@ -361,6 +361,119 @@ void depthwise_direct(const at::Tensor& x, const at::Tensor& weight, const c10::
   });
 }
 
+// Depthwise backward at stride 1 (channel multiplier 1), the adjoint of the direct forward:
+// per (n, c) plane and block, the padded block and the output-gradient block sit in cache;
+// each tap's weight gradient is a dot product over the block and the padded-block
+// gradient gathers the taps back; that gradient is then folded onto the block's pixels
+// (padding positions add onto the pixels they were read from).  Planes are independent,
+// so grad_x needs no atomics; per-plane weight-gradient partials are summed over the
+// batch in a fixed order (deterministic).
+template <typename scalar_t>
+void depthwise_direct_backward(const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& weight,
+                               at::Tensor& grad_x, at::Tensor& grad_weight, const std::vector<SizeClass>& row_classes,
+                               const std::vector<SizeClass>& col_classes, c10::IntArrayRef dilation) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t n_batch = x.size(0), channels = x.size(1), height = x.size(2), width = x.size(3);
+  const int64_t kh = weight.size(2), kw = weight.size(3), taps = kh * kw;
+  const int64_t out_h = grad_out.size(2), out_w = grad_out.size(3);
+  const int64_t dh = dilation[0], dw = dilation[1];
+  int64_t max_ph = 0, max_pw = 0;
+  for (const auto& r : row_classes) max_ph = std::max<int64_t>(max_ph, r.table.size());
+  for (const auto& c : col_classes) max_pw = std::max<int64_t>(max_pw, c.table.size());
+  std::vector<acc_t> partial(n_batch * channels * taps, acc_t(0));
+  const scalar_t* src = x.const_data_ptr<scalar_t>();
+  const scalar_t* gsrc = grad_out.const_data_ptr<scalar_t>();
+  const scalar_t* wts = weight.const_data_ptr<scalar_t>();
+  scalar_t* gx = grad_x.mutable_data_ptr<scalar_t>();
+  at::parallel_for(0, n_batch * channels, 1, [&](int64_t begin, int64_t end) {
+    const int64_t area = max_ph * max_pw;
+    std::vector<acc_t> padded(area), gfull(area), gpad(area), w(taps);
+    for (int64_t plane = begin; plane < end; ++plane) {
+      const int64_t c = plane % channels;
+      const scalar_t* in = src + plane * height * width;
+      const scalar_t* g = gsrc + plane * out_h * out_w;
+      scalar_t* gxp = gx + plane * height * width;
+      acc_t* wgrad = partial.data() + plane * taps;
+      for (int64_t q = 0; q < taps; ++q) w[q] = static_cast<acc_t>(wts[c * taps + q]);
+      for (const auto& rows : row_classes) {
+        const int64_t ph_total = rows.table.size();
+        const int64_t oh = ph_total - dh * (kh - 1);
+        for (const auto& cols : col_classes) {
+          const int64_t pw_total = cols.table.size();
+          const int64_t ow = pw_total - dw * (kw - 1);
+          const int64_t span = (oh - 1) * pw_total + ow;
+          for (size_t i = 0; i < rows.in_starts.size(); ++i) {
+            for (size_t j = 0; j < cols.in_starts.size(); ++j) {
+              const int64_t r0 = rows.in_starts[i], c0 = cols.in_starts[j];
+              for (int64_t t = 0; t < ph_total; ++t) {
+                const int64_t sr = rows.table[t];
+                acc_t* prow = padded.data() + t * pw_total;
+                if (sr < 0) {
+                  std::fill(prow, prow + pw_total, acc_t(0));
+                  continue;
+                }
+                const scalar_t* line = in + (r0 + sr) * width + c0;
+                const int64_t pad_w = (pw_total - cols.size) / 2;
+                for (int64_t u = 0; u < cols.size; ++u) prow[pad_w + u] = static_cast<acc_t>(line[u]);
+                for (int64_t u = 0; u < pad_w; ++u) {
+                  const int64_t left = cols.table[u], right = cols.table[pad_w + cols.size + u];
+                  prow[u] = left < 0 ? acc_t(0) : static_cast<acc_t>(line[left]);
+                  prow[pad_w + cols.size + u] = right < 0 ? acc_t(0) : static_cast<acc_t>(line[right]);
+                }
+              }
+              // The output-gradient block laid out with the padded block's row pitch.
+              acc_t* __restrict gf = gfull.data();
+              for (int64_t q = 0; q < span; ++q) gf[q] = acc_t(0);
+              for (int64_t r = 0; r < oh; ++r) {
+                const scalar_t* grow = g + (rows.out_starts[i] + r) * out_w + cols.out_starts[j];
+                for (int64_t u = 0; u < ow; ++u) gf[r * pw_total + u] = static_cast<acc_t>(grow[u]);
+              }
+              acc_t* __restrict gp = gpad.data();
+              for (int64_t q = 0; q < ph_total * pw_total; ++q) gp[q] = acc_t(0);
+              for (int64_t a = 0; a < kh; ++a) {
+                for (int64_t bcol = 0; bcol < kw; ++bcol) {
+                  const int64_t off = a * dh * pw_total + bcol * dw;
+                  const acc_t* __restrict p0 = padded.data() + off;
+                  acc_t* __restrict gp0 = gp + off;
+                  const acc_t wv = w[a * kw + bcol];
+                  for (int64_t q = 0; q < span; ++q) gp0[q] += wv * gf[q];
+                  // Eight fixed partial sums: vectorisable without reassociating (deterministic).
+                  acc_t lanes[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+                  int64_t q = 0;
+                  for (; q + 8 <= span; q += 8)
+                    for (int64_t l = 0; l < 8; ++l) lanes[l] += gf[q + l] * p0[q + l];
+                  acc_t dot = 0;
+                  for (; q < span; ++q) dot += gf[q] * p0[q];
+                  for (int64_t l = 0; l < 8; ++l) dot += lanes[l];
+                  wgrad[a * kw + bcol] += dot;
+                }
+              }
+              for (int64_t t = 0; t < ph_total; ++t) {
+                const int64_t sr = rows.table[t];
+                if (sr < 0) continue;
+                scalar_t* line = gxp + (r0 + sr) * width + c0;
+                const acc_t* grow = gp + t * pw_total;
+                for (int64_t u = 0; u < pw_total; ++u) {
+                  const int64_t sc = cols.table[u];
+                  if (sc >= 0) line[sc] = static_cast<acc_t>(line[sc]) + grow[u];
+                }
+              }
+            }
+          }
+        }
+      }
+    }
+  });
+  scalar_t* gw = grad_weight.mutable_data_ptr<scalar_t>();
+  for (int64_t c = 0; c < channels; ++c) {
+    for (int64_t q = 0; q < taps; ++q) {
+      acc_t total = 0;
+      for (int64_t n = 0; n < n_batch; ++n) total += partial[(n * channels + c) * taps + q];
+      gw[c * taps + q] = static_cast<scalar_t>(total);
+    }
+  }
+}
+
 struct Geometry {
   std::vector<SizeClass> rows, cols;
   int64_t out_h = 0, out_w = 0;
@@ -476,6 +589,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> block_conv2d_backward(
     auto grads = at::convolution_backward(grad_out, x, weight, c10::nullopt, stride, padding, dilation, false, {0, 0},
                                           groups, {true, true, false});
     return {std::get<0>(grads).contiguous(), std::get<1>(grads).contiguous(), grad_out.sum({0, 2, 3})};
+  }
+  if (kDirectDepthwise && groups == x.size(1) && weight.size(0) == groups && weight.size(1) == 1 && stride[0] == 1 &&
+      stride[1] == 1) {
+    const at::Tensor xc = x.contiguous();
+    const at::Tensor wc = weight.contiguous();
+    const at::Tensor gc = grad_out.contiguous();
+    at::Tensor grad_x = at::zeros(x.sizes(), x.options());
+    at::Tensor grad_weight = at::empty(weight.sizes(), weight.options());
+    AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, x.scalar_type(), "block_depthwise_direct_backward", [&] {
+      depthwise_direct_backward<scalar_t>(gc, xc, wc, grad_x, grad_weight, g.rows, g.cols, dilation);
+    });
+    return {grad_x, grad_weight, grad_out.sum({0, 2, 3})};
   }
   at::Tensor grad_x = at::zeros(x.sizes(), x.options());
   at::Tensor grad_weight;

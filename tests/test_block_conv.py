@@ -349,14 +349,16 @@ def test_torch_compile_fullgraph(backend):
     torch.testing.assert_close(x.grad, eager_grad)
 
 
-def test_cpu_backward_is_deterministic():
+@pytest.mark.parametrize("groups", [1, 5], ids=["dense", "depthwise"])
+def test_cpu_backward_is_deterministic(groups):
     require_backend("block_conv2d", "cpu")
-    x = torch.randn(2, 5, 14, 14)
-    weight = torch.randn(5, 5, 3, 3)
-    grad_out = torch.randn(2, 5, 14, 14)
-    grads = [run_backend("cpu", x, weight, None, grad_out, padding=1, block_size=4, padding_mode="reflect")[1][0]
-             for _ in range(3)]
-    assert torch.equal(grads[0], grads[1]) and torch.equal(grads[1], grads[2])
+    x = torch.randn(4, 5, 14, 14)
+    weight = torch.randn(5, 5 // groups, 3, 3)
+    grad_out = torch.randn(4, 5, 14, 14)
+    runs = [run_backend("cpu", x, weight, None, grad_out, padding=1, groups=groups, block_size=4,
+                        padding_mode="reflect")[1] for _ in range(3)]
+    for run in runs[1:]:
+        assert torch.equal(run[0], runs[0][0]) and torch.equal(run[1], runs[0][1])
 
 
 # ------------------------------------------------------------------------ stride_mode="pool"
