@@ -53,6 +53,11 @@ def _join(prefix: str, key: str) -> str:
     return f"{prefix}.{key}" if prefix else key
 
 
+def _in_model_order(root: nn.Module, names: list[str]) -> list[str]:
+    order = {name: i for i, (name, _) in enumerate(root.named_modules(remove_duplicate=False))}
+    return sorted(names, key=lambda name: order.get(name, len(order)))
+
+
 def _wanted(filter: Filter | None, name: str, module: nn.Module) -> bool:  # noqa: A002
     return filter is None or bool(filter(name, module))
 
@@ -254,7 +259,7 @@ def to_fuse(model: nn.Module, variant: str = "half", *, filter: Filter | None = 
                 parent._modules[key] = _fuse_block(conv, bn, None, variant)
                 parent._modules[f"bn{match.group(1)}"] = nn.Identity()
             replaced.append(name)
-    return root, replaced
+    return root, _in_model_order(model, replaced)
 
 
 # -- to_block ------------------------------------------------------------------------------------
@@ -293,7 +298,7 @@ def to_block(model: nn.Module, block_size: int | tuple[int, int], *, padding_mod
             if type(conv) is nn.Conv2d and _wanted(filter, name, conv):
                 parent._modules[key] = _block_of(conv, name, block_size, padding_mode, blocking, stride_mode)
                 replaced.append(name)
-    return root, replaced
+    return root, _in_model_order(model, replaced)
 
 
 def _block_of(conv: nn.Conv2d, name: str, block_size, padding_mode: str, blocking: str,
@@ -368,7 +373,7 @@ def fold_bn(model: nn.Module) -> tuple[nn.Module, list[str]]:
             continue
         parent._modules[key_b] = nn.Identity()
         replaced.append(_join(parent_name, key_a))
-    return root.eval(), replaced
+    return root.eval(), _in_model_order(model, replaced)
 
 
 def _fold_fuse_block(block: FuSeConvBNAct) -> FuSeConv2d:
