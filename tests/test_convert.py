@@ -84,6 +84,15 @@ def test_to_fuse_torchvision_mobilenet_v2_matches_zoo_params(variant, zoo_params
         assert converted(torch.randn(1, 3, 64, 64)).shape == (1, 1000)
 
 
+@pytest.mark.parametrize(("name", "variant", "expected"), [("mobilenet_v1", "full", 7_366_600),
+                                                           ("mnasnet_b1", "half", 4_257_840),
+                                                           ("mobilenet_v3_large", "half", 5_405_664)])
+def test_to_fuse_zoo_baseline_gives_the_zoo_variant_param_count(name, variant, expected):
+    converted, names = to_fuse(get_model(name), variant)
+    assert n_params(converted) == expected  # the paper's count (papers.md)
+    assert len(names) == sum(isinstance(m, FuSeConvBNAct) for m in converted.modules())
+
+
 def test_to_fuse_initialises_from_centre_row_and_column_and_bn():
     torch.manual_seed(0)
     block = randomize_bn(nn.Sequential(nn.Conv2d(5, 5, 3, padding=1, groups=5, bias=False), nn.BatchNorm2d(5),
