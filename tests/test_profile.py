@@ -108,3 +108,24 @@ def test_zoo_fuse_network_macs_against_the_paper():
 def test_profile_bad_input(args, error):
     with pytest.raises(error):
         profile(*args)
+
+
+def test_zoo_cli_writes_the_paper_comparison(tmp_path, capsys):
+    import csv
+
+    from fuseops.cli import main
+    from fuseops.models.paper import FUSE_NETWORKS
+
+    path = tmp_path / "zoo.csv"
+    assert main(["zoo", "--network", "mobilenet_v3_small", "--no-progress", "--csv", str(path)]) == 0
+    with open(path) as handle:
+        rows = list(csv.DictReader(handle))
+    assert [r["variant"] for r in rows] == ["baseline", "full", "half", "full_hybrid", "half_hybrid"]
+    assert [int(r["params"]) for r in rows] == [2_938_368, 4_446_056, 2_891_712, 3_188_096, 2_922_960]
+    assert all(int(r["params diff"]) == 0 for r in rows)
+    assert [int(r["paper MFLOPs"]) for r in rows] == [66, 84, 61, 73, 63]
+    assert all(-15 < float(r["MACs diff %"]) < 0 for r in rows)  # MACs < the paper's FLOPs (BN/act overhead)
+    assert "equal the paper" in capsys.readouterr().out
+    from fuseops.cli import zoo
+
+    assert zoo.FUSE_NETWORKS == FUSE_NETWORKS
