@@ -18,8 +18,8 @@ def run(args) -> int:
     print_table(f"validation on {args.device} (float64, forward and backward vs reference)",
                 ("op", "backend", "case", "status", "fwd err", "bwd err", "detail"), rows)
     failed = [r for r in results if r.status == "FAIL"]
-    print(f"{sum(r.status == 'pass' for r in results)} passed, {len(failed)} failed, "
-          f"{sum(r.status == 'unavailable' for r in results)} unavailable")
+    print(f"validation: {sum(r.status == 'pass' for r in results)} pass, {len(failed)} fail, "
+          f"{sum(r.status == 'unavailable' for r in results)} backend/case pairs unavailable")
     return 1 if failed else 0
 
 
