@@ -180,7 +180,7 @@ def fuse_fwd_kernel(
     C_PART, X_START, OUT_START,
     H, W, OH, OW, pad,
     sxn, sxc, sxh, sxw,
-    swc, swk,
+    swc, swk, sb,
     son, soc, soh, sow,
     IS_ROW: tl.constexpr, K: tl.constexpr, STRIDE: tl.constexpr, DIL: tl.constexpr,
     HAS_BIAS: tl.constexpr, ACT: tl.constexpr, ACC: tl.constexpr, INDEX64: tl.constexpr,
@@ -198,7 +198,7 @@ def fuse_fwd_kernel(
 
     bias = 0.0
     if HAS_BIAS:
-        bias = tl.load(b_ptr + OUT_START + c).to(ACC)
+        bias = tl.load(b_ptr + (OUT_START + c) * sb).to(ACC)
     x_plane = x_ptr + n * sxn + (X_START + c) * sxc
     pre = _pre_activation(x_plane, sxh, sxw, H, W, w_ptr + c * swc, swk, bias, oh, ow, valid, pad,
                           IS_ROW, K, STRIDE, DIL, ACC)
@@ -255,7 +255,7 @@ def fuse_bwd_input_kernel(
     H, W, OH, OW, pad,
     sxn, sxc, sxh, sxw,
     sgn, sgc, sgh, sgw,
-    swr_c, swr_k, swc_c, swc_k,
+    swr_c, swr_k, swc_c, swc_k, sb,
     sgxn, sgxc, sgxh, sgxw,
     K: tl.constexpr, STRIDE: tl.constexpr, DIL: tl.constexpr,
     HAS_BIAS: tl.constexpr, ACT: tl.constexpr, ACC: tl.constexpr, INDEX64: tl.constexpr,
@@ -277,7 +277,7 @@ def fuse_bwd_input_kernel(
     if c < C_ROW:
         bias_row = 0.0
         if HAS_BIAS:
-            bias_row = tl.load(b_ptr + c).to(ACC)
+            bias_row = tl.load(b_ptr + c * sb).to(ACC)
         acc += _grad_x_from_part(
             x_plane, g_ptr + n * sgn + c * sgc, wr_ptr + c * swr_c, swr_k, bias_row, sxh, sxw, sgh, sgw,
             ih, iw, in_mask, H, W, OH, OW, pad, True, K, STRIDE, DIL, ACT, ACC,
@@ -287,7 +287,7 @@ def fuse_bwd_input_kernel(
         out_c = C_ROW + cc
         bias_col = 0.0
         if HAS_BIAS:
-            bias_col = tl.load(b_ptr + out_c).to(ACC)
+            bias_col = tl.load(b_ptr + out_c * sb).to(ACC)
         acc += _grad_x_from_part(
             x_plane, g_ptr + n * sgn + out_c * sgc, wc_ptr + cc * swc_c, swc_k, bias_col, sxh, sxw, sgh, sgw,
             ih, iw, in_mask, H, W, OH, OW, pad, False, K, STRIDE, DIL, ACT, ACC,
@@ -304,7 +304,7 @@ def fuse_bwd_weight_kernel(
     H, W, OH, OW, pad,
     sxn, sxc, sxh, sxw,
     sgn, sgc, sgh, sgw,
-    swc, swk,
+    swc, swk, sb,
     TILES_TOTAL,
     IS_ROW: tl.constexpr, K: tl.constexpr, STRIDE: tl.constexpr, DIL: tl.constexpr,
     HAS_BIAS: tl.constexpr, ACT: tl.constexpr, ACC: tl.constexpr, INDEX64: tl.constexpr,
@@ -333,7 +333,7 @@ def fuse_bwd_weight_kernel(
     if ACT != 0:
         bias = 0.0
         if HAS_BIAS:
-            bias = tl.load(b_ptr + OUT_START + c).to(ACC)
+            bias = tl.load(b_ptr + (OUT_START + c) * sb).to(ACC)
         pre = _pre_activation(x_plane, sxh, sxw, H, W, w_chan, swk, bias, oh, ow, valid, pad,
                               IS_ROW, K, STRIDE, DIL, ACC)
         grad = _activation_grad(grad, pre, ACT)

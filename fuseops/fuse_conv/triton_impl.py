@@ -32,6 +32,12 @@ def _kernels():
     return fuse_conv
 
 
+def _empty(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """Every output and workspace buffer comes from here, so the tests can replace it with a
+    NaN-filled allocation and thereby check that the kernels write every element."""
+    return torch.empty(shape, dtype=dtype, device=device)
+
+
 def _acc_dtype(dtype: torch.dtype):
     import triton.language as tl
 
@@ -76,7 +82,7 @@ def forward(
 ) -> torch.Tensor:
     """(N, C, H, W) -> (N, C_r + C_c, H_out, W_out), contiguous NCHW."""
     geo = _geometry(x, weight_row, weight_col, full, stride, padding, dilation)
-    out = x.new_empty((geo.batch, geo.out_channels, geo.out_height, geo.out_width))
+    out = _empty((geo.batch, geo.out_channels, geo.out_height, geo.out_width), x.dtype, x.device)
     if out.numel() == 0:
         return out
     k = _kernels()
@@ -93,7 +99,8 @@ def forward(
             x, weight, bias if bias is not None else out, out,
             count, x_start, out_start,
             geo.height, geo.width, geo.out_height, geo.out_width, geo.padding,
-            *x.stride(), weight.stride(0), tap_stride, *out.stride(),
+            *x.stride(), weight.stride(0), tap_stride, bias.stride(0) if bias is not None else 0,
+            *out.stride(),
             IS_ROW=is_row, K=geo.kernel, STRIDE=geo.stride, DIL=geo.dilation,
             HAS_BIAS=bias is not None, ACT=k.ACTIVATION_CODES[activation], ACC=_acc_dtype(x.dtype),
             INDEX64=index64,
@@ -120,10 +127,9 @@ def backward(
     fixed order (bitwise reproducible).
     """
     geo = _geometry(x, weight_row, weight_col, full, stride, padding, dilation)
-    grad_x = torch.empty_like(x, memory_format=torch.contiguous_format)
-    grad_weights = [torch.empty_like(weight_row, memory_format=torch.contiguous_format),
-                    torch.empty_like(weight_col, memory_format=torch.contiguous_format)]
-    grad_bias = x.new_empty((geo.out_channels,))
+    grad_x = _empty(tuple(x.shape), x.dtype, x.device)
+    grad_weights = [_empty(tuple(w.shape), w.dtype, w.device) for w in (weight_row, weight_col)]
+    grad_bias = _empty((geo.out_channels,), x.dtype, x.device)
     if grad_out.numel() == 0 or x.numel() == 0:
         # No outputs (N == 0): every gradient is an empty or zero sum.
         grad_x.zero_()
@@ -137,6 +143,7 @@ def backward(
     act = k.ACTIVATION_CODES[activation]
     has_bias = bias is not None
     bias_arg = bias if has_bias else grad_x  # never read when HAS_BIAS is False
+    bias_stride = bias.stride(0) if has_bias else 0
     index64 = _needs_index64(x, grad_out, grad_x)
 
     def grid_x(meta):
@@ -147,7 +154,7 @@ def backward(
         geo.channels, geo.c_row, geo.c_col, geo.col_start,
         geo.height, geo.width, geo.out_height, geo.out_width, geo.padding,
         *x.stride(), *grad_out.stride(),
-        weight_row.stride(0), weight_row.stride(3), weight_col.stride(0), weight_col.stride(2),
+        weight_row.stride(0), weight_row.stride(3), weight_col.stride(0), weight_col.stride(2), bias_stride,
         *grad_x.stride(),
         K=geo.kernel, STRIDE=geo.stride, DIL=geo.dilation, HAS_BIAS=has_bias, ACT=act,
         ACC=_acc_dtype(x.dtype), INDEX64=index64,
@@ -164,18 +171,18 @@ def backward(
         if count == 0:
             grad_w.zero_()
             continue
-        workspace = torch.empty((count, geo.kernel + 1, tiles_total), dtype=acc_torch, device=x.device)
+        workspace = _empty((count, geo.kernel + 1, tiles_total), acc_torch, x.device)
         k.fuse_bwd_weight_kernel[(geo.batch * count * tiles,)](
             x, grad_out, weight, bias_arg, workspace,
             count, x_start, out_start,
             geo.height, geo.width, geo.out_height, geo.out_width, geo.padding,
-            *x.stride(), *grad_out.stride(), weight.stride(0), tap_stride,
+            *x.stride(), *grad_out.stride(), weight.stride(0), tap_stride, bias_stride,
             tiles_total,
             IS_ROW=is_row, K=geo.kernel, STRIDE=geo.stride, DIL=geo.dilation, HAS_BIAS=has_bias,
             ACT=act, ACC=_acc_dtype(x.dtype), INDEX64=index64,
             BLOCK_H=block_h, BLOCK_W=block_w, num_warps=warps,
         )
-        sums = torch.empty((count, geo.kernel + 1), dtype=acc_torch, device=x.device)
+        sums = _empty((count, geo.kernel + 1), acc_torch, x.device)
         k.reduce_partials_kernel[(count * (geo.kernel + 1),)](
             workspace, sums, tiles_total, BLOCK=k.REDUCE_BLOCK, CHUNKS=chunks,
         )
