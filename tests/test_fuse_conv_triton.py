@@ -87,7 +87,8 @@ def reference_fwd_bwd(x, weight_row, weight_col, bias, grad_out, variant, stride
 
 
 def triton_fwd_bwd(x, weight_row, weight_col, bias, grad_out, variant, stride, padding, dilation, act):
-    leaves = [t.detach().requires_grad_(True) if t is not None else None for t in (x, weight_row, weight_col, bias)]
+    leaves = [t.detach().requires_grad_(True) if t is not None else None
+              for t in (x, weight_row, weight_col, bias)]
     # requires_grad_ on a detached view keeps the original (possibly strided) layout.
     with fuseops.use_backend("triton"):
         out = fuseops.fuse_conv2d(*leaves, variant=variant, stride=stride, padding=padding,
@@ -141,8 +142,9 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize(("shape", "variant", "kernel", "stride", "dilation", "act", "bias", "c_row", "padding"),
-                         CASES)
+@pytest.mark.parametrize(
+    ("shape", "variant", "kernel", "stride", "dilation", "act", "bias", "c_row", "padding"), CASES
+)
 def test_matches_reference_float64(shape, variant, kernel, stride, dilation, act, bias, c_row, padding):
     x, wr, wc, b = make_inputs(shape, variant, kernel, c_row=c_row, bias=bias)
     check(x, wr, wc, b, variant=variant, stride=stride, padding=padding, dilation=dilation, act=act)

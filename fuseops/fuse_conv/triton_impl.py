@@ -147,7 +147,8 @@ def backward(
     index64 = _needs_index64(x, grad_out, grad_x)
 
     def grid_x(meta):
-        return (geo.batch * geo.channels * _cdiv(geo.height, meta["BLOCK_H"]) * _cdiv(geo.width, meta["BLOCK_W"]),)
+        tiles = _cdiv(geo.height, meta["BLOCK_H"]) * _cdiv(geo.width, meta["BLOCK_W"])
+        return (geo.batch * geo.channels * tiles,)
 
     k.fuse_bwd_input_kernel[grid_x](
         x, grad_out, weight_row, weight_col, bias_arg, grad_x,
