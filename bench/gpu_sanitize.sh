@@ -27,7 +27,8 @@ import torch
 
 import fuseops  # noqa: F401  (loads fuseops._C)
 from fuseops import backends
-from fuseops.block_pad import block_pad, fixed_spans
+from fuseops.block_conv.grid import block_grid
+from fuseops.block_pad_canvas import block_pad_canvas
 from fuseops.fuse_conv import fuse_conv2d
 
 assert torch.cuda.is_available(), "needs a GPU"
@@ -56,7 +57,10 @@ elif part == "block_pad":
     for mode in ("constant", "replicate", "reflect"):
         for layout in (torch.contiguous_format, torch.channels_last):
             x = torch.randn(2, 3, 31, 29, device="cuda").to(memory_format=layout).requires_grad_()
-            out = block_pad(x, fixed_spans(31, 14), fixed_spans(29, 14), (1, 1, 1, 1), mode, 2)
+            rows, cols = block_grid(31, 29, 14)  # ragged last blocks: 3 rows, 1 column
+            # reflect needs padding < block size, so no W padding against the 1-wide block
+            padding = (1, 1, 0, 0) if mode == "reflect" else (1, 1, 1, 1)
+            out = block_pad_canvas(x, rows, cols, padding, mode, 2)
             out.backward(torch.randn_like(out))
     torch.cuda.synchronize()
 print(f"{part}: ran")

@@ -14,13 +14,13 @@
 namespace fuseops_blockpad {
 namespace {
 
-at::Tensor block_pad_gather_cpu(const at::Tensor& x_in, at::IntArrayRef row_spans, at::IntArrayRef col_spans,
+at::Tensor block_pad_gather_cpu(const at::Tensor& x_in, at::IntArrayRef row_bounds, at::IntArrayRef col_bounds,
                                 at::IntArrayRef padding, c10::string_view mode_name, int64_t align) {
   TORCH_CHECK(x_in.dim() == 4, "x must be 4-D (N, C, H, W), got ", x_in.dim(), "-D");
   const PadMode mode = parse_mode(std::string(mode_name));
   const Padding pad = parse_padding(padding.vec());
-  const auto row_map = axis_map(row_spans.vec(), x_in.size(2), pad.top, pad.bottom, mode, align, "row");
-  const auto col_map = axis_map(col_spans.vec(), x_in.size(3), pad.left, pad.right, mode, align, "col");
+  const auto row_map = axis_map(row_bounds.vec(), x_in.size(2), pad.top, pad.bottom, mode, align, "row");
+  const auto col_map = axis_map(col_bounds.vec(), x_in.size(3), pad.left, pad.right, mode, align, "col");
   const at::Tensor x = x_in.contiguous();
   const int64_t planes = x.size(0) * x.size(1), h = x.size(2), w = x.size(3);
   const int64_t hc = static_cast<int64_t>(row_map.size()), wc = static_cast<int64_t>(col_map.size());
@@ -45,14 +45,14 @@ at::Tensor block_pad_gather_cpu(const at::Tensor& x_in, at::IntArrayRef row_span
   return out;
 }
 
-at::Tensor block_pad_scatter_cpu(const at::Tensor& grad_in, at::IntArrayRef row_spans, at::IntArrayRef col_spans,
+at::Tensor block_pad_scatter_cpu(const at::Tensor& grad_in, at::IntArrayRef row_bounds, at::IntArrayRef col_bounds,
                                  at::IntArrayRef padding, c10::string_view mode_name, int64_t align, int64_t height,
                                  int64_t width) {
   TORCH_CHECK(grad_in.dim() == 4, "grad must be 4-D, got ", grad_in.dim(), "-D");
   const PadMode mode = parse_mode(std::string(mode_name));
   const Padding pad = parse_padding(padding.vec());
-  const auto row_map = axis_map(row_spans.vec(), height, pad.top, pad.bottom, mode, align, "row");
-  const auto col_map = axis_map(col_spans.vec(), width, pad.left, pad.right, mode, align, "col");
+  const auto row_map = axis_map(row_bounds.vec(), height, pad.top, pad.bottom, mode, align, "row");
+  const auto col_map = axis_map(col_bounds.vec(), width, pad.left, pad.right, mode, align, "col");
   const int64_t hc = static_cast<int64_t>(row_map.size()), wc = static_cast<int64_t>(col_map.size());
   TORCH_CHECK(grad_in.size(2) == hc && grad_in.size(3) == wc, "grad must have the canvas size ", hc, "x", wc,
               ", got ", grad_in.sizes());

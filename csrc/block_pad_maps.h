@@ -31,21 +31,24 @@ inline PadMode parse_mode(const std::string& mode) {
   return PadMode::Constant;
 }
 
-// spans: flat [start0, size0, start1, size1, ...]; returns the canvas -> source map.
-inline std::vector<int64_t> axis_map(const std::vector<int64_t>& spans, int64_t extent, int64_t pad_lo,
+// bounds: block boundaries along one axis, [b0, b1, ..., bn] strictly increasing inside
+// [0, extent] (block i is [b_i, b_{i+1}); the form of fuseops.block_conv.grid.spans_to_bounds).
+// Returns the canvas -> source map.
+inline std::vector<int64_t> axis_map(const std::vector<int64_t>& bounds, int64_t extent, int64_t pad_lo,
                                      int64_t pad_hi, PadMode mode, int64_t align, const char* axis) {
-  TORCH_CHECK(spans.size() % 2 == 0 && !spans.empty(), axis,
-              "_spans must be a non-empty flat list of (start, size) pairs, got ", spans.size(), " values");
+  TORCH_CHECK(bounds.size() >= 2, axis, "_bounds must hold at least two block boundaries, got ", bounds.size());
+  TORCH_CHECK(bounds.front() >= 0 && bounds.back() <= extent, axis, "_bounds must lie inside [0, ", extent,
+              "], got ", bounds.front(), " .. ", bounds.back());
   TORCH_CHECK(pad_lo >= 0 && pad_hi >= 0, "padding must be >= 0, got ", pad_lo, " and ", pad_hi, " along ", axis);
   TORCH_CHECK(align >= 1, "align must be >= 1, got ", align);
   std::vector<int64_t> map;
-  for (size_t b = 0; b < spans.size(); b += 2) {
-    const int64_t start = spans[b], size = spans[b + 1];
-    TORCH_CHECK(size >= 1 && start >= 0 && start + size <= extent, axis, " block ", b / 2, " (start ", start,
-                ", size ", size, ") must lie inside [0, ", extent, ")");
+  for (size_t b = 0; b + 1 < bounds.size(); ++b) {
+    const int64_t start = bounds[b], size = bounds[b + 1] - bounds[b];
+    TORCH_CHECK(size >= 1, axis, "_bounds must be strictly increasing; block ", b, " is [", start, ", ",
+                bounds[b + 1], ")");
     if (mode == PadMode::Reflect) {
       TORCH_CHECK(pad_lo < size && pad_hi < size, "reflect padding needs padding < block size along ", axis,
-                  "; block ", b / 2, " has size ", size, " and padding (", pad_lo, ", ", pad_hi, ")");
+                  "; block ", b, " has size ", size, " and padding (", pad_lo, ", ", pad_hi, ")");
     }
     const int64_t padded = size + pad_lo + pad_hi;
     const int64_t length = (padded + align - 1) / align * align;

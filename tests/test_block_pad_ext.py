@@ -21,7 +21,14 @@ if not _ok:
         raise RuntimeError(f"block_pad_gather must be built in CI: {_reason}")
     pytest.skip(f"C++ extension without block_pad_gather: {_reason}", allow_module_level=True)
 
-from fuseops.block_pad import block_pad, block_pad_reference, fixed_spans, flat  # noqa: E402
+from fuseops.block_conv.grid import block_grid  # noqa: E402
+from fuseops.block_conv.grid import spans_to_bounds as flat  # noqa: E402
+from fuseops.block_pad_canvas import block_pad_canvas as block_pad  # noqa: E402
+from fuseops.block_pad_canvas import block_pad_canvas_reference as block_pad_reference  # noqa: E402
+
+
+def fixed_spans(size, block):
+    return block_grid(size, 1, (block, 1))[0]  # noqa: E402
 
 
 @st.composite
@@ -30,13 +37,10 @@ def cases(draw):
     w = draw(st.integers(1, 13))
     mode = draw(st.sampled_from(("constant", "replicate", "reflect")))
     if draw(st.booleans()):
-        row = fixed_spans(h, draw(st.integers(1, h)))
-        col = fixed_spans(w, draw(st.integers(1, w)))
-    else:  # hierarchical: n blocks per axis, sizes as even as possible
-        nh, nw = draw(st.integers(1, h)), draw(st.integers(1, w))
-        row = tuple((h * i // nh, h * (i + 1) // nh - h * i // nh) for i in range(nh))
-        col = tuple((w * i // nw, w * (i + 1) // nw - w * i // nw) for i in range(nw))
-    smallest_h, smallest_w = min(s for _, s in row), min(s for _, s in col)
+        row, col = block_grid(h, w, (draw(st.integers(1, h)), draw(st.integers(1, w))), "fixed")
+    else:
+        row, col = block_grid(h, w, (draw(st.integers(1, h)), draw(st.integers(1, w))), "hierarchical")
+    smallest_h, smallest_w = min(b - a for a, b in row), min(b - a for a, b in col)
     cap_h = smallest_h - 1 if mode == "reflect" else 3
     cap_w = smallest_w - 1 if mode == "reflect" else 3
     padding = (draw(st.integers(0, cap_h)), draw(st.integers(0, cap_h)),
@@ -107,7 +111,11 @@ def test_bad_inputs_are_rejected():
         block_pad(x, fixed_spans(6, 3), fixed_spans(6, 3), (1, 1, 1, 1), "circular")
     with pytest.raises(RuntimeError, match="reflect padding needs padding < block size"):
         block_pad(x, fixed_spans(6, 3), fixed_spans(6, 3), (3, 0, 0, 0), "reflect")
-    with pytest.raises(RuntimeError, match=r"must lie inside \[0, 6\)"):
-        block_pad(x, ((0, 4), (4, 4)), fixed_spans(6, 3), (1, 1, 1, 1), "constant")
+    with pytest.raises(RuntimeError, match=r"must lie inside \[0, 6\]"):
+        block_pad(x, ((0, 4), (4, 8)), fixed_spans(6, 3), (1, 1, 1, 1), "constant")
+    with pytest.raises(RuntimeError, match="strictly increasing"):
+        torch.ops.fuseops_ext.block_pad_gather(x, [0, 3, 3, 6], [0, 6], [1, 1, 1, 1], "constant", 1)
     with pytest.raises(RuntimeError, match=r"padding must be \[top, bottom, left, right\]"):
         torch.ops.fuseops_ext.block_pad_gather(x, [0, 6], [0, 6], [1, 1], "constant", 1)
+    with pytest.raises(RuntimeError, match="at least two block boundaries"):
+        torch.ops.fuseops_ext.block_pad_gather(x, [6], [0, 6], [1, 1, 1, 1], "constant", 1)

@@ -43,6 +43,12 @@ def _require_kernel():
         pytest.skip(reason)
 
 
+def fixed_spans(size: int, block: int):
+    from fuseops.block_conv.grid import block_grid
+
+    return block_grid(size, 1, (block, 1))[0]
+
+
 def _poison_allocator(nbytes: int) -> None:
     """Make the next allocations start out as NaN, so unwritten output elements show."""
     torch.cuda.synchronize()
@@ -52,18 +58,17 @@ def _poison_allocator(nbytes: int) -> None:
 
 @st.composite
 def cases(draw):
-    from fuseops.block_pad import fixed_spans
+    from fuseops.block_conv.grid import block_grid
 
     h, w = draw(st.integers(1, 40)), draw(st.integers(1, 40))
     mode = draw(st.sampled_from(MODES))
     if draw(st.booleans()):
-        row, col = fixed_spans(h, draw(st.integers(1, h))), fixed_spans(w, draw(st.integers(1, w)))
+        row, col = block_grid(h, w, (draw(st.integers(1, h)), draw(st.integers(1, w))), "fixed")
     else:
-        nh, nw = draw(st.integers(1, min(h, 4))), draw(st.integers(1, min(w, 4)))
-        row = tuple((h * i // nh, h * (i + 1) // nh - h * i // nh) for i in range(nh))
-        col = tuple((w * i // nw, w * (i + 1) // nw - w * i // nw) for i in range(nw))
-    cap_h = min(s for _, s in row) - 1 if mode == "reflect" else 3
-    cap_w = min(s for _, s in col) - 1 if mode == "reflect" else 3
+        sizes = (draw(st.integers(1, min(h, 4))), draw(st.integers(1, min(w, 4))))
+        row, col = block_grid(h, w, sizes, "hierarchical")
+    cap_h = min(b - a for a, b in row) - 1 if mode == "reflect" else 3
+    cap_w = min(b - a for a, b in col) - 1 if mode == "reflect" else 3
     padding = (draw(st.integers(0, cap_h)), draw(st.integers(0, cap_h)),
                draw(st.integers(0, cap_w)), draw(st.integers(0, cap_w)))
     return (h, w), row, col, padding, mode, draw(st.integers(1, 3)), draw(st.booleans())
@@ -73,7 +78,8 @@ def cases(draw):
 @settings(max_examples=40, deadline=None)
 @given(case=cases())
 def test_gather_is_exact(dtype, case):
-    from fuseops.block_pad import block_pad, block_pad_reference
+    from fuseops.block_pad_canvas import block_pad_canvas as block_pad
+    from fuseops.block_pad_canvas import block_pad_canvas_reference as block_pad_reference
 
     (h, w), row, col, padding, mode, align, channels_last = case
     x = torch.randn(2, 3, h, w, device="cuda").to(dtype)
@@ -91,7 +97,8 @@ def test_gather_is_exact(dtype, case):
 @settings(max_examples=40, deadline=None)
 @given(case=cases())
 def test_scatter_matches_reference_backward(dtype, case):
-    from fuseops.block_pad import block_pad, block_pad_reference
+    from fuseops.block_pad_canvas import block_pad_canvas as block_pad
+    from fuseops.block_pad_canvas import block_pad_canvas_reference as block_pad_reference
 
     (h, w), row, col, padding, mode, align, channels_last = case
     x64 = torch.randn(2, 3, h, w, device="cuda", dtype=torch.float64, requires_grad=True)
@@ -110,7 +117,7 @@ def test_scatter_matches_reference_backward(dtype, case):
 
 
 def test_cuda_matches_cpu_kernel():
-    from fuseops.block_pad import fixed_spans, flat
+    from fuseops.block_conv.grid import spans_to_bounds as flat
 
     x = torch.randn(2, 5, 29, 31, dtype=torch.float64)
     args = (flat(fixed_spans(29, 14)), flat(fixed_spans(31, 14)), [1, 1, 1, 1], "reflect", 2)
@@ -124,7 +131,7 @@ def test_cuda_matches_cpu_kernel():
 
 
 def test_backward_is_bitwise_deterministic():
-    from fuseops.block_pad import fixed_spans, flat
+    from fuseops.block_conv.grid import spans_to_bounds as flat
 
     grad = torch.randn(4, 16, 2 * 30 + 4 * 2, 2 * 30 + 4 * 2, device="cuda")
     args = (flat(fixed_spans(60, 30)), flat(fixed_spans(60, 30)), [2, 2, 2, 2], "reflect", 1, 60, 60)
@@ -135,7 +142,7 @@ def test_backward_is_bitwise_deterministic():
 
 @pytest.mark.parametrize("mode", MODES)
 def test_gradcheck(mode):
-    from fuseops.block_pad import block_pad, fixed_spans
+    from fuseops.block_pad_canvas import block_pad_canvas as block_pad
 
     x = torch.randn(1, 2, 8, 7, device="cuda", dtype=torch.float64, requires_grad=True)
     row, col = fixed_spans(8, 3), fixed_spans(7, 4)
@@ -143,7 +150,7 @@ def test_gradcheck(mode):
 
 
 def test_opcheck():
-    from fuseops.block_pad import fixed_spans, flat
+    from fuseops.block_conv.grid import spans_to_bounds as flat
 
     x = torch.randn(2, 3, 9, 10, device="cuda", requires_grad=True)
     args = (x, flat(fixed_spans(9, 4)), flat(fixed_spans(10, 4)), [1, 1, 1, 1], "replicate", 1)
@@ -156,8 +163,10 @@ def test_bad_inputs_raise():
     with pytest.raises(RuntimeError, match="mode must be one of"):
         gather(x, [0, 6], [0, 6], [1, 1, 1, 1], "circular", 1)
     with pytest.raises(RuntimeError, match="reflect padding needs padding < block size"):
-        gather(x, [0, 3, 3, 3], [0, 6], [3, 0, 0, 0], "reflect", 1)
+        gather(x, [0, 3, 6], [0, 6], [3, 0, 0, 0], "reflect", 1)
     with pytest.raises(RuntimeError, match="must lie inside"):
         gather(x, [0, 7], [0, 6], [0, 0, 0, 0], "constant", 1)
+    with pytest.raises(RuntimeError, match="strictly increasing"):
+        gather(x, [0, 3, 3, 6], [0, 6], [0, 0, 0, 0], "constant", 1)
     with pytest.raises(RuntimeError, match="canvas size"):
         torch.ops.fuseops_ext.block_pad_scatter(x, [0, 6], [0, 6], [1, 1, 1, 1], "constant", 1, 6, 6)

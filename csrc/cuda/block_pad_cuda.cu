@@ -106,14 +106,14 @@ at::MemoryFormat output_format(const at::Tensor& t) {
                                                                      : at::MemoryFormat::Contiguous;
 }
 
-at::Tensor block_pad_gather_cuda(const at::Tensor& x, at::IntArrayRef row_spans, at::IntArrayRef col_spans,
+at::Tensor block_pad_gather_cuda(const at::Tensor& x, at::IntArrayRef row_bounds, at::IntArrayRef col_bounds,
                                  at::IntArrayRef padding, c10::string_view mode_name, int64_t align) {
   fuseops_cuda::check_cuda_tensor(x, "x");
   TORCH_CHECK(x.dim() == 4, "x must be 4-D (N, C, H, W), got ", x.dim(), "-D");
   const PadMode mode = parse_mode(std::string(mode_name));
   const Padding pad = parse_padding(padding.vec());
-  const auto row_map = axis_map(row_spans.vec(), x.size(2), pad.top, pad.bottom, mode, align, "row");
-  const auto col_map = axis_map(col_spans.vec(), x.size(3), pad.left, pad.right, mode, align, "col");
+  const auto row_map = axis_map(row_bounds.vec(), x.size(2), pad.top, pad.bottom, mode, align, "row");
+  const auto col_map = axis_map(col_bounds.vec(), x.size(3), pad.left, pad.right, mode, align, "col");
   const c10::cuda::CUDAGuard guard(x.device());
   const int64_t hc = static_cast<int64_t>(row_map.size()), wc = static_cast<int64_t>(col_map.size());
   const at::MemoryFormat fmt = output_format(x);
@@ -148,15 +148,15 @@ at::Tensor block_pad_gather_cuda(const at::Tensor& x, at::IntArrayRef row_spans,
   return out;
 }
 
-at::Tensor block_pad_scatter_cuda(const at::Tensor& grad, at::IntArrayRef row_spans, at::IntArrayRef col_spans,
+at::Tensor block_pad_scatter_cuda(const at::Tensor& grad, at::IntArrayRef row_bounds, at::IntArrayRef col_bounds,
                                   at::IntArrayRef padding, c10::string_view mode_name, int64_t align,
                                   int64_t height, int64_t width) {
   fuseops_cuda::check_cuda_tensor(grad, "grad");
   TORCH_CHECK(grad.dim() == 4, "grad must be 4-D, got ", grad.dim(), "-D");
   const PadMode mode = parse_mode(std::string(mode_name));
   const Padding pad = parse_padding(padding.vec());
-  const auto row_map = axis_map(row_spans.vec(), height, pad.top, pad.bottom, mode, align, "row");
-  const auto col_map = axis_map(col_spans.vec(), width, pad.left, pad.right, mode, align, "col");
+  const auto row_map = axis_map(row_bounds.vec(), height, pad.top, pad.bottom, mode, align, "row");
+  const auto col_map = axis_map(col_bounds.vec(), width, pad.left, pad.right, mode, align, "col");
   const int64_t hc = static_cast<int64_t>(row_map.size()), wc = static_cast<int64_t>(col_map.size());
   TORCH_CHECK(grad.size(2) == hc && grad.size(3) == wc, "grad must have the canvas size ", hc, "x", wc, ", got ",
               grad.sizes());
