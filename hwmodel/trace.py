@@ -257,6 +257,7 @@ def trace(model: nn.Module, input_shape: Sequence[int], *, compute: bool = False
     handles = []
     training = {m: m.training for m in model.modules()}
     stand_ins = {}
+    threads = torch.get_num_threads()
     try:
         for name, module in model.named_modules():
             handles.append(module.register_forward_pre_hook(pre_hook))
@@ -269,9 +270,14 @@ def trace(model: nn.Module, input_shape: Sequence[int], *, compute: bool = False
         param = next((p for p in model.parameters() if p.is_floating_point()), None)
         dtype = param.dtype if param is not None else torch.float32
         model.eval()
+        if not compute:
+            # What is left to run is cheap elementwise work on small maps, where OpenMP's
+            # thread start-up and spinning cost more than the work (10x on a busy machine).
+            torch.set_num_threads(1)
         with torch.no_grad():
             model(torch.zeros(shape, dtype=dtype, device=param.device if param is not None else "cpu"))
     finally:
+        torch.set_num_threads(threads)
         for handle in handles:
             handle.remove()
         for module, flag in training.items():
