@@ -158,3 +158,13 @@ def test_block_conv2d_is_traced_with_its_grid():
     out = conv(torch.randn(1, 3, 10, 9))
     assert (layer.out_h, layer.out_w) == tuple(out.shape[2:])
     assert layer.macs == out.numel() * 3 * 3 * 3
+
+
+def test_the_test_mobilenet_v2_has_the_papers_parameter_counts():
+    # papers.md §1: baseline, full and half (with the dead 1088 parameters removed)
+    from hwmodel_nets import mobilenet_v2
+
+    counts = {v: sum(p.numel() for p in mobilenet_v2(fuse=v).parameters()) for v in (None, "full", "half")}
+    assert counts == {None: 3_504_872, "full": 4_460_936, "half": 3_462_056}
+    layers = trace(mobilenet_v2(), (1, 3, 224, 224))
+    assert sum(layer.macs for layer in layers) == 300_774_272  # torchvision's 300.77 M MACs
