@@ -176,19 +176,17 @@ def _shape_stand_in(module: nn.Module, fuse_cls, fuse_bn_cls, block_cls):
         return fuse_forward
     if block_cls is not None and isinstance(module, block_cls):
         def block_forward(x):
-            layer = block_conv2d_layer("", module, x)
-            out_h, out_w = layer.out_h, layer.out_w
-            if getattr(module, "stride_mode", "conv") == "pool":
-                # max-pooling with kernel = stride (floor mode) after the stride-1 block conv
-                out_h, out_w = out_h // module.stride[0], out_w // module.stride[1]
-            return x.new_zeros(_batched_like(x, (module.out_channels, out_h, out_w)))
+            # with stride_mode="pool": max-pooling with kernel = stride (floor) after the conv
+            return x.new_zeros(_batched_like(x, _expected_output(block_conv2d_layer("", module, x), module)))
         return block_forward
-    if isinstance(module, nn.Conv2d):
+    # A subclass with its own forward (e.g. one that pads inside forward) keeps it: the
+    # stand-in would give the wrong shape.  Its recorded layer is then checked in the hook.
+    if isinstance(module, nn.Conv2d) and type(module).forward is nn.Conv2d.forward:
         def conv_forward(x):
             layer = conv2d_layer("", module, x)
             return x.new_zeros(_batched_like(x, (module.out_channels, layer.out_h, layer.out_w)))
         return conv_forward
-    if isinstance(module, nn.Linear):
+    if isinstance(module, nn.Linear) and type(module).forward is nn.Linear.forward:
         def linear_forward(x):
             if x.shape[-1] != module.in_features:
                 raise ValueError(f"Linear({module.in_features}, {module.out_features}) got input of shape "
@@ -196,6 +194,16 @@ def _shape_stand_in(module: nn.Module, fuse_cls, fuse_bn_cls, block_cls):
             return x.new_zeros((*x.shape[:-1], module.out_features))
         return linear_forward
     return None
+
+
+def _expected_output(layer: Layer, module: nn.Module) -> tuple[int, ...]:
+    """The trailing output dims a layer record implies: (C, H, W), or (features,) for a Linear."""
+    if layer.kind == "linear":
+        return (layer.out_channels,)
+    out_h, out_w = layer.out_h, layer.out_w
+    if getattr(module, "stride_mode", "conv") == "pool" and hasattr(module, "block_size"):
+        out_h, out_w = out_h // module.stride[0], out_w // module.stride[1]
+    return (layer.out_channels, out_h, out_w)
 
 
 def _batched_like(x: torch.Tensor, chw: tuple[int, int, int]) -> tuple[int, ...]:
@@ -230,6 +238,19 @@ def trace(model: nn.Module, input_shape: Sequence[int], *, compute: bool = False
         if fuse_bn_cls is not None and isinstance(module, fuse_bn_cls):
             inside_fuse_block[0] += 1
 
+    def record(layer: Layer, module: nn.Module, output) -> None:
+        # The layer's output size must be the one the forward produced; a module whose
+        # forward does more than its attributes say (padding inside forward, say) is not
+        # costed rather than costed wrongly.
+        expected = _expected_output(layer, module)
+        got = tuple(output.shape[-len(expected):]) if isinstance(output, torch.Tensor) else None
+        if got != expected:
+            unsupported.append(Unsupported(layer.name, type(module).__name__,
+                                           f"its output {got} differs from the {expected} its attributes "
+                                           "imply"))
+        else:
+            layers.append(layer)
+
     def make_hook(name: str):
         def hook(module, args, output):
             if fuse_bn_cls is not None and isinstance(module, fuse_bn_cls):
@@ -241,11 +262,11 @@ def trace(model: nn.Module, input_shape: Sequence[int], *, compute: bool = False
                 return
             label = name or "<root>"
             if block_cls is not None and isinstance(module, block_cls):
-                layers.append(block_conv2d_layer(call_name(label), module, args[0]))
+                record(block_conv2d_layer(call_name(label), module, args[0]), module, output)
             elif isinstance(module, nn.Conv2d):
-                layers.append(conv2d_layer(call_name(label), module, args[0]))
+                record(conv2d_layer(call_name(label), module, args[0]), module, output)
             elif isinstance(module, nn.Linear):
-                layers.append(linear_layer(call_name(label), module, args[0]))
+                record(linear_layer(call_name(label), module, args[0]), module, output)
             elif fuse_cls is not None and isinstance(module, fuse_cls):
                 layers.extend(fuse_layers(call_name(label), module, args[0]))
             elif isinstance(module, _UNSUPPORTED_TYPES) or (

@@ -167,4 +167,17 @@ def test_the_test_mobilenet_v2_has_the_papers_parameter_counts():
     counts = {v: sum(p.numel() for p in mobilenet_v2(fuse=v).parameters()) for v in (None, "full", "half")}
     assert counts == {None: 3_504_872, "full": 4_460_936, "half": 3_462_056}
     layers = trace(mobilenet_v2(), (1, 3, 224, 224))
-    assert sum(layer.macs for layer in layers) == 300_774_272  # torchvision's 300.77 M MACs
+    assert sum(layer.macs for layer in layers) == 300_774_272  # the MobileNetV2 paper: 300 M multiply-adds
+
+
+def test_conv_subclass_that_pads_in_forward_is_not_costed_wrongly():
+    class PadInForward(nn.Conv2d):  # as "same"-padding convs of some libraries do
+        def forward(self, x):
+            return super().forward(nn.functional.pad(x, (1, 1, 1, 1)))
+
+    model = nn.Sequential(nn.Conv2d(3, 4, 1), PadInForward(4, 4, 3))
+    for compute in (False, True):
+        layers = trace(model, (1, 3, 6, 6), compute=compute)
+        assert [la.name for la in layers] == ["0"]
+        assert [(u.name, u.type_name) for u in layers.unsupported] == [("1", "PadInForward")]
+        assert "differs" in layers.unsupported[0].reason
