@@ -181,3 +181,62 @@ def test_conv_subclass_that_pads_in_forward_is_not_costed_wrongly():
         assert [la.name for la in layers] == ["0"]
         assert [(u.name, u.type_name) for u in layers.unsupported] == [("1", "PadInForward")]
         assert "differs" in layers.unsupported[0].reason
+
+
+def _spec_block_grid(height, width, block_size, blocking):
+    """Issue 3's grid: fixed = block pixels (ragged last block), hierarchical = block counts."""
+    sizes = block_size if isinstance(block_size, tuple) else (block_size, block_size)
+    spans = []
+    for length, b in zip((height, width), sizes):
+        if blocking == "fixed":
+            spans.append([(s, min(s + b, length)) for s in range(0, length, b)])
+        else:
+            spans.append([(i * length // b, (i + 1) * length // b) for i in range(b)])
+    return spans[0], spans[1]
+
+
+class _SpecBlockConv2d(nn.Conv2d):
+    """A per-block reference of issue 3's BlockConv2d (constant padding), standing in for
+    fuseops.nn.BlockConv2d so that trace's block path is tested before it lands."""
+
+    def __init__(self, *args, block_size, blocking="fixed", stride_mode="conv", **kwargs):
+        super().__init__(*args, **kwargs)
+        self.block_size, self.blocking, self.stride_mode = block_size, blocking, stride_mode
+
+    def forward(self, x):
+        rows, cols = _spec_block_grid(x.shape[2], x.shape[3], self.block_size, self.blocking)
+        stride = (1, 1) if self.stride_mode == "pool" else self.stride
+        ph, pw = self.padding
+        out = torch.cat([torch.cat([nn.functional.conv2d(
+            nn.functional.pad(x[:, :, r0:r1, c0:c1], (pw, pw, ph, ph)), self.weight, self.bias, stride, 0,
+            self.dilation, self.groups) for c0, c1 in cols], dim=3) for r0, r1 in rows], dim=2)
+        return nn.functional.max_pool2d(out, self.stride) if self.stride_mode == "pool" else out
+
+
+@pytest.mark.parametrize(("blocking", "block_size", "stride", "stride_mode"),
+                         [("fixed", 4, 1, "conv"), ("fixed", 3, 2, "conv"), ("hierarchical", 2, 2, "conv"),
+                          ("fixed", 4, 2, "pool")])
+def test_block_conv_path_with_a_spec_stand_in(monkeypatch, blocking, block_size, stride, stride_mode):
+    import fuseops
+
+    monkeypatch.setattr(fnn, "BlockConv2d", _SpecBlockConv2d, raising=False)
+    monkeypatch.setattr(fuseops, "block_grid", _spec_block_grid, raising=False)
+    conv = _SpecBlockConv2d(3, 4, 3, stride=stride, padding=1, block_size=block_size, blocking=blocking,
+                            stride_mode=stride_mode)
+    model = nn.Sequential(conv, nn.Conv2d(4, 2, 1))
+    x = torch.randn(1, 3, 11, 10)
+    out = conv(x)
+    fast, real = trace(model, tuple(x.shape)), trace(model, tuple(x.shape), compute=True)
+    assert list(fast) == list(real) and not fast.unsupported and not real.unsupported
+    layer = fast[0]
+    rows, cols = _spec_block_grid(11, 10, block_size, blocking)
+    assert (layer.block_rows, layer.block_cols) == (tuple(rows), tuple(cols))
+    assert layer.meta["stride_mode"] == stride_mode
+    if stride_mode == "pool":
+        assert layer.stride_h == 1  # the conv runs at stride 1; the max-pool is free
+        assert (layer.out_h // stride, layer.out_w // stride) == tuple(out.shape[2:])
+        assert layer.macs == 4 * 11 * 10 * 27  # stride 1 with "same" padding per block: full-size map
+    else:
+        assert (layer.out_h, layer.out_w) == tuple(out.shape[2:])
+        assert layer.macs == out.numel() * 27
+    assert fast[1].in_h == out.shape[2]  # the next layer saw the stitched output
