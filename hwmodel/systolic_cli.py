@@ -54,13 +54,15 @@ def add_parser(sub) -> None:
 def _print_estimate(title: str, est: Estimate, per_layer: bool) -> None:
     from fuseops.cli.table import print_table
 
+    print(title)
     if per_layer:
-        print_table(title, ("layer", "kind", "MACs", "cycles", "util %"), est.table_rows())
+        print_table("per layer", ("layer", "kind", "MACs", "cycles", "util %"), est.table_rows())
     rows = [(k, f"{v:,}", f"{100 * v / est.total_cycles:.1f}" if est.total_cycles else "-")
             for k, v in est.breakdown.items()]
     rows.append(("total", f"{est.total_cycles:,}", "100.0"))
-    print_table(f"{title}: {est.total_macs:,} MACs, utilization {100 * est.utilization:.1f}%",
-                ("category", "cycles", "%"), rows)
+    print_table("cycles by category", ("category", "cycles", "%"), rows)
+    print(f"total: {est.total_cycles:,} cycles, {est.total_macs:,} MACs, "
+          f"utilization {100 * est.utilization:.1f}%")
     if est.unsupported:
         print(f"WARNING: {len(est.unsupported)} layer(s) NOT costed (the total leaves them out):")
         for u in est.unsupported:
