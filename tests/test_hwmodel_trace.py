@@ -143,23 +143,6 @@ def test_bad_arguments():
         trace(nn.Conv2d(4, 3, 1), (1, 3, 8, 8), compute=True)
 
 
-def test_block_conv2d_is_traced_with_its_grid():
-    block_cls = getattr(fnn, "BlockConv2d", None)
-    if block_cls is None:  # issue 3 delivers it; until it is merged there is nothing to trace
-        pytest.skip("fuseops.nn.BlockConv2d has not landed in this checkout")
-    import fuseops
-
-    conv = block_cls(3, 4, 3, stride=1, padding=1, block_size=4, blocking="fixed")
-    layers = trace(nn.Sequential(conv), (1, 3, 10, 9))
-    (layer,) = layers
-    rows, cols = fuseops.block_grid(10, 9, 4, "fixed")
-    assert layer.block_rows == tuple(tuple(span) for span in rows)
-    assert layer.block_cols == tuple(tuple(span) for span in cols)
-    out = conv(torch.randn(1, 3, 10, 9))
-    assert (layer.out_h, layer.out_w) == tuple(out.shape[2:])
-    assert layer.macs == out.numel() * 3 * 3 * 3
-
-
 def test_the_test_mobilenet_v2_has_the_papers_parameter_counts():
     # papers.md §1: baseline, full and half (with the dead 1088 parameters removed)
     from hwmodel_nets import mobilenet_v2
@@ -183,59 +166,27 @@ def test_conv_subclass_that_pads_in_forward_is_not_costed_wrongly():
         assert "differs" in layers.unsupported[0].reason
 
 
-def _spec_block_grid(height, width, block_size, blocking):
-    """Issue 3's grid: fixed = block pixels (ragged last block), hierarchical = block counts."""
-    sizes = block_size if isinstance(block_size, tuple) else (block_size, block_size)
-    spans = []
-    for length, b in zip((height, width), sizes):
-        if blocking == "fixed":
-            spans.append([(s, min(s + b, length)) for s in range(0, length, b)])
-        else:
-            spans.append([(i * length // b, (i + 1) * length // b) for i in range(b)])
-    return spans[0], spans[1]
 
-
-class _SpecBlockConv2d(nn.Conv2d):
-    """A per-block reference of issue 3's BlockConv2d (constant padding), standing in for
-    fuseops.nn.BlockConv2d so that trace's block path is tested before it lands."""
-
-    def __init__(self, *args, block_size, blocking="fixed", stride_mode="conv", **kwargs):
-        super().__init__(*args, **kwargs)
-        self.block_size, self.blocking, self.stride_mode = block_size, blocking, stride_mode
-
-    def forward(self, x):
-        rows, cols = _spec_block_grid(x.shape[2], x.shape[3], self.block_size, self.blocking)
-        stride = (1, 1) if self.stride_mode == "pool" else self.stride
-        ph, pw = self.padding
-        out = torch.cat([torch.cat([nn.functional.conv2d(
-            nn.functional.pad(x[:, :, r0:r1, c0:c1], (pw, pw, ph, ph)), self.weight, self.bias, stride, 0,
-            self.dilation, self.groups) for c0, c1 in cols], dim=3) for r0, r1 in rows], dim=2)
-        return nn.functional.max_pool2d(out, self.stride) if self.stride_mode == "pool" else out
-
-
-@pytest.mark.parametrize(("blocking", "block_size", "stride", "stride_mode"),
-                         [("fixed", 4, 1, "conv"), ("fixed", 3, 2, "conv"), ("hierarchical", 2, 2, "conv"),
-                          ("fixed", 4, 2, "pool")])
-def test_block_conv_path_with_a_spec_stand_in(monkeypatch, blocking, block_size, stride, stride_mode):
+@pytest.mark.parametrize(("blocking", "block_size", "stride", "stride_mode", "padding_mode"),
+                         [("fixed", 4, 1, "conv", "constant"), ("fixed", 3, 2, "conv", "replicate"),
+                          ("hierarchical", 2, 2, "conv", "reflect"), ("fixed", 4, 2, "pool", "constant")])
+def test_block_conv2d_is_traced_with_its_grid(blocking, block_size, stride, stride_mode, padding_mode):
     import fuseops
 
-    monkeypatch.setattr(fnn, "BlockConv2d", _SpecBlockConv2d, raising=False)
-    monkeypatch.setattr(fuseops, "block_grid", _spec_block_grid, raising=False)
-    conv = _SpecBlockConv2d(3, 4, 3, stride=stride, padding=1, block_size=block_size, blocking=blocking,
-                            stride_mode=stride_mode)
+    conv = fnn.BlockConv2d(3, 4, 3, stride=stride, padding=1, block_size=block_size, blocking=blocking,
+                           stride_mode=stride_mode, padding_mode=padding_mode)
     model = nn.Sequential(conv, nn.Conv2d(4, 2, 1))
     x = torch.randn(1, 3, 11, 10)
     out = conv(x)
     fast, real = trace(model, tuple(x.shape)), trace(model, tuple(x.shape), compute=True)
     assert list(fast) == list(real) and not fast.unsupported and not real.unsupported
     layer = fast[0]
-    rows, cols = _spec_block_grid(11, 10, block_size, blocking)
-    assert (layer.block_rows, layer.block_cols) == (tuple(rows), tuple(cols))
-    assert layer.meta["stride_mode"] == stride_mode
+    assert (layer.block_rows, layer.block_cols) == fuseops.block_grid(11, 10, block_size, blocking)
+    assert layer.meta["stride_mode"] == stride_mode and layer.meta["padding_mode"] == padding_mode
     if stride_mode == "pool":
         assert layer.stride_h == 1  # the conv runs at stride 1; the max-pool is free
         assert (layer.out_h // stride, layer.out_w // stride) == tuple(out.shape[2:])
-        assert layer.macs == 4 * 11 * 10 * 27  # stride 1 with "same" padding per block: full-size map
+        assert layer.macs == 4 * 11 * 10 * 27  # stride 1, padded per block: the full-size map
     else:
         assert (layer.out_h, layer.out_w) == tuple(out.shape[2:])
         assert layer.macs == out.numel() * 27
