@@ -30,6 +30,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <type_traits>
 #include <vector>
@@ -190,9 +191,9 @@ inline void axpy_strided(acc_t* __restrict__ acc, const scalar_t* __restrict__ s
 // One output row of the pre-activation into acc[0, W_out): the bias, then every tap.
 //   row part: input row x_plane[oh*s], taps along W;
 //   column part: input rows oh*s - p + k*d, full width.
-template <typename scalar_t, typename acc_t>
+template <typename scalar_t, typename acc_t, typename weight_t>
 inline void pre_activation_row(acc_t* __restrict__ acc, const scalar_t* __restrict__ x_plane,
-                               const scalar_t* __restrict__ w, acc_t bias_value, bool row_part,
+                               const weight_t* __restrict__ w, acc_t bias_value, bool row_part,
                                int64_t oh, const Geometry& g) {
   const int64_t wo = g.out_width, s = g.stride;
   for (int64_t o = 0; o < wo; ++o) acc[o] = bias_value;
@@ -213,6 +214,204 @@ inline void pre_activation_row(acc_t* __restrict__ acc, const scalar_t* __restri
   }
 }
 
+
+// ---------------------------------------------------------------------------------------
+// Flat-plane fast path.  With stride 1 and "same" padding (2p == d(K-1), which is what
+// the op's default gives and what every FuSe network uses) an output plane has the
+// input plane's shape, so a tap is a fixed offset in the *flattened* plane: +-(k*d - p)
+// for the row part, +-(k*d - p)*W for the column part.  One loop over the whole plane
+// then replaces H short row loops (a 7x7 plane has 7-element rows), and its body,
+// K taps unrolled (KT > 0) and accumulated in registers, is what the compiler
+// vectorises.  Positions whose taps fall on padding are recomputed afterwards with
+// bounds checks (forward) or read from zero pads of a thread-local padded plane
+// (backward).
+inline bool flat_plane(const Geometry& g) {
+  return g.stride == 1 && g.out_height == g.height && g.out_width == g.width;
+}
+
+// store(i, init + sum_k w[k] * src[i + off[k]]) for i in [lo, hi).
+template <int KT, typename in_t, typename acc_t, typename Store>
+inline void tap_loop(const in_t* __restrict__ src, const int64_t* __restrict__ off, const acc_t* __restrict__ w,
+                     int64_t kernel, int64_t lo, int64_t hi, acc_t init, Store&& store) {
+  if constexpr (KT > 0) {
+    acc_t wl[KT];
+    int64_t ol[KT];
+    for (int k = 0; k < KT; ++k) {
+      wl[k] = w[k];
+      ol[k] = off[k];
+    }
+#pragma omp simd
+    for (int64_t i = lo; i < hi; ++i) {
+      acc_t s = init;
+      for (int k = 0; k < KT; ++k) s += wl[k] * static_cast<acc_t>(src[i + ol[k]]);
+      store(i, s);
+    }
+  } else {
+    for (int64_t i = lo; i < hi; ++i) {
+      acc_t s = init;
+      for (int64_t k = 0; k < kernel; ++k) s += w[k] * static_cast<acc_t>(src[i + off[k]]);
+      store(i, s);
+    }
+  }
+}
+
+// The flat layout of one part (row or column), shared by all its planes in a call:
+// tap offsets, the flat range [lo, hi) whose taps all read inside the plane, and the
+// border corrections.  Inside [lo, hi) a row tap that left its row read the
+// neighbouring row instead of a zero pad, so that term is subtracted (sign -1);
+// outside [lo, hi) only the in-image taps are added (sign +1).  A 56x56 K=3 plane
+// has 110 corrections, a 7x7 one 12: scalar, branch-free, precomputed once per call.
+struct TapFix {
+  int64_t index, tap, sign;
+};
+
+struct FlatPart {
+  std::vector<int64_t> off;
+  int64_t lo = 0, hi = 0;
+  std::vector<TapFix> fixes;
+
+  FlatPart(const Geometry& g, bool row_part) : off(g.kernel) {
+    const int64_t H = g.height, W = g.width, HW = H * W, K = g.kernel;
+    const int64_t unit = row_part ? 1 : W;
+    for (int64_t k = 0; k < K; ++k) off[k] = (k * g.dilation - g.padding) * unit;
+    lo = std::min(HW, std::max<int64_t>(0, -off[0]));
+    hi = std::max(lo, HW - std::max<int64_t>(0, off[K - 1]));
+    for (int64_t i = 0; i < HW; ++i) {
+      const int64_t j = i % W;
+      const bool inside = i >= lo && i < hi;
+      for (int64_t k = 0; k < K; ++k) {
+        const bool valid = row_part ? (j + off[k] >= 0 && j + off[k] < W) : (i + off[k] >= 0 && i + off[k] < HW);
+        if (inside && !valid) fixes.push_back({i, k, -1});
+        if (!inside && valid) fixes.push_back({i, k, +1});
+      }
+    }
+  }
+};
+
+template <int KT, typename scalar_t, Act A>
+void forward_plane_flat(scalar_t* __restrict__ out, acc_type<scalar_t>* __restrict__ acc,
+                        const scalar_t* __restrict__ x, const acc_type<scalar_t>* w, acc_type<scalar_t> bias,
+                        const FlatPart& part, int64_t plane_size, int64_t kernel) {
+  // acc: a plane-sized accumulator, which is `out` itself when scalar_t == acc_t.
+  using acc_t = acc_type<scalar_t>;
+  const int64_t lo = part.lo, hi = part.hi;
+  const int64_t* off = part.off.data();
+  for (int64_t i = 0; i < lo; ++i) acc[i] = bias;
+  tap_loop<KT>(x, off, w, kernel, lo, hi, bias, [&](int64_t i, acc_t s) { acc[i] = s; });
+  for (int64_t i = hi; i < plane_size; ++i) acc[i] = bias;
+  for (const TapFix& f : part.fixes) {
+    acc[f.index] += static_cast<acc_t>(f.sign) * w[f.tap] * static_cast<acc_t>(x[f.index + off[f.tap]]);
+  }
+  // Epilogue: activation and conversion, one vectorised pass over the (cached) plane.
+#pragma omp simd
+  for (int64_t i = 0; i < plane_size; ++i) out[i] = static_cast<scalar_t>(activate<A>(acc[i]));
+}
+
+// Thread-local padded planes for one part's backward.  Row part: p zero columns each
+// side (row pitch W + 2p); column part: p zero rows above and below.  Pads (and a slack
+// of p elements at each end) are zeroed once and never written, so every tap in the
+// flat loops reads either real data or a zero.
+template <typename acc_t>
+struct PaddedPlanes {
+  int64_t pad_w, pad_h, pitch, unit, slack, size;
+  std::vector<acc_t> x_buf, g_buf, t_buf;
+  PaddedPlanes(const Geometry& g, bool row_part) {
+    pad_w = row_part ? g.padding : 0;
+    pad_h = row_part ? 0 : g.padding;
+    pitch = g.width + 2 * pad_w;
+    unit = row_part ? 1 : pitch;
+    slack = g.padding;
+    size = (g.height + 2 * pad_h) * pitch;
+    x_buf.assign(size + 2 * slack, acc_t(0));
+    g_buf.assign(size + 2 * slack, acc_t(0));
+    t_buf.assign(size + 2 * slack, acc_t(0));
+  }
+  acc_t* x() { return x_buf.data() + slack; }
+  acc_t* grad() { return g_buf.data() + slack; }
+  acc_t* tmp() { return t_buf.data() + slack; }
+  int64_t real(int64_t r) const { return (r + pad_h) * pitch + pad_w; }  // row r, column 0
+};
+
+// One part of one plane's backward on the flat fast path; see backward_part for what
+// it accumulates.
+template <int KT, typename scalar_t, Act A>
+void backward_part_flat(acc_type<scalar_t>* __restrict__ gx, acc_type<scalar_t>* __restrict__ partial,
+                        PaddedPlanes<acc_type<scalar_t>>& pl, const scalar_t* __restrict__ x_plane,
+                        const scalar_t* __restrict__ go_plane, const acc_type<scalar_t>* w,
+                        acc_type<scalar_t> bias, const Geometry& g, int64_t* off) {
+  using acc_t = acc_type<scalar_t>;
+  const int64_t H = g.height, W = g.width, K = g.kernel;
+  acc_t* xp = pl.x();
+  acc_t* gp = pl.grad();
+  acc_t* tp = pl.tmp();
+  for (int64_t k = 0; k < K; ++k) off[k] = (k * g.dilation - g.padding) * pl.unit;
+  // Copy x and grad_out into the padded planes' real positions (converting 16-bit types once).
+  for (int64_t r = 0; r < H; ++r) {
+    acc_t* xr = xp + pl.real(r);
+    acc_t* gr = gp + pl.real(r);
+    const scalar_t* xs = x_plane + r * W;
+    const scalar_t* gs = go_plane + r * W;
+#pragma omp simd
+    for (int64_t j = 0; j < W; ++j) {
+      xr[j] = static_cast<acc_t>(xs[j]);
+      gr[j] = static_cast<acc_t>(gs[j]);
+    }
+  }
+  // The flat domain: the padded rows that hold real rows (pad columns included; their
+  // grad is zero).
+  const int64_t lo = pl.real(0) - pl.pad_w, hi = lo + H * pl.pitch;
+  if constexpr (A != Act::None) {
+    // grad_pre = act'(pre) * grad_out, recomputing pre in registers (never stored).
+    tap_loop<KT>(xp, off, w, K, lo, hi, bias, [&](int64_t i, acc_t pre) { gp[i] = activate_grad<A>(gp[i], pre); });
+  }
+  acc_t bias_sum = 0;
+#pragma omp simd reduction(+ : bias_sum)
+  for (int64_t i = lo; i < hi; ++i) bias_sum += gp[i];
+  partial[K] = bias_sum;
+  for (int64_t k = 0; k < K; ++k) {
+    acc_t tap_sum = 0;
+    const acc_t* xs = xp + off[k];
+#pragma omp simd reduction(+ : tap_sum)
+    for (int64_t i = lo; i < hi; ++i) tap_sum += gp[i] * xs[i];
+    partial[k] = tap_sum;
+  }
+  // grad_x = the transposed conv: taps mirrored (offset -off[K-1-k] with weight w[K-1-k]).
+  int64_t mirrored_off[64];
+  acc_t mirrored_w[64];
+  const bool small = K <= 64;
+  if (small) {
+    for (int64_t k = 0; k < K; ++k) {
+      mirrored_off[k] = -off[K - 1 - k];
+      mirrored_w[k] = w[K - 1 - k];
+    }
+    tap_loop<KT>(gp, mirrored_off, mirrored_w, K, lo, hi, acc_t(0), [&](int64_t i, acc_t s) { tp[i] = s; });
+  } else {
+    for (int64_t i = lo; i < hi; ++i) {
+      acc_t s = 0;
+      for (int64_t k = 0; k < K; ++k) s += w[k] * gp[i - off[k]];
+      tp[i] = s;
+    }
+  }
+  for (int64_t r = 0; r < H; ++r) {
+    const acc_t* tr = tp + pl.real(r);
+    acc_t* gr = gx + r * W;
+#pragma omp simd
+    for (int64_t j = 0; j < W; ++j) gr[j] += tr[j];
+  }
+}
+
+template <typename F>
+void dispatch_kernel_size(int64_t kernel, F&& f) {
+  switch (kernel) {
+    case 1: f(std::integral_constant<int, 1>{}); break;
+    case 3: f(std::integral_constant<int, 3>{}); break;
+    case 5: f(std::integral_constant<int, 5>{}); break;
+    case 7: f(std::integral_constant<int, 7>{}); break;
+    case 9: f(std::integral_constant<int, 9>{}); break;
+    default: f(std::integral_constant<int, 0>{}); break;  // any other K: runtime tap count
+  }
+}
+
 template <typename scalar_t, Act A>
 void forward_kernel(const at::Tensor& x, const at::Tensor& weight_row, const at::Tensor& weight_col,
                     const c10::optional<at::Tensor>& bias, at::Tensor& out, const Geometry& g) {
@@ -228,7 +427,30 @@ void forward_kernel(const at::Tensor& x, const at::Tensor& weight_row, const at:
   const int64_t planes = g.batch * c_out;
   // Enough planes per task that scheduling is negligible.
   const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(1, out_plane));
+  const bool flat = flat_plane(g);
+  constexpr bool direct = std::is_same_v<scalar_t, acc_t>;
 
+  if (flat) {
+    const FlatPart row_layout(g, true), col_layout(g, false);
+    dispatch_kernel_size(g.kernel, [&](auto kt) {
+      at::parallel_for(0, planes, grain, [&](int64_t begin, int64_t end) {
+        std::vector<acc_t> plane_buffer(direct ? 0 : out_plane), w_buffer(g.kernel);
+        for (int64_t plane = begin; plane < end; ++plane) {
+          const int64_t n = plane / c_out, co = plane % c_out;
+          const bool row_part = co < g.c_row;
+          const int64_t ci = row_part ? co : g.col_start + (co - g.c_row);
+          const scalar_t* w = row_part ? wr + co * g.kernel : wc + (co - g.c_row) * g.kernel;
+          for (int64_t k = 0; k < g.kernel; ++k) w_buffer[k] = static_cast<acc_t>(w[k]);
+          scalar_t* out_plane_ptr = out_data + plane * out_plane;
+          acc_t* acc_plane = direct ? reinterpret_cast<acc_t*>(out_plane_ptr) : plane_buffer.data();
+          forward_plane_flat<decltype(kt)::value, scalar_t, A>(
+              out_plane_ptr, acc_plane, x_data + (n * g.channels + ci) * in_plane, w_buffer.data(),
+              b ? static_cast<acc_t>(b[co]) : acc_t(0), row_part ? row_layout : col_layout, out_plane, g.kernel);
+        }
+      });
+    });
+    return;
+  }
   at::parallel_for(0, planes, grain, [&](int64_t begin, int64_t end) {
     std::vector<acc_t> acc_buffer(g.out_width);
     acc_t* acc = acc_buffer.data();
@@ -334,17 +556,38 @@ void backward_kernel(const at::Tensor& grad_out, const at::Tensor& x, const at::
   std::vector<acc_t> partials(static_cast<size_t>(g.batch * c_out * (kernel + 1)), acc_t(0));
   const int64_t planes = g.batch * g.channels;
   const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(1, in_plane));
+  const bool flat = flat_plane(g);
 
   // Tasks are *input* planes (n, ci): in the full variant both parts' grad_x land in the
   // same plane, and one task owns it, so no two threads write the same grad_x element.
   at::parallel_for(0, planes, grain, [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> pre(g.out_width), grad_pre(g.out_width);
+    std::vector<acc_t> pre(g.out_width), grad_pre(g.out_width), w_buffer(kernel);
     std::vector<acc_t> gx_buffer(direct ? 0 : in_plane);
+    std::vector<int64_t> offsets(kernel);
+    std::unique_ptr<PaddedPlanes<acc_t>> row_planes, col_planes;
+    if (flat && g.c_row > 0 && begin < end) row_planes = std::make_unique<PaddedPlanes<acc_t>>(g, true);
+    if (flat && g.c_col > 0 && begin < end) col_planes = std::make_unique<PaddedPlanes<acc_t>>(g, false);
     for (int64_t plane = begin; plane < end; ++plane) {
       const int64_t n = plane / g.channels, ci = plane % g.channels;
       acc_t* gx = direct ? reinterpret_cast<acc_t*>(gx_data + plane * in_plane) : gx_buffer.data();
       std::fill(gx, gx + in_plane, acc_t(0));
       const scalar_t* x_plane = x_data + plane * in_plane;
+      if (flat) {
+        auto run_part = [&](bool row_part, int64_t co, const scalar_t* w, PaddedPlanes<acc_t>& planes_buf) {
+          for (int64_t k = 0; k < kernel; ++k) w_buffer[k] = static_cast<acc_t>(w[k]);
+          dispatch_kernel_size(kernel, [&](auto kt) {
+            backward_part_flat<decltype(kt)::value, scalar_t, A>(
+                gx, partials.data() + (n * c_out + co) * (kernel + 1), planes_buf, x_plane,
+                go_data + (n * c_out + co) * out_plane, w_buffer.data(), b ? static_cast<acc_t>(b[co]) : acc_t(0),
+                g, offsets.data());
+          });
+        };
+        if (ci < g.c_row) run_part(true, ci, wr + ci * kernel, *row_planes);
+        if (ci >= g.col_start && ci < g.col_start + g.c_col) {
+          const int64_t j = ci - g.col_start;
+          run_part(false, g.c_row + j, wc + j * kernel, *col_planes);
+        }
+      } else {
       if (ci < g.c_row) {
         const int64_t co = ci;
         backward_part<scalar_t, A>(gx, partials.data() + (n * c_out + co) * (kernel + 1), pre.data(),
@@ -356,6 +599,7 @@ void backward_kernel(const at::Tensor& grad_out, const at::Tensor& x, const at::
         backward_part<scalar_t, A>(gx, partials.data() + (n * c_out + co) * (kernel + 1), pre.data(),
                                    grad_pre.data(), x_plane, go_data + (n * c_out + co) * out_plane,
                                    wc + j * kernel, b ? static_cast<acc_t>(b[co]) : acc_t(0), false, g);
+      }
       }
       if constexpr (!direct) {
         scalar_t* dst = gx_data + plane * in_plane;
