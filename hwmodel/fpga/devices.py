@@ -65,7 +65,8 @@ ZCU102 = Device(
     source=(
         "Xilinx ZCU102 (Zynq UltraScale+ XCZU9EG-2): 2520 DSP48E2 slices and 912 BRAM36 (32.1 Mb), no "
         "UltraRAM, DS891 Zynq UltraScale+ MPSoC Data Sheet: Overview, Table 2 (EG devices); DRAM: the PS-side "
-        "4 GB DDR4 SODIMM, 64 bits at 2400 MT/s (the PS DDR controller's rating for -2 parts) = 19.2 GB/s peak, UG1182 ZCU102 Evaluation Board User Guide. "
+        "4 GB DDR4 SODIMM, 64 bits at 2400 MT/s (the PS DDR controller's rating for -2 parts) = 19.2 GB/s "
+        "peak, UG1182 ZCU102 Evaluation Board User Guide. "
         "200 MHz is a common accelerator clock on this part."
     ),
 )

@@ -112,6 +112,7 @@ def estimate(
     engine: eng.Engine | None = None,
     schedule: str = "layer",
     freq_mhz: float | None = None,
+    objective: str = "traffic",
 ) -> FpgaEstimate:
     """Latency, fps, DRAM traffic by kind and on-chip buffer need of a network on an FPGA.
 
@@ -124,6 +125,8 @@ def estimate(
             (Tr, Tc) left as None are chosen per layer for the BRAM budget.
         schedule: "layer", "block-fused" (needs block convs) or "tiled-fused".
         freq_mhz: the clock; None takes the device's typical clock.
+        objective: how fused schedules group layers: "traffic" (least total DRAM
+            traffic) or "intermediate" (least intermediate-map traffic first, then total).
 
     Raises:
         ValueError: unknown device or schedule, bits not 8/16/32, an engine needing more
@@ -133,6 +136,8 @@ def estimate(
     bits = eng.check_bits(bits)
     if not isinstance(schedule, str) or schedule not in SCHEDULES:
         raise ValueError(f"schedule must be one of {list(SCHEDULES)}, got {schedule!r}")
+    if not isinstance(objective, str) or objective not in sch.OBJECTIVES:
+        raise ValueError(f"objective must be one of {list(sch.OBJECTIVES)}, got {objective!r}")
     if freq_mhz is None:
         freq_mhz = dev.freq_mhz
     elif isinstance(freq_mhz, bool) or not isinstance(freq_mhz, int | float) or not freq_mhz > 0:
@@ -155,7 +160,7 @@ def estimate(
         )
     graph = build_graph(layers)
     ctx = sch.Context(graph, engine, bits, dev.bram_bytes)
-    plans = sch.choose_groups(ctx, SCHEDULES[schedule])
+    plans = sch.choose_groups(ctx, SCHEDULES[schedule], objective)
     return _collect(layers, plans, dev, bits, schedule, engine, float(freq_mhz), dsp_used)
 
 

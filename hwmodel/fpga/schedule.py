@@ -387,15 +387,23 @@ def plan_tiled(ctx: Context, start: int, stop: int, max_layers: int = 10) -> Gro
 
 # ---------------------------------------------------------------------------- grouping
 
-def choose_groups(ctx: Context, mode: str) -> list[GroupPlan]:
-    """Split the layer list into groups with the least total DRAM traffic (ties: least time)."""
+OBJECTIVES = ("traffic", "intermediate")
+
+
+def choose_groups(ctx: Context, mode: str, objective: str = "traffic") -> list[GroupPlan]:
+    """Split the layer list into the groups with the least DRAM traffic (ties: least time).
+
+    ``objective="intermediate"`` first minimises the intermediate-map traffic (the design
+    goal of keeping all intermediate data on chip), then the total.
+    """
     n = len(ctx.layers)
     planner = {"layer": None, "block": plan_block, "tiled": plan_tiled}[mode]
     singles = [plan_layer(ctx, i) for i in range(n)]
     if planner is None:
         return singles
-    best: list[tuple[int, int, list[GroupPlan]] | None] = [None] * (n + 1)
-    best[0] = (0, 0, [])
+    best: list[tuple[int, int, int, list[GroupPlan]] | None] = [None] * (n + 1)
+    best[0] = (0, 0, 0, [])
+    first = (lambda p: p.traffic["intermediate"]) if objective == "intermediate" else (lambda p: 0)
     for stop in range(1, n + 1):
         for start in range(stop):
             if best[start] is None:
@@ -405,12 +413,12 @@ def choose_groups(ctx: Context, mode: str) -> list[GroupPlan]:
             if fused is not None:
                 options.append(fused)
             for plan in options:
-                traffic, cycles, plans = best[start]
-                key = (traffic + plan.dram_bytes, cycles + plan.cycles, [*plans, plan])
-                if best[stop] is None or key[:2] < best[stop][:2]:
+                inter, traffic, cycles, plans = best[start]
+                key = (inter + first(plan), traffic + plan.dram_bytes, cycles + plan.cycles, [*plans, plan])
+                if best[stop] is None or key[:3] < best[stop][:3]:
                     best[stop] = key
     assert best[n] is not None
-    return best[n][2]
+    return best[n][3]
 
 
 def has_block_convs(layers: tuple[Layer, ...] | list[Layer]) -> bool:
