@@ -143,7 +143,8 @@ def test_tiled_fused_pull_back_and_recompute():
     ctx = sch.Context(build_graph(layers), Engine(4, 4), 16, 1888)
     plan = sch.plan_tiled(ctx, 0, 2)
     assert plan is not None and plan.units > 1
-    rows_first = sum(b - a for a, b in sch._pull_back(layers[1], sch._tile_intervals(8, 8 // int(plan.units**0.5)), "h"))
+    tiles = sch._tile_intervals(8, 8 // int(plan.units**0.5))
+    rows_first = sum(b - a for a, b in sch._pull_back(layers[1], tiles, "h"))
     assert plan.extra_macs == 4 * (rows_first**2 - 64) * 4 * 9
 
 
