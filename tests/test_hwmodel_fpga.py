@@ -278,3 +278,38 @@ def test_module_path_uses_trace():
                                                                                               block_size=8))
     est = estimate(model, input_shape=(1, 3, 16, 16), schedule="block-fused")
     assert est.dram_bytes["intermediate"] == 0 and len(est.layers) == 2
+
+
+# ---------------------------------------------------------------------------- CLI
+
+def test_cli_report_prints_tables_and_writes_the_chart(tmp_path, capsys, monkeypatch):
+    from hwmodel.fpga import cli
+
+    monkeypatch.setenv("COLUMNS", "300")  # rich would wrap cells at 80 columns
+
+    plot = tmp_path / "traffic.png"
+    args = cli._configure(__import__("argparse").ArgumentParser()).parse_args(
+        ["vgg16", "--plot", str(plot), "--schedule", "block-fused"])
+    assert cli.report(vgg16(28, classifier=False), args) == 0
+    out = capsys.readouterr().out
+    assert "block-fused" in out and "tiled-fused" in out and "conv5_3" in out
+    assert plot.stat().st_size > 1000 and plot.read_bytes()[:4] == b"\x89PNG"
+    plain = cli._configure(__import__("argparse").ArgumentParser()).parse_args(["vgg16", "--no-plot"])
+    with pytest.raises(SystemExit, match="no block convs"):
+        cli.report(vgg16(classifier=False), plain)
+
+
+def test_cli_help_and_mounting():
+    import argparse
+
+    from hwmodel.fpga import cli
+
+    parser = argparse.ArgumentParser(prog="hwmodel")
+    cli.add_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["fpga", "resnet18", "--device", "zcu102", "--bits", "8"])
+    assert (args.model, args.device, args.bits, args.func) == ("resnet18", "zcu102", 8, cli.run)
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["--help"])
+    assert exc.value.code == 0
+    with pytest.raises(SystemExit):
+        cli.main(["vgg16", "--bits", "12"])
