@@ -60,7 +60,7 @@ def resnet18(block_size: int | None = None, blocking: str = "fixed") -> list[Lay
             stride = 2 if stage > 1 and unit == 0 else 1
             prefix = f"layer{stage}.{unit}"
             layers.append(_conv(f"{prefix}.conv1", cin, width, size, 3, stride, 1, **b))
-            out = size // stride
+            out = layers[-1].out_h  # a strided block conv on odd blocks can give more than size // 2
             layers.append(_conv(f"{prefix}.conv2", width, width, out, 3, 1, 1, **b))
             if stride != 1 or cin != width:
                 layers.append(_conv(f"{prefix}.downsample", cin, width, size, 1, stride, 0, **b))
