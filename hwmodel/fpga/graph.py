@@ -9,8 +9,13 @@ from shapes, nearest producer first:
   j has layer i's input channels and its H x W shrinks to layer i's by an integer pooling
   factor p >= 1 (floor pooling: H_j // p == H_i); a linear layer also matches a tensor
   it flattens (C*H*W == in_features, after pooling);
+* a FuSe 1xK / Kx1 layer may read a channel slice of a tensor (the half variant splits
+  the channels between the row and the column conv);
+* when no single tensor matches, a layer may read the concatenation of two consecutive
+  layer outputs (the FuSe row and column halves, [row, col]);
 * a tensor no layer reads, other than the last, is taken to be added (a residual) into
-  the nearest later tensor of the same shape: it must be kept until then.
+  the nearest later tensor of the same shape, or else folded into the next layer's
+  output (a concatenated half, an SE gate): it must be kept until then.
 
 Identity shortcuts (a block input added to a later output) leave no trace in a layer
 list, so they are not modelled: their buffering and, where a group boundary splits
@@ -66,7 +71,8 @@ def _pool_factor(src: int, dst: int) -> int | None:
 
 def _match(layer: Layer, shape: tuple[int, int, int]) -> tuple[int, int, bool] | None:
     c, h, w = shape
-    if c == layer.in_channels:
+    sliced = layer.kind in ("fuse_row", "fuse_col") and c > layer.in_channels
+    if c == layer.in_channels or sliced:
         ph, pw = _pool_factor(h, layer.in_h), _pool_factor(w, layer.in_w)
         if ph is not None and pw is not None:
             return ph, pw, False
@@ -81,13 +87,31 @@ def _match(layer: Layer, shape: tuple[int, int, int]) -> tuple[int, int, bool] |
 
 def build_graph(layers: list[Layer]) -> Graph:
     inputs: list[Edge] = []
+    concat: list[tuple[int, int]] = []
     for i, layer in enumerate(layers):
         edge = None
+        prev = layers[i - 1] if i else None
+        if (layer.kind == "fuse_col" and prev is not None and prev.kind == "fuse_row"
+                and (prev.in_h, prev.in_w) == (layer.in_h, layer.in_w)):
+            # The two halves of one FuSe conv read the same tensor.
+            inputs.append(Edge(inputs[-1].source, i, inputs[-1].pool_h, inputs[-1].pool_w, inputs[-1].flatten))
+            continue
         for j in [*range(i - 1, -1, -1), NETWORK_INPUT]:
             found = _match(layer, tensor_shape(layers, j))
             if found is not None:
                 edge = Edge(j, i, found[0], found[1], found[2])
                 break
+        if edge is None:
+            # The concatenation of two consecutive outputs, nearest first.
+            for j in range(i - 1, 0, -1):
+                (c1, h1, w1), (c0, h0, w0) = tensor_shape(layers, j), tensor_shape(layers, j - 1)
+                if (h1, w1) != (h0, w0):
+                    continue
+                found = _match(layer, (c0 + c1, h1, w1))
+                if found is not None:
+                    edge = Edge(j, i, found[0], found[1], found[2])
+                    concat.append((j - 1, j))
+                    break
         if edge is None:
             raise ValueError(
                 f"cannot tell where layer {i} ({layer.name!r}, input {layer.in_channels}x{layer.in_h}x{layer.in_w}) "
@@ -95,15 +119,14 @@ def build_graph(layers: list[Layer]) -> Graph:
                 "pools down to its size"
             )
         inputs.append(edge)
-    merges = []
-    read = {e.source for e in inputs}
+    merges = list(concat)
+    read = {e.source for e in inputs} | {t for t, _ in concat}
     for t in range(len(layers) - 1):
         if t in read:
             continue
         shape = tensor_shape(layers, t)
-        later = next((k for k in range(t + 1, len(layers)) if tensor_shape(layers, k) == shape), None)
-        if later is not None:
-            merges.append((t, later))
+        later = next((k for k in range(t + 1, len(layers)) if tensor_shape(layers, k) == shape), t + 1)
+        merges.append((t, later))
     return Graph(tuple(layers), tuple(inputs), tuple(merges))
 
 
