@@ -295,7 +295,9 @@ def test_cli_report_prints_tables_and_writes_the_chart(tmp_path, capsys, monkeyp
     assert "block-fused" in out and "tiled-fused" in out and "conv5_3" in out
     assert plot.stat().st_size > 1000 and plot.read_bytes()[:4] == b"\x89PNG"
     plain = cli._configure(__import__("argparse").ArgumentParser()).parse_args(["vgg16", "--no-plot"])
-    with pytest.raises(SystemExit, match="no block convs"):
+    from hwmodel.cli import CliError
+
+    with pytest.raises(CliError, match="no block convs"):
         cli.report(vgg16(classifier=False), plain)
 
 
@@ -313,3 +315,31 @@ def test_cli_help_and_mounting():
     assert exc.value.code == 0
     with pytest.raises(SystemExit):
         cli.main(["vgg16", "--bits", "12"])
+
+
+def test_hwmodel_fpga_command_end_to_end(monkeypatch, capsys, tmp_path):
+    """``hwmodel fpga MODEL`` through hwmodel.cli: zoo -> trace -> estimate -> tables and PNG."""
+    import types
+
+    import torch.nn as nn
+
+    import hwmodel.cli as hw
+    from fuseops.nn import BlockConv2d
+
+    def get_model(name, variant="baseline", block_size=28, blocking="fixed"):
+        assert (name, variant, block_size, blocking) == ("tiny", "block", 8, "fixed")
+        return nn.Sequential(BlockConv2d(3, 8, 3, padding=1, block_size=block_size, blocking=blocking), nn.ReLU(),
+                             nn.MaxPool2d(2), BlockConv2d(8, 8, 3, padding=1, block_size=block_size, blocking=blocking))
+
+    fake = types.SimpleNamespace(list_models=lambda: {"tiny": ("block",)}, get_model=get_model)
+    monkeypatch.setattr(hw, "zoo", lambda: fake)
+    monkeypatch.setenv("COLUMNS", "300")
+    plot = tmp_path / "t.png"
+    assert hw.main(["fpga", "tiny", "--block-size", "8", "--input-size", "32", "--plot", str(plot)]) == 0
+    out = capsys.readouterr().out
+    assert "block-fused" in out and plot.exists()
+    assert hw.main(["fpga", "nope", "--no-plot"]) == 2
+    assert "unknown model" in capsys.readouterr().err
+    assert hw.main(["fpga", "tiny", "--block-size", "8", "--input-size", "32", "--bits", "32", "--tm", "64",
+                    "--tn", "7", "--no-plot"]) == 2
+    assert "DSP" in capsys.readouterr().err

@@ -52,21 +52,22 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def load_layers(args: argparse.Namespace) -> list[Layer]:
-    """Build the zoo model and trace it."""
-    try:
-        from fuseops.models import get_model
-    except ImportError as exc:
-        raise SystemExit(f"hwmodel fpga: the model zoo (fuseops.models) is not available: {exc}") from exc
+    """Build the zoo model (``hwmodel.cli.zoo()``) and trace it."""
+    from hwmodel.cli import CliError, zoo
     from hwmodel.trace import trace
 
+    models = zoo()
+    names = list(models.list_models())
+    if args.model not in names:
+        raise CliError(f"unknown model {args.model!r}: expected one of {', '.join(names)}")
     kwargs = {"variant": args.variant}
     if args.variant == "block":
         kwargs.update(block_size=args.block_size, blocking=args.blocking)
     try:
-        model = get_model(args.model, **kwargs)
-    except TypeError as exc:
-        raise SystemExit(f"hwmodel fpga: fuseops.models.get_model({args.model!r}, **{kwargs}) failed: {exc}") from exc
-    return list(trace(model.eval(), (args.batch, 3, args.input_size, args.input_size)))
+        model = models.get_model(args.model, **kwargs)
+    except (TypeError, ValueError) as err:
+        raise CliError(f"cannot build {args.model} with {kwargs}: {err}") from err
+    return list(trace(model, (args.batch, 3, args.input_size, args.input_size)))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -76,18 +77,22 @@ def run(args: argparse.Namespace) -> int:
 def report(layers: list[Layer], args: argparse.Namespace) -> int:
     """Estimate every applicable schedule, print the chosen one's tables, the comparison, and plot."""
     from fuseops.cli.table import print_table
+    from hwmodel.cli import CliError
 
     if (args.tm is None) != (args.tn is None):
-        raise SystemExit("hwmodel fpga: give both --tm and --tn, or neither")
+        raise CliError("give both --tm and --tn, or neither")
     engine = Engine(args.tm, args.tn) if args.tm is not None else None
     schedules = [s for s in SCHEDULES if s != "block-fused" or has_block_convs(layers)]
     if args.schedule not in schedules:
-        raise SystemExit(f"hwmodel fpga: {args.model} ({args.variant}) has no block convs; "
-                         "--schedule block-fused needs a block variant")
+        raise CliError(f"{args.model} ({args.variant}) has no block convs; --schedule block-fused needs a block "
+                       "variant")
     results: dict[str, FpgaEstimate] = {}
     for schedule in schedules:
-        results[schedule] = estimate(layers, device=args.device, bits=args.bits, engine=engine, schedule=schedule,
-                                     freq_mhz=args.freq_mhz, objective=args.objective)
+        try:
+            results[schedule] = estimate(layers, device=args.device, bits=args.bits, engine=engine,
+                                         schedule=schedule, freq_mhz=args.freq_mhz, objective=args.objective)
+        except ValueError as err:  # e.g. an engine larger than the device
+            raise CliError(str(err)) from err
     chosen = results[args.schedule]
     print(chosen.summary())
     for title, rows in ((f"{args.schedule}: groups", chosen.groups), (f"{args.schedule}: layers", chosen.layers)):
@@ -139,9 +144,15 @@ def plot_traffic(results: dict[str, FpgaEstimate], path: str, title: str) -> Non
 
 
 def main(argv: list[str] | None = None) -> int:
+    from hwmodel.cli import CliError
+
     parser = _configure(argparse.ArgumentParser(prog="hwmodel fpga", description=__doc__.splitlines()[0]))
     args = parser.parse_args(argv)
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except CliError as err:
+        print(f"hwmodel fpga: error: {err}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
