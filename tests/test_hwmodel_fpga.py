@@ -343,3 +343,27 @@ def test_hwmodel_fpga_command_end_to_end(monkeypatch, capsys, tmp_path):
     assert hw.main(["fpga", "tiny", "--block-size", "8", "--input-size", "32", "--bits", "32", "--tm", "64",
                     "--tn", "7", "--no-plot"]) == 2
     assert "DSP" in capsys.readouterr().err
+
+
+def test_graph_reads_fuse_halves_and_their_concatenation():
+    c = 32
+    stem = _conv(3, c, 16, 3, p=1)
+    row = Layer("f.row", "fuse_row", 1, c // 2, 16, 16, c // 2, 1, 3, 1, 1, 0, 1, 1, 1, c // 2)
+    col = Layer("f.col", "fuse_col", 1, c // 2, 16, 16, c // 2, 3, 1, 1, 1, 1, 0, 1, 1, c // 2)
+    point = _conv(c, 64, 16, 1)
+    g = build_graph([stem, row, col, point])
+    assert [e.source for e in g.inputs] == [NETWORK_INPUT, 0, 0, 2]  # both halves read the stem
+    assert (1, 2) in g.merges  # the row half waits on chip for the column half
+    est = estimate([stem, row, col, point], schedule="tiled-fused", engine=Engine(8, 8))
+    assert est.dram_bytes["output"] == 64 * 16 * 16 * 2  # only the last map leaves as output
+    # Depthwise halves keep one multiplier of 64 busy.
+    assert est.layers[1]["util"] == pytest.approx(1 / 64)
+
+
+def test_batch_scales_work_and_fps():
+    one = [_conv(16, 16, 28, 3, p=1)]
+    four = [Layer("c", "conv", 4, 16, 28, 28, 16, 3, 3, 1, 1, 1, 1)]
+    e1, e4 = estimate(one, engine=Engine(16, 16)), estimate(four, engine=Engine(16, 16))
+    assert e4.macs == 4 * e1.macs
+    assert e4.fps == pytest.approx(4 / e4.latency_s)
+    assert e4.dram_bytes["input"] >= 4 * e1.dram_bytes["input"] * 0.99

@@ -96,6 +96,14 @@ def build_graph(layers: list[Layer]) -> Graph:
             # The two halves of one FuSe conv read the same tensor.
             inputs.append(Edge(inputs[-1].source, i, inputs[-1].pool_h, inputs[-1].pool_w, inputs[-1].flatten))
             continue
+        if i >= 2 and layers[i - 2].kind == "fuse_row" and prev is not None and prev.kind == "fuse_col":
+            # After a FuSe conv comes its [row, col] concatenation, even where an older tensor has that shape.
+            (c1, h1, w1), (c0, h0, w0) = tensor_shape(layers, i - 1), tensor_shape(layers, i - 2)
+            found = _match(layer, (c0 + c1, h1, w1)) if (h0, w0) == (h1, w1) else None
+            if found is not None:
+                inputs.append(Edge(i - 1, i, found[0], found[1], found[2]))
+                concat.append((i - 2, i - 1))
+                continue
         for j in [*range(i - 1, -1, -1), NETWORK_INPUT]:
             found = _match(layer, tensor_shape(layers, j))
             if found is not None:
