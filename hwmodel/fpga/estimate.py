@@ -50,7 +50,8 @@ class FpgaEstimate:
         return (
             f"{self.schedule} on {self.device.name} ({self.bits}-bit, Tm={self.engine.tm} Tn={self.engine.tn}, "
             f"{self.dsp_used}/{self.device.dsp} DSP, {self.freq_mhz:g} MHz): {self.latency_s * 1e3:.2f} ms, "
-            f"{self.fps:.2f} fps, {self.gops:.1f} GOPS; DRAM {self.total_dram_bytes / 1e6:.2f} MB "
+            f"{self.fps:.2f} fps, {self.gops:.1f} GOPS (roof {self.compute_roof_gops:.0f}, CTC {self.ctc:.1f} op/B, "
+            f"attainable {self.attainable_gops:.0f}); DRAM {self.total_dram_bytes / 1e6:.2f} MB "
             f"(input {mb['input']:.2f}, weights {mb['weights']:.2f}, output {mb['output']:.2f}, "
             f"intermediate {mb['intermediate']:.2f}); buffer {self.buffer_bytes / 1e6:.2f} of "
             f"{self.device.bram_bytes / 1e6:.2f} MB ({'fits' if self.fits else 'DOES NOT FIT'})"
@@ -181,11 +182,13 @@ def _collect(layers, plans, dev, bits, schedule, engine, freq_mhz, dsp_used) -> 
         for k, v in plan.traffic.items():
             traffic[k] += v
         first, last = layers[plan.start].name, layers[plan.stop - 1].name
+        group_ops = 2 * sum(layers[i].macs for i in range(plan.start, plan.stop))
         group_rows.append({
             "group": g, "layers": first if plan.stop - plan.start == 1 else f"{first} .. {last}",
             "n": plan.stop - plan.start, "mode": plan.mode, "units": plan.units,
             "dram_MB": plan.dram_bytes / 1e6, "inter_MB": plan.traffic["intermediate"] / 1e6,
             "weights_MB": plan.traffic["weights"] / 1e6, "buffer_KB": plan.buffer_bytes / 1e3,
+            "ctc": group_ops / plan.dram_bytes if plan.dram_bytes else float("inf"),
             "ms": time_s * 1e3, "bound": "memory" if memory_s > compute_s else "compute", "detail": plan.detail,
         })
         for offset, i in enumerate(range(plan.start, plan.stop)):
