@@ -139,6 +139,9 @@ CASES = [
     # one part empty: any padding lines up, even K allowed
     ((1, 1, 6, 9), "half", 3, 1, 1, "hardswish", True, 1, 0),
     ((1, 3, 8, 5), "half", 2, 2, 1, "relu", True, 0, 1),
+    # W = 32: the forward kernel gets an ALIGN > 1 hint (a no-op in the interpreter, but
+    # the hinted code path runs)
+    ((1, 2, 9, 32), "full", 3, 1, 1, "relu6", True, None, None),
 ]
 
 
@@ -153,7 +156,8 @@ def test_matches_reference_float64(shape, variant, kernel, stride, dilation, act
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize(("variant", "kernel", "act"), [("half", 3, "relu6"), ("full", 5, "hardswish")])
 def test_matches_reference_low_precision(dtype, variant, kernel, act):
-    x, wr, wc, b = make_inputs((1, 3, 9, 17), variant, kernel, dtype=dtype)
+    shape = (1, 3, 9, 17) if variant == "half" else (1, 2, 9, 17)
+    x, wr, wc, b = make_inputs(shape, variant, kernel, dtype=dtype)
     check(x, wr, wc, b, variant=variant, stride=1, act=act)
 
 
@@ -199,6 +203,19 @@ def test_needs_index64_threshold():
     # 2**31 elements without allocating them: an expanded (stride 0) view.
     assert triton_impl._needs_index64(torch.empty(1).expand(2**31))
     assert not triton_impl._needs_index64(torch.empty(1).expand(2**31 - 1))
+
+
+def test_alignment_hint_is_conservative():
+    from fuseops.fuse_conv import triton_impl
+
+    aligned = torch.empty(2, 4, 8, 32, dtype=torch.float16)
+    assert triton_impl._alignment(aligned, extents=(32,)) == 16
+    assert triton_impl._alignment(aligned, extents=(56,)) == 8
+    assert triton_impl._alignment(aligned, extents=(32, 19)) == 1
+    # A sliced view: its row stride is 32 but it starts 3 elements into the storage.
+    assert triton_impl._alignment(aligned[..., 3:], extents=(16,)) == 1
+    # channels_last: consecutive channels are 1 element apart, so planes are not aligned.
+    assert triton_impl._alignment(aligned.to(memory_format=torch.channels_last), extents=(32,)) == 1
 
 
 def test_weight_gradients_are_bitwise_reproducible():

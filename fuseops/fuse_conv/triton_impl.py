@@ -56,6 +56,26 @@ def _needs_index64(*tensors: torch.Tensor) -> bool:
     return False
 
 
+def _alignment(*tensors: torch.Tensor, extents: tuple[int, ...] = (), cap: int = 16) -> int:
+    """Largest power of two <= cap dividing ``extents``, and the address (in elements) and
+    the N, C and H strides of every one of ``tensors`` (and the W stride unless it is 1):
+    the ``ALIGN`` hint of the forward kernel.  The GPU compiler trusts the hint, so it
+    must be true; sizes are ignored, which only ever makes it smaller."""
+    values = list(extents)
+    for t in tensors:
+        address = t.data_ptr()
+        if address % t.element_size():
+            return 1
+        values.append(address // t.element_size())
+        values += list(t.stride()[:-1])
+        if t.stride()[-1] != 1:
+            values.append(t.stride()[-1])
+    align = cap
+    while align > 1 and any(v % align for v in values):
+        align //= 2
+    return align
+
+
 def _geometry(x, weight_row, weight_col, full, stride, padding, dilation) -> FuseGeometry:
     return fuse_geometry(tuple(x.shape), weight_row.shape[-1], weight_row.shape[0], weight_col.shape[0],
                          full, stride, padding, dilation)
@@ -87,6 +107,7 @@ def forward(
         return out
     k = _kernels()
     index64 = _needs_index64(x, out)
+    align = _alignment(x, out, extents=(geo.width, geo.out_width))
     for is_row, weight, tap_stride, count, x_start, out_start in _parts(geo, weight_row, weight_col):
         if count == 0:
             continue
@@ -98,12 +119,12 @@ def forward(
         k.fuse_fwd_kernel[grid](
             x, weight, bias if bias is not None else out, out,
             count, x_start, out_start,
-            geo.height, geo.width, geo.out_height, geo.out_width, geo.padding,
+            geo.height, geo.width, geo.out_height, geo.out_width,
             *x.stride(), weight.stride(0), tap_stride, bias.stride(0) if bias is not None else 0,
             *out.stride(),
-            IS_ROW=is_row, K=geo.kernel, STRIDE=geo.stride, DIL=geo.dilation,
+            IS_ROW=is_row, K=geo.kernel, STRIDE=geo.stride, DIL=geo.dilation, PAD=geo.padding,
             HAS_BIAS=bias is not None, ACT=k.ACTIVATION_CODES[activation], ACC=_acc_dtype(x.dtype),
-            INDEX64=index64,
+            INDEX64=index64, ALIGN=align,
         )
     return out
 
