@@ -241,6 +241,18 @@ def test_gradcheck_fast_mode():
     assert torch.autograd.gradcheck(fn, inputs, fast_mode=True)
 
 
+def test_opcheck_and_compile_fullgraph():
+    x, wr, wc, b = (t.requires_grad_(True) for t in make_inputs((1, 2, 4, 5), "full", 3))
+    args = (x, wr, wc, b, True, 1, 1, 1, "relu")
+    with fuseops.use_backend("triton"):
+        torch.library.opcheck(torch.ops.fuseops.fuse_conv2d.default, args)
+        compiled = torch.compile(
+            lambda *t: fuseops.fuse_conv2d(*t, variant="full", activation="relu"), fullgraph=True
+        )
+        out = compiled(x, wr, wc, b)
+    torch.testing.assert_close(out, fuse_conv2d_reference(*args), rtol=1e-10, atol=1e-10)
+
+
 def test_import_fuseops_does_not_import_triton():
     code = "import sys, fuseops; sys.exit(1 if 'triton' in sys.modules else 0)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
