@@ -102,7 +102,7 @@ def jobs(quick: bool):
         return kernel.fn if isinstance(kernel, triton.runtime.Autotuner) else kernel
 
     dtypes = ["fp16"] if quick else ["fp16", "bf16", "fp32", "fp64"]
-    tiles = [(16, 64, 4)] if quick else [(8, 16, 1), (16, 64, 4), (8, 256, 8)]
+    tiles = [(8, 64, 4)] if quick else [(8, 16, 1), (8, 64, 4), (16, 64, 4), (8, 256, 8)]
     out = []
     for dt in dtypes:
         acc = tl.float64 if dt == "fp64" else tl.float32
@@ -121,7 +121,8 @@ def jobs(quick: bool):
                     weight_ptrs = {p: f"*{dt}" for p in ("x_ptr", "g_ptr", "w_ptr", "b_ptr")}
                     out.append((f"bwd_weight {tag}", raw(k.fuse_bwd_weight_kernel),
                                 {**weight_ptrs, "ws_ptr": acc_ptr}, dict(IS_ROW=is_row, **common), warps))
-                    if is_row:  # grad_x handles both parts in one kernel
+                    if is_row and block_h * block_w <= 4 * 32 * warps:  # its autotune space's cap
+                        # grad_x handles both parts in one kernel
                         input_ptrs = ("x_ptr", "g_ptr", "wr_ptr", "wc_ptr", "b_ptr", "gx_ptr")
                         out.append((f"bwd_input {tag.replace('row ', '')}", raw(k.fuse_bwd_input_kernel),
                                     {p: f"*{dt}" for p in input_ptrs}, common, warps))

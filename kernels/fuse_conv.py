@@ -65,13 +65,18 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"
 
 
-def tile_configs() -> list[triton.Config]:
+def tile_configs(max_per_thread: int = 16) -> list[triton.Config]:
     """Autotune space for the element-wise-tiled kernels (forward, grad_x).
 
     Tiles of 128 to 2048 elements (4 to 8 per thread, 16 for the largest), so a thread
     can own up to 16 contiguous bytes along W when the alignment allows (see ``ALIGN``),
     with BLOCK_W from 16 to 256 to fit W = 7 ... 112 rows and small tiles for 7x7 and
-    14x14 planes; :func:`prune_tiles` drops the tiles far wider or taller than the output.
+    14x14 planes; :func:`prune_output_tiles` / :func:`prune_input_tiles` drop the tiles
+    far wider or taller than the plane.
+
+    ``max_per_thread`` caps the elements each thread owns: the grad_x kernel recomputes
+    K*K taps per element when an activation is fused, and the AOT compile check showed
+    it spilling registers at 8+ elements per thread with K=5.
 
     Under the interpreter: one config (``INTERPRETER_TILE``), so no time goes to tuning.
     """
@@ -79,19 +84,17 @@ def tile_configs() -> list[triton.Config]:
         return [triton.Config(dict(zip(("BLOCK_H", "BLOCK_W"), INTERPRETER_TILE)), num_warps=1)]
     configs = []
     for block_w in (16, 32, 64, 128, 256):
-        for elements, warps in ((128, 1), (256, 2), (512, 4), (1024, 4), (2048, 8)):
-            if elements >= block_w:
+        for elements, warps in ((128, 1), (256, 2), (512, 4), (1024, 4), (1024, 8), (2048, 8)):
+            if elements >= block_w and elements // (32 * warps) <= max_per_thread:
                 configs.append(
                     triton.Config({"BLOCK_H": elements // block_w, "BLOCK_W": block_w}, num_warps=warps)
                 )
     return configs
 
 
-def prune_tiles(configs, named_args, **kwargs):
+def _prune_tiles(configs, height: int, width: int):
     """Keep tiles whose width is within 2x of the row (W-side waste under ~50%) and whose
     height does not exceed the rows there are; never return an empty list."""
-    height = named_args.get("OH", named_args.get("H"))
-    width = named_args.get("OW", named_args.get("W"))
     target_w = min(256, max(16, triton.next_power_of_2(width)))
     kept = [c for c in configs
             if target_w // 2 <= c.kwargs["BLOCK_W"] <= target_w
@@ -99,6 +102,16 @@ def prune_tiles(configs, named_args, **kwargs):
     if not kept:
         kept = [c for c in configs if c.kwargs["BLOCK_W"] == target_w] or configs
     return kept
+
+
+def prune_output_tiles(configs, named_args, **kwargs):
+    """For kernels tiled over the output (forward)."""
+    return _prune_tiles(configs, named_args["OH"], named_args["OW"])
+
+
+def prune_input_tiles(configs, named_args, **kwargs):
+    """For kernels tiled over the input (grad_x)."""
+    return _prune_tiles(configs, named_args["H"], named_args["W"])
 
 
 def weight_tile(out_height: int, out_width: int) -> tuple[int, int, int]:
@@ -202,7 +215,7 @@ def _pre_activation(
 
 # ----------------------------------------------------------------------------- forward
 @triton.autotune(configs=tile_configs(), key=["OH", "OW", "K", "STRIDE", "DIL", "IS_ROW", "ALIGN"],
-                 prune_configs_by={"early_config_prune": prune_tiles})
+                 prune_configs_by={"early_config_prune": prune_output_tiles})
 @triton.jit
 def fuse_fwd_kernel(
     x_ptr, w_ptr, b_ptr, out_ptr,
@@ -289,8 +302,8 @@ def _grad_x_from_part(
     return acc
 
 
-@triton.autotune(configs=tile_configs(), key=["H", "W", "K", "STRIDE", "DIL", "ACT"],
-                 prune_configs_by={"early_config_prune": prune_tiles})
+@triton.autotune(configs=tile_configs(max_per_thread=4), key=["H", "W", "K", "STRIDE", "DIL", "ACT"],
+                 prune_configs_by={"early_config_prune": prune_input_tiles})
 @triton.jit
 def fuse_bwd_input_kernel(
     x_ptr, g_ptr, wr_ptr, wc_ptr, b_ptr, gx_ptr,
