@@ -123,7 +123,8 @@ def weight_tile(out_height: int, out_width: int) -> tuple[int, int, int]:
     if interpreting():
         return (*INTERPRETER_TILE, 1)
     block_w = min(128, max(16, triton.next_power_of_2(out_width)))
-    block_h = max(1, min(32, 2048 // block_w, triton.next_power_of_2(out_height)))
+    # <= 8 elements per thread at 4 warps: the range the AOT compile check covers spill-free.
+    block_h = max(1, min(32, 1024 // block_w, triton.next_power_of_2(out_height)))
     return block_h, block_w, 4
 
 

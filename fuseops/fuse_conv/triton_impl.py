@@ -15,6 +15,7 @@ Triton is imported lazily, on the first call, so ``import fuseops`` never import
 
 from __future__ import annotations
 
+import contextlib
 import functools
 
 import torch
@@ -30,6 +31,11 @@ def _kernels():
     from fuseops.kernels import fuse_conv
 
     return fuse_conv
+
+
+def _on_device(t: torch.Tensor):
+    """Triton launches on the current CUDA device; make it the tensor's (multi-GPU)."""
+    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
 
 
 def _empty(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
@@ -101,6 +107,11 @@ def forward(
     activation: str,
 ) -> torch.Tensor:
     """(N, C, H, W) -> (N, C_r + C_c, H_out, W_out), contiguous NCHW."""
+    with _on_device(x):
+        return _forward(x, weight_row, weight_col, bias, full, stride, padding, dilation, activation)
+
+
+def _forward(x, weight_row, weight_col, bias, full, stride, padding, dilation, activation):
     geo = _geometry(x, weight_row, weight_col, full, stride, padding, dilation)
     out = _empty((geo.batch, geo.out_channels, geo.out_height, geo.out_width), x.dtype, x.device)
     if out.numel() == 0:
@@ -147,6 +158,12 @@ def backward(
     derivative needs it.  Weight and bias gradients are reduced without atomics, in a
     fixed order (bitwise reproducible).
     """
+    with _on_device(x):
+        return _backward(grad_out, x, weight_row, weight_col, bias, full, stride, padding, dilation,
+                         activation)
+
+
+def _backward(grad_out, x, weight_row, weight_col, bias, full, stride, padding, dilation, activation):
     geo = _geometry(x, weight_row, weight_col, full, stride, padding, dilation)
     grad_x = _empty(tuple(x.shape), x.dtype, x.device)
     grad_weights = [_empty(tuple(w.shape), w.dtype, w.device) for w in (weight_row, weight_col)]
