@@ -17,7 +17,7 @@ def build_note() -> str:
         return "no build record: fuseops was not installed with `pip install --no-build-isolation -e .`"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def load() -> tuple[bool, str]:
     """Import ``fuseops._C`` once; return (loaded, reason it is not)."""
     try:

@@ -73,13 +73,15 @@ def reference_call(x, weight_row, weight_col, bias, *, variant="half", stride=1,
     k = weight_row.shape[-1]
     pad = dilation * (k - 1) // 2 if padding is None else padding
     act = "none" if activation is None else activation
-    return fuse_conv2d_reference(x, weight_row, weight_col, bias, variant == "full", stride, pad, dilation, act)
+    full = variant == "full"
+    return fuse_conv2d_reference(x, weight_row, weight_col, bias, full, stride, pad, dilation, act)
 
 
 def backend_with_grads(backend, x, weight_row, weight_col, bias, grad_out, **kw):
     with fuseops.use_backend(backend):
         out = fuse_conv2d(x, weight_row, weight_col, bias, **kw)
-    grads = torch.autograd.grad(out, [t for t in (x, weight_row, weight_col, bias) if t is not None], grad_out)
+    leaves = [t for t in (x, weight_row, weight_col, bias) if t is not None]
+    grads = torch.autograd.grad(out, leaves, grad_out)
     return out.detach(), grads
 
 
@@ -371,7 +373,7 @@ def test_unavailable_cpu_backend_gives_the_reason(monkeypatch):
     from fuseops import _extension
 
     monkeypatch.setattr(_extension, "has_kernel", lambda name: (False, "fuseops._C is not importable (test)"))
-    with fuseops.use_backend("cpu"), pytest.raises(BackendUnavailableError, match="not importable \\(test\\)"):
+    with fuseops.use_backend("cpu"), pytest.raises(BackendUnavailableError, match=r"not importable \(test\)"):
         call()
 
 
