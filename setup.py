@@ -89,7 +89,7 @@ def _extension_setup() -> dict:
                 + (f" with CUDA {torch.version.cuda}" if use_cuda else " (CPU kernels only)")
             )
 
-    return {"ext_modules": [ext], "cmdclass": {"build_ext": OptionalBuildExtension.with_options(no_python_abi_suffix=False)}}
+    return {"ext_modules": [ext], "cmdclass": {"build_ext": OptionalBuildExtension}}
 
 
 setup(
