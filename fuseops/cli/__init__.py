@@ -10,7 +10,7 @@ import argparse
 import importlib
 import sys
 
-COMMANDS: tuple[str, ...] = ("info", "validate")
+COMMANDS: tuple[str, ...] = ("info", "validate", "bench")
 
 
 def build_parser() -> argparse.ArgumentParser:
