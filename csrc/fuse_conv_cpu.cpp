@@ -256,33 +256,38 @@ inline void tap_loop(const in_t* __restrict__ src, const int64_t* __restrict__ o
 }
 
 // The flat layout of one part (row or column), shared by all its planes in a call:
-// tap offsets, the flat range [lo, hi) whose taps all read inside the plane, and the
-// border corrections.  Inside [lo, hi) a row tap that left its row read the
-// neighbouring row instead of a zero pad, so that term is subtracted (sign -1);
-// outside [lo, hi) only the in-image taps are added (sign +1).  A 56x56 K=3 plane
-// has 110 corrections, a 7x7 one 12: scalar, branch-free, precomputed once per call.
+// tap offsets and the flat range [lo, hi) whose taps all read inside the plane.
+// Column part: the positions outside [lo, hi) are whole border rows, recomputed with
+// row loops over the in-image taps.  Row part: inside [lo, hi) a tap that left its row
+// read the neighbouring row instead of a zero pad, so that term is subtracted, and the
+// at most 2p positions outside [lo, hi) get their in-image taps added.  These
+// corrections (2p per row) are precomputed once per call as (index, source, signed
+// tap); each touches a different index or is adjacent to one, so they do not form a
+// long store-to-load dependency chain.
 struct TapFix {
-  int64_t index, tap, sign;
+  int64_t index, source, signed_tap;  // acc[index] += signed_w[signed_tap] * x[source]
 };
 
 struct FlatPart {
+  bool row_part;
   std::vector<int64_t> off;
   int64_t lo = 0, hi = 0;
   std::vector<TapFix> fixes;
 
-  FlatPart(const Geometry& g, bool row_part) : off(g.kernel) {
+  FlatPart(const Geometry& g, bool row) : row_part(row), off(g.kernel) {
     const int64_t H = g.height, W = g.width, HW = H * W, K = g.kernel;
     const int64_t unit = row_part ? 1 : W;
     for (int64_t k = 0; k < K; ++k) off[k] = (k * g.dilation - g.padding) * unit;
     lo = std::min(HW, std::max<int64_t>(0, -off[0]));
     hi = std::max(lo, HW - std::max<int64_t>(0, off[K - 1]));
+    if (!row_part) return;
     for (int64_t i = 0; i < HW; ++i) {
       const int64_t j = i % W;
       const bool inside = i >= lo && i < hi;
       for (int64_t k = 0; k < K; ++k) {
-        const bool valid = row_part ? (j + off[k] >= 0 && j + off[k] < W) : (i + off[k] >= 0 && i + off[k] < HW);
-        if (inside && !valid) fixes.push_back({i, k, -1});
-        if (!inside && valid) fixes.push_back({i, k, +1});
+        const bool valid = j + off[k] >= 0 && j + off[k] < W;
+        if (inside && !valid) fixes.push_back({i, i + off[k], K + k});  // subtract
+        if (!inside && valid) fixes.push_back({i, i + off[k], k});      // add
       }
     }
   }
@@ -290,17 +295,20 @@ struct FlatPart {
 
 template <int KT, typename scalar_t, Act A>
 void forward_plane_flat(scalar_t* __restrict__ out, acc_type<scalar_t>* __restrict__ acc,
-                        const scalar_t* __restrict__ x, const acc_type<scalar_t>* w, acc_type<scalar_t> bias,
-                        const FlatPart& part, int64_t plane_size, int64_t kernel) {
+                        const scalar_t* __restrict__ x, const acc_type<scalar_t>* signed_w,
+                        acc_type<scalar_t> bias, const FlatPart& part, const Geometry& g) {
   // acc: a plane-sized accumulator, which is `out` itself when scalar_t == acc_t.
+  // signed_w: the K weights, then their negatives.
   using acc_t = acc_type<scalar_t>;
-  const int64_t lo = part.lo, hi = part.hi;
-  const int64_t* off = part.off.data();
-  for (int64_t i = 0; i < lo; ++i) acc[i] = bias;
-  tap_loop<KT>(x, off, w, kernel, lo, hi, bias, [&](int64_t i, acc_t s) { acc[i] = s; });
-  for (int64_t i = hi; i < plane_size; ++i) acc[i] = bias;
-  for (const TapFix& f : part.fixes) {
-    acc[f.index] += static_cast<acc_t>(f.sign) * w[f.tap] * static_cast<acc_t>(x[f.index + off[f.tap]]);
+  const int64_t lo = part.lo, hi = part.hi, plane_size = g.height * g.width, W = g.width;
+  tap_loop<KT>(x, part.off.data(), signed_w, g.kernel, lo, hi, bias, [&](int64_t i, acc_t s) { acc[i] = s; });
+  if (part.row_part) {
+    for (int64_t i = 0; i < lo; ++i) acc[i] = bias;
+    for (int64_t i = hi; i < plane_size; ++i) acc[i] = bias;
+    for (const TapFix& f : part.fixes) acc[f.index] += signed_w[f.signed_tap] * static_cast<acc_t>(x[f.source]);
+  } else {
+    for (int64_t r = 0; r * W < lo; ++r) pre_activation_row(acc + r * W, x, signed_w, bias, false, r, g);
+    for (int64_t r = hi / W; r < g.height; ++r) pre_activation_row(acc + r * W, x, signed_w, bias, false, r, g);
   }
   // Epilogue: activation and conversion, one vectorised pass over the (cached) plane.
 #pragma omp simd
@@ -434,18 +442,21 @@ void forward_kernel(const at::Tensor& x, const at::Tensor& weight_row, const at:
     const FlatPart row_layout(g, true), col_layout(g, false);
     dispatch_kernel_size(g.kernel, [&](auto kt) {
       at::parallel_for(0, planes, grain, [&](int64_t begin, int64_t end) {
-        std::vector<acc_t> plane_buffer(direct ? 0 : out_plane), w_buffer(g.kernel);
+        std::vector<acc_t> plane_buffer(direct ? 0 : out_plane), w_buffer(2 * g.kernel);
         for (int64_t plane = begin; plane < end; ++plane) {
           const int64_t n = plane / c_out, co = plane % c_out;
           const bool row_part = co < g.c_row;
           const int64_t ci = row_part ? co : g.col_start + (co - g.c_row);
           const scalar_t* w = row_part ? wr + co * g.kernel : wc + (co - g.c_row) * g.kernel;
-          for (int64_t k = 0; k < g.kernel; ++k) w_buffer[k] = static_cast<acc_t>(w[k]);
+          for (int64_t k = 0; k < g.kernel; ++k) {
+            w_buffer[k] = static_cast<acc_t>(w[k]);
+            w_buffer[g.kernel + k] = -w_buffer[k];
+          }
           scalar_t* out_plane_ptr = out_data + plane * out_plane;
           acc_t* acc_plane = direct ? reinterpret_cast<acc_t*>(out_plane_ptr) : plane_buffer.data();
           forward_plane_flat<decltype(kt)::value, scalar_t, A>(
               out_plane_ptr, acc_plane, x_data + (n * g.channels + ci) * in_plane, w_buffer.data(),
-              b ? static_cast<acc_t>(b[co]) : acc_t(0), row_part ? row_layout : col_layout, out_plane, g.kernel);
+              b ? static_cast<acc_t>(b[co]) : acc_t(0), row_part ? row_layout : col_layout, g);
         }
       });
     });
