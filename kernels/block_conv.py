@@ -45,6 +45,10 @@ INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
 MODES = {"constant": 0, "replicate": 1, "reflect": 2}
 
+# Triton 3.6's interpreter multiplies bf16 dot operands as their raw uint16 bits; it
+# gets the upcast operands instead (exact: bf16/fp16 -> fp32 loses nothing).
+_UPCAST_DOT = tl.constexpr(INTERPRET)
+
 
 def _configs(gpu: list[tuple[int, ...]], interp: tuple[int, ...], names: tuple[str, ...]) -> list[triton.Config]:
     # The interpreter benchmarks every config when there are several, which is very
@@ -90,6 +94,19 @@ def _remap(r, lo, hi, MODE: tl.constexpr):
         r = tl.where(r >= hi, 2 * (hi - 1) - r, r)
         valid = r >= lo
     return r, valid
+
+
+@triton.jit
+def _mma(a, b, acc, USE_DOT: tl.constexpr, ACC_DTYPE: tl.constexpr, INPUT_PRECISION: tl.constexpr):
+    """acc + a @ b: tensor cores (tl.dot) or, for tiles too thin for them, multiply + sum."""
+    if USE_DOT:
+        if _UPCAST_DOT:
+            a = a.to(ACC_DTYPE)
+            b = b.to(ACC_DTYPE)
+        acc = tl.dot(a, b, acc, input_precision=INPUT_PRECISION, out_dtype=ACC_DTYPE)
+    else:
+        acc += tl.sum(a.to(ACC_DTYPE)[:, :, None] * b.to(ACC_DTYPE)[None, :, :], axis=1)
+    return acc
 
 
 @triton.jit
@@ -147,10 +164,7 @@ def _forward_kernel(
                             mask=valid[:, None] & mask_k[None, :], other=0.0)
                 b = tl.load(w_tap[None, :] + ci[:, None].to(tl.int64) * sw_i,
                             mask=mask_k[:, None] & mask_n[None, :], other=0.0)
-                if USE_DOT:
-                    acc = tl.dot(a, b, acc, input_precision=INPUT_PRECISION, out_dtype=ACC_DTYPE)
-                else:
-                    acc += tl.sum(a.to(ACC_DTYPE)[:, :, None] * b.to(ACC_DTYPE)[None, :, :], axis=1)
+                acc = _mma(a, b, acc, USE_DOT, ACC_DTYPE, INPUT_PRECISION)
 
     if HAS_BIAS:
         bias = tl.load(b_ptr + co, mask=mask_n, other=0.0)
@@ -211,10 +225,7 @@ def _grad_input_kernel(
                                     mask=valid[:, None] & mask_k[None, :], other=0.0)
                         b = tl.load(w_tap[None, :] + co[:, None].to(tl.int64) * sw_o,
                                     mask=mask_k[:, None] & mask_n[None, :], other=0.0)
-                        if USE_DOT:
-                            acc = tl.dot(a, b, acc, input_precision=INPUT_PRECISION, out_dtype=ACC_DTYPE)
-                        else:
-                            acc += tl.sum(a.to(ACC_DTYPE)[:, :, None] * b.to(ACC_DTYPE)[None, :, :], axis=1)
+                        acc = _mma(a, b, acc, USE_DOT, ACC_DTYPE, INPUT_PRECISION)
 
     ci = group * C_IN_G + offs_n
     gx = (gx_ptr + n.to(tl.int64)[:, None] * sx_n + ci.to(tl.int64)[None, :] * sx_c
@@ -281,10 +292,7 @@ def _grad_weight_kernel(
                     mask=mask_co[:, None] & mask_p[None, :], other=0.0)
         b = tl.load(x_ci[None, :] + (n64 * sx_n + iy.to(tl.int64) * sx_h + ix.to(tl.int64) * sx_w)[:, None],
                     mask=valid[:, None] & mask_ci[None, :], other=0.0)
-        if USE_DOT:
-            acc = tl.dot(a, b, acc, input_precision=INPUT_PRECISION, out_dtype=ACC_DTYPE)
-        else:
-            acc += tl.sum(a.to(ACC_DTYPE)[:, :, None] * b.to(ACC_DTYPE)[None, :, :], axis=1)
+        acc = _mma(a, b, acc, USE_DOT, ACC_DTYPE, INPUT_PRECISION)
 
     part = (part_ptr + split.to(tl.int64) * sp_s + (group * C_OUT_G + offs_co).to(tl.int64)[:, None] * sp_o
             + offs_ci.to(tl.int64)[None, :] * sp_i + ky * sp_h + kx * sp_w)
@@ -295,11 +303,28 @@ _FWD_KEY = ["M", "C_IN_G", "C_OUT_G", "KH", "KW", "MODE"]
 _BWD_X_KEY = ["M", "C_IN_G", "C_OUT_G", "KH", "KW", "T_H", "T_W"]
 _BWD_W_KEY = ["P", "C_IN_G", "C_OUT_G", "KW", "MODE", "SPLIT"]
 
+
+def _fits_registers(configs, named_args, **kwargs):
+    """Non-dot path: drop configs whose (BLOCK_M, BLOCK_K, BLOCK_N) product tile would
+    not fit in registers (the launcher fixes two of the three sides)."""
+    args = {**named_args, **kwargs}
+    kept = []
+    for config in configs:
+        sides = {**args, **config.kwargs}
+        if sides["BLOCK_M"] * sides["BLOCK_N"] * sides["BLOCK_K"] <= 8192:
+            kept.append(config)
+    return kept or configs[:1]
+
+
+_PRUNE = {"early_config_prune": _fits_registers}
+
 forward_dot = triton.autotune(_configs(_DOT_GPU, _DOT_INTERP, _DOT_NAMES), key=_FWD_KEY)(_forward_kernel)
-forward_simple = triton.autotune(_configs(_SIMPLE_GPU, _SIMPLE_INTERP, _SIMPLE_NAMES), key=_FWD_KEY)(
+forward_simple = triton.autotune(_configs(_SIMPLE_GPU, _SIMPLE_INTERP, _SIMPLE_NAMES), key=_FWD_KEY,
+                                 prune_configs_by=_PRUNE)(
     _forward_kernel)
 grad_input_dot = triton.autotune(_configs(_DOT_GPU, _DOT_INTERP, _DOT_NAMES), key=_BWD_X_KEY)(_grad_input_kernel)
-grad_input_simple = triton.autotune(_configs(_SIMPLE_GPU, _SIMPLE_INTERP, _SIMPLE_NAMES), key=_BWD_X_KEY)(
+grad_input_simple = triton.autotune(_configs(_SIMPLE_GPU, _SIMPLE_INTERP, _SIMPLE_NAMES), key=_BWD_X_KEY,
+                                    prune_configs_by=_PRUNE)(
     _grad_input_kernel)
 
 # grad_weight: M = output channels, N = input channels, K = pixels (long), so a
@@ -319,4 +344,5 @@ _WGRAD_SIMPLE_INTERP = (256, 1, 1)
 grad_weight_dot = triton.autotune(_configs(_WGRAD_DOT_GPU, _WGRAD_DOT_INTERP, _DOT_NAMES), key=_BWD_W_KEY)(
     _grad_weight_kernel)
 grad_weight_simple = triton.autotune(
-    _configs(_WGRAD_SIMPLE_GPU, _WGRAD_SIMPLE_INTERP, ("BLOCK_K",)), key=_BWD_W_KEY)(_grad_weight_kernel)
+    _configs(_WGRAD_SIMPLE_GPU, _WGRAD_SIMPLE_INTERP, ("BLOCK_K",)), key=_BWD_W_KEY, prune_configs_by=_PRUNE)(
+    _grad_weight_kernel)

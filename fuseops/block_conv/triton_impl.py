@@ -13,6 +13,12 @@ import torch
 from fuseops.block_conv.grid import block_out_size, bounds_to_spans
 
 
+def _empty(shape, dtype, device) -> torch.Tensor:
+    """Every output buffer comes from here, so tests can poison it and prove that the
+    kernels write each element."""
+    return torch.empty(shape, dtype=dtype, device=device)
+
+
 def _pow2(n: int, cap: int) -> int:
     p = 1
     while p < n and p < cap:
@@ -98,7 +104,7 @@ def forward(x, weight, bias, stride, padding, dilation, groups, row_bounds, col_
     rows = _forward_table(tuple(row_bounds), kh, stride[0], padding[0], dilation[0], x.device)
     cols = _forward_table(tuple(col_bounds), kw, stride[1], padding[1], dilation[1], x.device)
     oh, ow = rows.shape[1], cols.shape[1]
-    out = torch.empty((n, c_out, oh, ow), dtype=x.dtype, device=x.device)
+    out = _empty((n, c_out, oh, ow), x.dtype, x.device)
     m = n * oh * ow
     acc, precision = _acc_and_precision(x.dtype, x.device)
     if _use_dot(c_in_g, c_out_g):
@@ -125,7 +131,9 @@ def _wgrad_split(tiles: int, pixels: int, device: torch.device) -> int:
     """How many slices the pixel reduction of grad_weight is cut into: enough programs
     to fill the GPU, but each slice long enough to amortise its partial write."""
     if device.type != "cuda":
-        return min(2, pixels)  # still exercises the partial sum in the interpreter
+        # Two slices exercise the partial sum in the interpreter; tiny cases keep one
+        # (each extra program costs the interpreter a lot of time).
+        return 2 if pixels >= 64 else 1
     sms = torch.cuda.get_device_properties(device).multi_processor_count
     return max(1, min(_cdiv(4 * sms, max(tiles, 1)), _cdiv(pixels, 2048)))
 
@@ -143,7 +151,7 @@ def backward(grad_out, x, weight, bias, stride, padding, dilation, groups, row_b
     # grad_input: the adjoint of the index remapping, through the per-tap tables.
     inv_h = _adjoint_table(tuple(row_bounds), kh, stride[0], padding[0], dilation[0], padding_mode, x.device)
     inv_w = _adjoint_table(tuple(col_bounds), kw, stride[1], padding[1], dilation[1], padding_mode, x.device)
-    grad_x = torch.empty((n, c_in, h, w), dtype=x.dtype, device=x.device)
+    grad_x = _empty((n, c_in, h, w), x.dtype, x.device)
     m = n * h * w
     if use_dot:
         kernel, blocks = K.grad_input_dot, {}
@@ -157,7 +165,8 @@ def backward(grad_out, x, weight, bias, stride, padding, dilation, groups, row_b
         grad_out, weight, grad_x, inv_h, inv_w,
         m, h, w,
         *grad_out.stride(), *weight.stride(), *grad_x.stride(),
-        C_IN_G=c_in_g, C_OUT_G=c_out_g, T_H=inv_h.shape[2], T_W=inv_w.shape[2], KH=kh, KW=kw, USE_DOT=use_dot, ACC_DTYPE=acc, INPUT_PRECISION=precision, **blocks,
+        C_IN_G=c_in_g, C_OUT_G=c_out_g, T_H=inv_h.shape[2], T_W=inv_w.shape[2],
+        KH=kh, KW=kw, USE_DOT=use_dot, ACC_DTYPE=acc, INPUT_PRECISION=precision, **blocks,
     )
 
     # grad_weight: per-slice partials, summed in a fixed order below (no atomics).
@@ -169,7 +178,7 @@ def backward(grad_out, x, weight, bias, stride, padding, dilation, groups, row_b
     split = _wgrad_split(tiles, pixels, x.device)
     chunk = _cdiv(pixels, split)
     acc_torch = torch.float64 if x.dtype == torch.float64 else torch.float32
-    partial = torch.empty((split, c_out, c_in_g, kh, kw), dtype=acc_torch, device=x.device)
+    partial = _empty((split, c_out, c_in_g, kh, kw), acc_torch, x.device)
     if use_dot:
         kernel, blocks = K.grad_weight_dot, {}
     else:
@@ -184,7 +193,8 @@ def backward(grad_out, x, weight, bias, stride, padding, dilation, groups, row_b
         pixels, oh, ow,
         *grad_out.stride(), *x.stride(), *partial.stride(),
         dilation[0], dilation[1],
-        C_IN_G=c_in_g, C_OUT_G=c_out_g, SPLIT=split, CHUNK=chunk, KW=kw, MODE=mode, USE_DOT=use_dot, ACC_DTYPE=acc, INPUT_PRECISION=precision, **blocks,
+        C_IN_G=c_in_g, C_OUT_G=c_out_g, SPLIT=split, CHUNK=chunk,
+        KW=kw, MODE=mode, USE_DOT=use_dot, ACC_DTYPE=acc, INPUT_PRECISION=precision, **blocks,
     )
     grad_weight = partial.sum(dim=0).to(weight.dtype)
     grad_bias = grad_out.sum(dim=(0, 2, 3), dtype=acc_torch).to(x.dtype)
