@@ -56,23 +56,25 @@ BATCH = 32
 
 
 # ----------------------------------------------------------------------------- correctness
+# (n, c_in, c_out, h, w, k, stride, padding, dilation, groups, block_size, blocking)
+CHECK_CASES = [
+    (2, 3, 5, 11, 14, 3, 1, (2, 1), 1, 1, (4, 5), "fixed"),
+    (2, 32, 48, 29, 23, 3, 2, (1, 1), 1, 1, (2, 2), "hierarchical"),
+    (1, 32, 32, 20, 20, 5, 1, (2, 2), 2, 2, 10, "fixed"),
+    (2, 64, 64, 56, 56, 3, 1, (1, 1), 1, 64, 14, "fixed"),
+    (2, 16, 16, 28, 28, 1, 2, (0, 0), 1, 1, 14, "fixed"),
+    (1, 64, 64, 30, 30, 7, 3, (3, 3), 1, 1, (3, 3), "hierarchical"),
+]
+
+
 def check(device: torch.device) -> bool:
     """float64 forward/backward against the per-block reference on CUDA, every output
     buffer poisoned with NaN first (an unwritten element fails)."""
     real_empty = triton_impl._empty
     triton_impl._empty = lambda shape, dtype, dev: torch.full(shape, float("nan"), dtype=dtype, device=dev)
-    cases = [
-        # (n, c_in, c_out, h, w, k, stride, padding, dilation, groups, block_size, blocking)
-        (2, 3, 5, 11, 14, 3, 1, (2, 1), 1, 1, (4, 5), "fixed"),
-        (2, 32, 48, 29, 23, 3, 2, (1, 1), 1, 1, (2, 2), "hierarchical"),
-        (1, 32, 32, 20, 20, 5, 1, (2, 2), 2, 2, 10, "fixed"),
-        (2, 64, 64, 56, 56, 3, 1, (1, 1), 1, 64, 14, "fixed"),
-        (2, 16, 16, 28, 28, 1, 2, (0, 0), 1, 1, 14, "fixed"),
-        (1, 64, 64, 30, 30, 7, 3, (3, 3), 1, 1, (3, 3), "hierarchical"),
-    ]
     ok = True
     try:
-        for n, ci, co, h, w, k, s, p, d, g, bs, blocking in cases:
+        for n, ci, co, h, w, k, s, p, d, g, bs, blocking in CHECK_CASES:
             for mode in MODES:
                 rows, cols = block_grid(h, w, bs, blocking)
                 args = ([s, s], list(p), [d, d], g, spans_to_bounds(rows), spans_to_bounds(cols), mode)

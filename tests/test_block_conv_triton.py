@@ -244,3 +244,11 @@ def test_hypothesis(h, w, k, stride, pad, dilation, mode, blocking, block, group
     assume((smallest + 2 * pad - dilation * (k - 1) - 1) >= 0)
     x, weight, b = _data(1, 2, 4, h, w, k, groups)
     _check(x, weight, b, (stride, stride), (pad, pad), (dilation, dilation), groups, block_size, blocking, mode)
+
+
+def test_import_fuseops_does_not_import_triton():
+    import subprocess
+    import sys
+
+    code = "import sys, fuseops; sys.exit(1 if 'triton' in sys.modules else 0)"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
