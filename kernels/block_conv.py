@@ -177,29 +177,34 @@ def _forward_kernel(
 @triton.jit
 def _grad_input_kernel(
     g_ptr, w_ptr, gx_ptr,
-    inv_h_ptr, inv_w_ptr,
-    M, H, W,
+    inv_h_ptr, inv_w_ptr, rows_ptr, cols_ptr,
+    M, H, W, R, C,
     sg_n, sg_c, sg_h, sg_w,
     sw_o, sw_i, sw_h, sw_w,
     sx_n, sx_c, sx_h, sx_w,
     C_IN_G: tl.constexpr, C_OUT_G: tl.constexpr, T_H: tl.constexpr, T_W: tl.constexpr,
+    TH0: tl.constexpr, TH1: tl.constexpr, TW0: tl.constexpr, TW1: tl.constexpr, ACCUMULATE: tl.constexpr,
     KH: tl.constexpr, KW: tl.constexpr,
     USE_DOT: tl.constexpr, ACC_DTYPE: tl.constexpr, INPUT_PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    """grad_x[n, ci, iy, ix] = sum over taps (ky, kx), over the output rows oy listed in
-    inv_h[ky, iy, :] and columns ox in inv_w[kx, ix, :], and over the group's output
-    channels co, of grad_out[n, co, oy, ox] * w[co, ci, ky, kx]."""
+    """grad_x[n, ci, iy, ix] (+)= sum over taps (ky, kx), over the output rows oy listed in
+    inv_h[ky, iy, TH0:TH1] and columns ox in inv_w[kx, ix, TW0:TW1], and over the
+    group's output channels co, of grad_out[n, co, oy, ox] * w[co, ci, ky, kx].
+
+    The pixels are the N x R x C grid of input rows rows[:R] and columns cols[:C], so
+    a pass over the few block-edge rows (or columns) that have aliased entries costs
+    only those rows."""
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
     group = tl.program_id(2)
 
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     mask_m = offs_m < M
-    hw = H * W
-    n = offs_m // hw
-    iy = (offs_m % hw) // W
-    ix = offs_m % W
+    rc = R * C
+    n = offs_m // rc
+    iy = tl.load(rows_ptr + (offs_m % rc) // C, mask=mask_m, other=0)
+    ix = tl.load(cols_ptr + offs_m % C, mask=mask_m, other=0)
 
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_n = offs_n < C_IN_G
@@ -210,11 +215,11 @@ def _grad_input_kernel(
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
     for ky in tl.static_range(KH):
-        for th in range(T_H):
+        for th in range(TH0, TH1):
             oy = tl.load(inv_h_ptr + (ky * H + iy) * T_H + th, mask=mask_m, other=-1)
             for kx in tl.static_range(KW):
                 w_tap = w_ci + ky * sw_h + kx * sw_w
-                for tw in range(T_W):
+                for tw in range(TW0, TW1):
                     ox = tl.load(inv_w_ptr + (kx * W + ix) * T_W + tw, mask=mask_m, other=-1)
                     valid = mask_m & (oy >= 0) & (ox >= 0)
                     g_pix = g_n + oy.to(tl.int64) * sg_h + ox.to(tl.int64) * sg_w
@@ -229,8 +234,13 @@ def _grad_input_kernel(
 
     ci = group * C_IN_G + offs_n
     gx = (gx_ptr + n.to(tl.int64)[:, None] * sx_n + ci.to(tl.int64)[None, :] * sx_c
-          + (iy * sx_h + ix * sx_w).to(tl.int64)[:, None])
-    tl.store(gx, acc.to(gx_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
+          + (iy.to(tl.int64) * sx_h + ix.to(tl.int64) * sx_w)[:, None])
+    mask = mask_m[:, None] & mask_n[None, :]
+    if ACCUMULATE:
+        # A later pass over the same pixels: add to what the earlier pass wrote (each
+        # element still has exactly one writer per pass, so the order is fixed).
+        acc += tl.load(gx, mask=mask, other=0.0).to(ACC_DTYPE)
+    tl.store(gx, acc.to(gx_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -300,7 +310,7 @@ def _grad_weight_kernel(
 
 
 _FWD_KEY = ["M", "C_IN_G", "C_OUT_G", "KH", "KW", "MODE"]
-_BWD_X_KEY = ["M", "C_IN_G", "C_OUT_G", "KH", "KW", "T_H", "T_W"]
+_BWD_X_KEY = ["M", "C_IN_G", "C_OUT_G", "KH", "KW", "T_H", "T_W", "TH0", "TW0"]
 _BWD_W_KEY = ["P", "C_IN_G", "C_OUT_G", "KW", "MODE", "SPLIT"]
 
 
@@ -322,9 +332,11 @@ forward_dot = triton.autotune(_configs(_DOT_GPU, _DOT_INTERP, _DOT_NAMES), key=_
 forward_simple = triton.autotune(_configs(_SIMPLE_GPU, _SIMPLE_INTERP, _SIMPLE_NAMES), key=_FWD_KEY,
                                  prune_configs_by=_PRUNE)(
     _forward_kernel)
-grad_input_dot = triton.autotune(_configs(_DOT_GPU, _DOT_INTERP, _DOT_NAMES), key=_BWD_X_KEY)(_grad_input_kernel)
+# The edge passes of grad_input add into grad_x: the tuner must restore it between trials.
+grad_input_dot = triton.autotune(_configs(_DOT_GPU, _DOT_INTERP, _DOT_NAMES), key=_BWD_X_KEY,
+                                 restore_value=["gx_ptr"])(_grad_input_kernel)
 grad_input_simple = triton.autotune(_configs(_SIMPLE_GPU, _SIMPLE_INTERP, _SIMPLE_NAMES), key=_BWD_X_KEY,
-                                    prune_configs_by=_PRUNE)(
+                                    prune_configs_by=_PRUNE, restore_value=["gx_ptr"])(
     _grad_input_kernel)
 
 # grad_weight: M = output channels, N = input channels, K = pixels (long), so a

@@ -80,6 +80,18 @@ def _adjoint_table(bounds, kernel, stride, padding, dilation, mode, device) -> t
     return table.to(device)
 
 
+@functools.lru_cache(maxsize=256)
+def _rows_with_aliases(bounds, kernel, stride, padding, dilation, mode, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(every input row, the rows that some tap reads more than once), int32.  Only the
+    latter need the adjoint's extra passes (block-edge rows under replicate/reflect)."""
+    table = _adjoint_table(bounds, kernel, stride, padding, dilation, mode, device)
+    every = torch.arange(table.shape[1], dtype=torch.int32, device=device)
+    if table.shape[2] == 1:
+        return every, every[:0]
+    aliased = (table[:, :, 1] >= 0).any(dim=0)
+    return every, every[aliased].contiguous()
+
+
 def _acc_and_precision(dtype: torch.dtype, device: torch.device):
     import triton.language as tl
 
@@ -148,26 +160,41 @@ def backward(grad_out, x, weight, bias, stride, padding, dilation, groups, row_b
     use_dot = _use_dot(c_in_g, c_out_g)
     mode = K.MODES[padding_mode]
 
-    # grad_input: the adjoint of the index remapping, through the per-tap tables.
-    inv_h = _adjoint_table(tuple(row_bounds), kh, stride[0], padding[0], dilation[0], padding_mode, x.device)
-    inv_w = _adjoint_table(tuple(col_bounds), kw, stride[1], padding[1], dilation[1], padding_mode, x.device)
+    # grad_input: the adjoint of the index remapping, through the per-tap tables, in up
+    # to three passes so that aliased entries (replicate/reflect) cost only the block
+    # edges: (1) every pixel, first entry per dimension; (2) the aliased rows, the
+    # other row entries x every column entry; (3) the aliased columns, the first row
+    # entry x the other column entries.  Passes 2 and 3 add to what pass 1 wrote.
+    geom_h = (tuple(row_bounds), kh, stride[0], padding[0], dilation[0], padding_mode, x.device)
+    geom_w = (tuple(col_bounds), kw, stride[1], padding[1], dilation[1], padding_mode, x.device)
+    inv_h, inv_w = _adjoint_table(*geom_h), _adjoint_table(*geom_w)
+    rows_all, rows_edge = _rows_with_aliases(*geom_h)
+    cols_all, cols_edge = _rows_with_aliases(*geom_w)
+    t_h, t_w = inv_h.shape[2], inv_w.shape[2]
     grad_x = _empty((n, c_in, h, w), x.dtype, x.device)
-    m = n * h * w
     if use_dot:
         kernel, blocks = K.grad_input_dot, {}
     else:
         kernel, blocks = K.grad_input_simple, {"BLOCK_N": _pow2(c_in_g, 8), "BLOCK_K": _pow2(c_out_g, 8)}
+    passes = [(rows_all, cols_all, (0, 1), (0, 1), False)]
+    if t_h > 1 and rows_edge.numel():
+        passes.append((rows_edge, cols_all, (1, t_h), (0, t_w), True))
+    if t_w > 1 and cols_edge.numel():
+        passes.append((rows_all, cols_edge, (0, 1), (1, t_w), True))
+    for rows_sel, cols_sel, (th0, th1), (tw0, tw1), accumulate in passes:
+        m = n * rows_sel.numel() * cols_sel.numel()
 
-    def grid_x(meta):
-        return (_cdiv(m, meta["BLOCK_M"]), _cdiv(c_in_g, meta["BLOCK_N"]), groups)
+        def grid_x(meta, m=m):
+            return (_cdiv(m, meta["BLOCK_M"]), _cdiv(c_in_g, meta["BLOCK_N"]), groups)
 
-    kernel[grid_x](
-        grad_out, weight, grad_x, inv_h, inv_w,
-        m, h, w,
-        *grad_out.stride(), *weight.stride(), *grad_x.stride(),
-        C_IN_G=c_in_g, C_OUT_G=c_out_g, T_H=inv_h.shape[2], T_W=inv_w.shape[2],
-        KH=kh, KW=kw, USE_DOT=use_dot, ACC_DTYPE=acc, INPUT_PRECISION=precision, **blocks,
-    )
+        kernel[grid_x](
+            grad_out, weight, grad_x, inv_h, inv_w, rows_sel, cols_sel,
+            m, h, w, rows_sel.numel(), cols_sel.numel(),
+            *grad_out.stride(), *weight.stride(), *grad_x.stride(),
+            C_IN_G=c_in_g, C_OUT_G=c_out_g, T_H=t_h, T_W=t_w, TH0=th0, TH1=th1, TW0=tw0, TW1=tw1,
+            ACCUMULATE=accumulate, KH=kh, KW=kw, USE_DOT=use_dot, ACC_DTYPE=acc, INPUT_PRECISION=precision,
+            **blocks,
+        )
 
     # grad_weight: per-slice partials, summed in a fixed order below (no atomics).
     rows = _forward_table(tuple(row_bounds), kh, stride[0], padding[0], dilation[0], x.device)
