@@ -252,3 +252,18 @@ def test_import_fuseops_does_not_import_triton():
 
     code = "import sys, fuseops; sys.exit(1 if 'triton' in sys.modules else 0)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_opcheck_and_compile():
+    x, w, b = _data(1, 2, 3, 5, 6, 3, 1)
+    rb, cb = _bounds(5, 6, 3, "fixed")
+    args = (x.requires_grad_(), w.requires_grad_(), b.requires_grad_(), [1, 1], [1, 1], [1, 1], 1, rb, cb,
+            "replicate")
+    with fuseops.use_backend("triton"):
+        torch.library.opcheck(torch.ops.fuseops.block_conv2d.default, args)
+
+        def fn(x, w, b):
+            return fuseops.block_conv2d(x, w, b, 1, 1, block_size=3, padding_mode="replicate")
+
+        compiled = torch.compile(fn, fullgraph=True, backend="aot_eager")
+        torch.testing.assert_close(compiled(x, w, b), block_conv2d_reference(*args[:3], *args[3:]))
