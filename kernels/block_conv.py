@@ -25,7 +25,9 @@ output element is written by one program that sums in a fixed order, no atomics)
   row the launcher lists, in an int32 table, the output rows whose remapped tap
   lands on that row (-1 padded).  With "constant" there is at most one; with
   "replicate"/"reflect" several padded positions alias one input pixel, so the
-  table is wider (``T`` entries) and the kernel loops over them.
+  table is wider (``T`` entries).  The launcher runs the kernel over every pixel
+  with the first entry, then over only the aliased (block-edge) rows / columns with
+  the other entries, adding to the first pass.
 * ``_grad_weight_kernel``: tiles (output channels) x (input channels) per tap and
   per split of the pixel reduction; writes per-split partials that the launcher
   sums in a fixed order.
