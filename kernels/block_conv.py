@@ -311,6 +311,69 @@ def _grad_weight_kernel(
     tl.store(part, acc, mask=mask_co[:, None] & mask_ci[None, :])
 
 
+@triton.jit
+def _grad_weight_depthwise_kernel(
+    g_ptr, x_ptr, part_ptr,
+    row_lo_ptr, row_hi_ptr, row_base_ptr, col_lo_ptr, col_hi_ptr, col_base_ptr,
+    P, OH, OW, C_OUT,
+    sg_n, sg_c, sg_h, sg_w,
+    sx_n, sx_c, sx_h, sx_w,
+    sp_s, sp_o, sp_h, sp_w,
+    dil_h, dil_w,
+    C_OUT_G: tl.constexpr, SPLIT: tl.constexpr, CHUNK: tl.constexpr,
+    KH: tl.constexpr, KW: tl.constexpr, TAPS: tl.constexpr, MODE: tl.constexpr, ACC_DTYPE: tl.constexpr,
+    BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    """grad_weight for one input channel per group (depthwise, any multiplier):
+    partial[s, co, 0, ky, kx] = sum over the pixels p of slice s of
+    grad_out[p, co] * x_padded[p + (ky, kx), co // C_OUT_G].
+
+    All taps of a channel live in one program (a TAPS-wide accumulator, TAPS = kh*kw
+    rounded up to a power of two), so grad_out is read once, not once per tap."""
+    pid_c = tl.program_id(0)
+    split = tl.program_id(1)
+    co = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    mask_c = co < C_OUT
+    ci = co // C_OUT_G
+    taps = tl.arange(0, TAPS)
+    mask_t = taps < KH * KW
+    ky = taps // KW
+    kx = taps % KW
+    g_co = g_ptr + co.to(tl.int64) * sg_c
+    x_ci = x_ptr + ci.to(tl.int64) * sx_c
+
+    start = split * CHUNK
+    stop = tl.minimum(start + CHUNK, P)
+    ohw = OH * OW
+    acc = tl.zeros((BLOCK_C, TAPS), dtype=ACC_DTYPE)
+    for it in range((CHUNK + BLOCK_K - 1) // BLOCK_K):
+        offs_p = start + it * BLOCK_K + tl.arange(0, BLOCK_K)
+        mask_p = offs_p < stop
+        n = offs_p // ohw
+        oy = (offs_p % ohw) // OW
+        ox = offs_p % OW
+        lo_h = tl.load(row_lo_ptr + oy, mask=mask_p, other=0)[:, None]
+        hi_h = tl.load(row_hi_ptr + oy, mask=mask_p, other=1)[:, None]
+        base_h = tl.load(row_base_ptr + oy, mask=mask_p, other=0)[:, None]
+        lo_w = tl.load(col_lo_ptr + ox, mask=mask_p, other=0)[:, None]
+        hi_w = tl.load(col_hi_ptr + ox, mask=mask_p, other=1)[:, None]
+        base_w = tl.load(col_base_ptr + ox, mask=mask_p, other=0)[:, None]
+        iy, valid_h = _remap(base_h + ky[None, :] * dil_h, lo_h, hi_h, MODE)  # (BLOCK_K, TAPS)
+        ix, valid_w = _remap(base_w + kx[None, :] * dil_w, lo_w, hi_w, MODE)
+        valid = mask_p[:, None] & mask_t[None, :] & valid_h & valid_w
+        n64 = n.to(tl.int64)
+        a = tl.load(g_co[:, None] + (n64 * sg_n + oy.to(tl.int64) * sg_h + ox.to(tl.int64) * sg_w)[None, :],
+                    mask=mask_c[:, None] & mask_p[None, :], other=0.0)  # (BLOCK_C, BLOCK_K)
+        pix = n64[:, None] * sx_n + iy.to(tl.int64) * sx_h + ix.to(tl.int64) * sx_w  # (BLOCK_K, TAPS)
+        b = tl.load(x_ci[:, None, None] + pix[None, :, :], mask=mask_c[:, None, None] & valid[None, :, :],
+                    other=0.0)  # (BLOCK_C, BLOCK_K, TAPS)
+        acc += tl.sum(a.to(ACC_DTYPE)[:, :, None] * b.to(ACC_DTYPE), axis=1)
+
+    part = (part_ptr + split.to(tl.int64) * sp_s + co.to(tl.int64)[:, None] * sp_o
+            + (ky * sp_h + kx * sp_w)[None, :])
+    tl.store(part, acc, mask=mask_c[:, None] & mask_t[None, :])
+
+
 _FWD_KEY = ["M", "C_IN_G", "C_OUT_G", "KH", "KW", "MODE"]
 _BWD_X_KEY = ["M", "C_IN_G", "C_OUT_G", "KH", "KW", "T_H", "T_W", "TH0", "TW0"]
 _BWD_W_KEY = ["P", "C_IN_G", "C_OUT_G", "KW", "MODE", "SPLIT"]
@@ -360,3 +423,18 @@ grad_weight_dot = triton.autotune(_configs(_WGRAD_DOT_GPU, _WGRAD_DOT_INTERP, _D
 grad_weight_simple = triton.autotune(
     _configs(_WGRAD_SIMPLE_GPU, _WGRAD_SIMPLE_INTERP, ("BLOCK_K",)), key=_BWD_W_KEY, prune_configs_by=_PRUNE)(
     _grad_weight_kernel)
+
+
+def _fits_registers_depthwise(configs, named_args, **kwargs):
+    taps = {**named_args, **kwargs}["TAPS"]
+    kept = [c for c in configs if c.kwargs["BLOCK_C"] * c.kwargs["BLOCK_K"] * taps <= 8192]
+    return kept or configs[-1:]
+
+
+# (BLOCK_C, BLOCK_K, num_warps, num_stages): pixels are the coalesced axis in NCHW.
+_WGRAD_DW_GPU = [(1, 512, 4, 2), (2, 256, 4, 2), (4, 128, 4, 2), (1, 256, 4, 2), (2, 128, 4, 2), (1, 128, 4, 2)]
+_WGRAD_DW_INTERP = (4, 128, 1, 1)
+grad_weight_depthwise = triton.autotune(
+    _configs(_WGRAD_DW_GPU, _WGRAD_DW_INTERP, ("BLOCK_C", "BLOCK_K")), key=["P", "C_OUT", "C_OUT_G", "TAPS", "MODE",
+                                                                           "SPLIT"],
+    prune_configs_by={"early_config_prune": _fits_registers_depthwise})(_grad_weight_depthwise_kernel)

@@ -201,28 +201,47 @@ def backward(grad_out, x, weight, bias, stride, padding, dilation, groups, row_b
     cols = _forward_table(tuple(col_bounds), kw, stride[1], padding[1], dilation[1], x.device)
     oh, ow = rows.shape[1], cols.shape[1]
     pixels = n * oh * ow
-    tiles = _cdiv(c_out_g, 64) * _cdiv(c_in_g, 64) * kh * kw * groups
-    split = _wgrad_split(tiles, pixels, x.device)
-    chunk = _cdiv(pixels, split)
     acc_torch = torch.float64 if x.dtype == torch.float64 else torch.float32
-    partial = _empty((split, c_out, c_in_g, kh, kw), acc_torch, x.device)
-    if use_dot:
-        kernel, blocks = K.grad_weight_dot, {}
+    if c_in_g == 1:
+        # Depthwise (any multiplier): all taps of a channel in one program.
+        split = _wgrad_split(c_out, pixels, x.device)
+        chunk = _cdiv(pixels, split)
+        partial = _empty((split, c_out, 1, kh, kw), acc_torch, x.device)
+
+        def grid_dw(meta):
+            return (_cdiv(c_out, meta["BLOCK_C"]), split)
+
+        K.grad_weight_depthwise[grid_dw](
+            grad_out, x, partial,
+            rows[0], rows[1], rows[2], cols[0], cols[1], cols[2],
+            pixels, oh, ow, c_out,
+            *grad_out.stride(), *x.stride(), partial.stride(0), partial.stride(1), partial.stride(3),
+            partial.stride(4), dilation[0], dilation[1],
+            C_OUT_G=c_out_g, SPLIT=split, CHUNK=chunk, KH=kh, KW=kw, TAPS=_pow2(kh * kw, 1 << 30), MODE=mode,
+            ACC_DTYPE=acc,
+        )
     else:
-        kernel, blocks = K.grad_weight_simple, {"BLOCK_M": _pow2(c_out_g, 8), "BLOCK_N": _pow2(c_in_g, 8)}
+        tiles = _cdiv(c_out_g, 64) * _cdiv(c_in_g, 64) * kh * kw * groups
+        split = _wgrad_split(tiles, pixels, x.device)
+        chunk = _cdiv(pixels, split)
+        partial = _empty((split, c_out, c_in_g, kh, kw), acc_torch, x.device)
+        if use_dot:
+            kernel, blocks = K.grad_weight_dot, {}
+        else:
+            kernel, blocks = K.grad_weight_simple, {"BLOCK_M": _pow2(c_out_g, 8), "BLOCK_N": _pow2(c_in_g, 8)}
 
-    def grid_w(meta):
-        return (_cdiv(c_out_g, meta["BLOCK_M"]), _cdiv(c_in_g, meta["BLOCK_N"]) * kh * kw, groups * split)
+        def grid_w(meta):
+            return (_cdiv(c_out_g, meta["BLOCK_M"]), _cdiv(c_in_g, meta["BLOCK_N"]) * kh * kw, groups * split)
 
-    kernel[grid_w](
-        grad_out, x, partial,
-        rows[0], rows[1], rows[2], cols[0], cols[1], cols[2],
-        pixels, oh, ow,
-        *grad_out.stride(), *x.stride(), *partial.stride(),
-        dilation[0], dilation[1],
-        C_IN_G=c_in_g, C_OUT_G=c_out_g, SPLIT=split, CHUNK=chunk,
-        KW=kw, MODE=mode, USE_DOT=use_dot, ACC_DTYPE=acc, INPUT_PRECISION=precision, **blocks,
-    )
+        kernel[grid_w](
+            grad_out, x, partial,
+            rows[0], rows[1], rows[2], cols[0], cols[1], cols[2],
+            pixels, oh, ow,
+            *grad_out.stride(), *x.stride(), *partial.stride(),
+            dilation[0], dilation[1],
+            C_IN_G=c_in_g, C_OUT_G=c_out_g, SPLIT=split, CHUNK=chunk,
+            KW=kw, MODE=mode, USE_DOT=use_dot, ACC_DTYPE=acc, INPUT_PRECISION=precision, **blocks,
+        )
     grad_weight = partial.sum(dim=0).to(weight.dtype)
     grad_bias = grad_out.sum(dim=(0, 2, 3), dtype=acc_torch).to(x.dtype)
     return grad_x, grad_weight, grad_bias
