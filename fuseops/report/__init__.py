@@ -20,7 +20,7 @@ def expected_seconds(quick: bool, only: tuple[str, ...] | None = None) -> int:
 
 
 def build_report(out_dir: str = "report", *, quick: bool = False, device: str = "cpu", progress: bool = True,
-                 only: tuple[str, ...] | None = None, log=print) -> list[Section]:
+                 only: tuple[str, ...] | None = None, log=print, tiny: bool = False) -> list[Section]:
     """Run the stages (``only`` names a subset) and write the report; returns the sections."""
     if not device_available(device):
         raise ValueError(f"device={device!r} is not available here (torch.cuda.is_available() is False)")
@@ -28,7 +28,7 @@ def build_report(out_dir: str = "report", *, quick: bool = False, device: str = 
     if unknown:
         raise ValueError(f"unknown stage(s) {sorted(unknown)}; choose from {[name for name, _ in STAGES]}")
     os.makedirs(out_dir, exist_ok=True)
-    settings = Settings(out_dir=out_dir, quick=quick, device=device, progress=progress)
+    settings = Settings(out_dir=out_dir, quick=quick, device=device, progress=progress, tiny=tiny)
     sections = []
     for name, stage in STAGES:
         if only and name not in only:
@@ -40,8 +40,9 @@ def build_report(out_dir: str = "report", *, quick: bool = False, device: str = 
         for line in section.summary:
             log(f"  {line}")
         sections.append(section)
-    import fuseops
     import torch
+
+    import fuseops
 
     preamble = (f"fuseops {fuseops.__version__}, torch {torch.__version__}, device `{device}`, "
                 f"{'quick' if quick else 'full'} run.  Produced by `python -m fuseops report"

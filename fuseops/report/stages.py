@@ -27,6 +27,8 @@ class Settings:
     quick: bool
     device: str
     progress: bool = True
+    #: Tests only: one network per table, small inputs, so each stage runs in seconds.
+    tiny: bool = False
 
 
 def _bar(iterable, settings: Settings, desc: str, total: int | None = None):
@@ -43,9 +45,12 @@ def _fmt_err(value: float | None) -> str:
 
 # ----------------------------------------------------------------------------- 1. validation
 def validation(settings: Settings) -> Section:
-    from fuseops.validate import validate
+    from fuseops.validate import default_cases, validate
 
-    results = list(_bar(validate(settings.device), settings, "validate"))
+    cases = default_cases()
+    if settings.tiny:
+        cases = [next(c for c in cases if c.op == op) for op in ("fuse_conv2d", "block_conv2d")]
+    results = list(_bar(validate(settings.device, cases), settings, "validate"))
     rows = [(r.op, r.backend, r.case, r.status, _fmt_err(r.forward_error), _fmt_err(r.backward_error),
              r.detail.replace("|", "/")[:90]) for r in results]
     passed = sum(r.status == "pass" for r in results)
@@ -93,7 +98,7 @@ def benchmarks(settings: Settings) -> Section:
 def zoo(settings: Settings) -> Section:
     from fuseops.cli.zoo import COLUMNS, zoo_rows
 
-    rows = zoo_rows(progress=settings.progress)
+    rows = zoo_rows(progress=settings.progress, networks=["mobilenet_v3_small"] if settings.tiny else None)
     mismatched = [f"{r[0]}/{r[1]}" for r in rows if r[4] != 0]
     with open(os.path.join(settings.out_dir, "zoo.csv"), "w") as handle:
         handle.write(",".join(COLUMNS) + "\n")
@@ -101,7 +106,7 @@ def zoo(settings: Settings) -> Section:
     body = ("Parameters and conv+linear multiply-accumulates at 1x3x224x224, beside the FuSeConv paper's "
             "columns (its FLOPs add BN/activation overhead, so ours are a few percent lower).  CSV: `zoo.csv`.\n\n"
             + markdown_table(COLUMNS, rows))
-    summary = ["zoo: all 25 parameter counts equal the paper" if not mismatched
+    summary = [f"zoo: all {len(rows)} parameter counts equal the paper" if not mismatched
                else f"zoo: parameter counts differ for {', '.join(mismatched)}"]
     return Section("Model zoo: parameters and MACs", body, summary=summary)
 
@@ -109,15 +114,15 @@ def zoo(settings: Settings) -> Section:
 # ----------------------------------------------------------------------------- 4. systolic
 def systolic(settings: Settings) -> Section:
     from fuseops.models import get_model
+    from fuseops.models.paper import FUSE_NETWORKS
     from hwmodel.systolic import SystolicArray
     from hwmodel.trace import trace
 
-    from fuseops.models.paper import FUSE_NETWORKS
-
     sizes = (16, 64, 256) if settings.quick else ARRAY_SIZES
+    networks = ("mobilenet_v3_small",) if settings.tiny else FUSE_NETWORKS
     shape = (1, 3, 224, 224)
     traces = {}
-    for net in _bar(FUSE_NETWORKS, settings, "tracing"):
+    for net in _bar(networks, settings, "tracing"):
         for variant in ("baseline",) + FUSE_VARIANTS:
             layers = trace(get_model(net, variant=variant), shape)
             if layers.unsupported:  # a ratio over a partly costed network would be wrong
@@ -186,10 +191,13 @@ def fpga(settings: Settings) -> Section:
     from hwmodel.trace import trace
 
     networks = ("resnet18", "vgg16") if settings.quick else BLOCK_NETWORKS
+    shape = (1, 3, 224, 224)
+    if settings.tiny:
+        networks, shape = ("resnet18",), (1, 3, 64, 64)
     schedules = ("layer", "block-fused", "tiled-fused")
     rows, traffic = [], {}
     for net in _bar(networks, settings, "fpga"):
-        layers = trace(get_model(net, variant="block"), (1, 3, 224, 224))
+        layers = trace(get_model(net, variant="block"), shape)
         for schedule in schedules:
             est = estimate(layers, device="zc706", bits=16, schedule=schedule)
             mb = {k: v / 1e6 for k, v in est.dram_bytes.items()}
@@ -199,7 +207,8 @@ def fpga(settings: Settings) -> Section:
                          f"{mb['intermediate']:.2f}", f"{est.buffer_bytes / 1e6:.2f}", "yes" if est.fits else "NO"))
     plot = "fpga_traffic.png"
     _plot_traffic(traffic, networks, schedules, os.path.join(settings.out_dir, plot))
-    body = ("Block networks (F28; ResNet-50 F56) on a ZC706, 16-bit fixed point, engine chosen for the DSP budget. "
+    body = (f"Block networks (F28; ResNet-50 F56) at input {shape} on a ZC706, 16-bit fixed point, engine chosen "
+            "for the DSP budget. "
             "`layer` sends every intermediate map through DRAM; `block-fused` runs groups of layers block by block "
             "on chip; `tiled-fused` fuses ordinary spatial tiles with halo recompute.\n\n"
             + markdown_table(("network", "schedule", "latency ms", "fps", "GOPS", "input MB", "weights MB",
@@ -243,7 +252,7 @@ def measured_vs_predicted(settings: Settings) -> Section:
     from hwmodel.systolic import SystolicArray
     from hwmodel.trace import trace
 
-    size = 112 if settings.quick else 224
+    size = 32 if settings.tiny else 112 if settings.quick else 224
     shape = (1, 3, size, size)
     cases = (("mobilenet_v2", "half", "systolic 64x64 FuSe array, cycles"),
              ("resnet18", "block", "FPGA ZC706 layer schedule, seconds"))
