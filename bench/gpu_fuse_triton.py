@@ -28,8 +28,10 @@ import sys
 import time
 
 SHAPES = [(144, 56, 56), (192, 28, 28), (384, 14, 14), (576, 14, 14), (960, 7, 7)]
-# Odd shapes for validation: odd C/H/W, H or W smaller than a tile, several tiles.
-VALIDATION_SHAPES = [(2, 5, 11, 19), (3, 7, 33, 65), (1, 3, 1, 130), (2, 17, 57, 9)]
+# Validation shapes: odd C/H/W, H or W smaller than a tile, several tiles, and
+# MobileNet-like rows (W = 56, 28) where the forward gets an ALIGN = 8 / 4 vector hint.
+VALIDATION_SHAPES = [(2, 5, 11, 19), (3, 7, 33, 65), (1, 3, 1, 130), (2, 17, 57, 9),
+                     (2, 16, 14, 56), (1, 8, 28, 28)]
 DTYPES = {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32"}
 # (rtol, atol) for out/grad_x and for the weight/bias grads (fp32 accumulation, one rounding).
 TOLERANCES = {

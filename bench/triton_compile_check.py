@@ -62,6 +62,15 @@ def source(fn, pointers: dict[str, str], constexprs: dict):
     return ASTSource(fn=fn, signature=sig, constexprs=constexprs, attrs=attrs)
 
 
+def widest_access(ptx: str, op: str) -> int:
+    """Bytes moved by the widest global load ("ld") or store ("st") instruction in ``ptx``
+    (e.g. ld.global.v4.b32 = 16): 16 means full 16-byte vector accesses were generated."""
+    widest = 0
+    for vec, bits in re.findall(rf"\b{op}\.global(?:\.[a-z_]+\d*)*?(?:\.v(\d))?\.[busf](\d+)\b", ptx):
+        widest = max(widest, int(vec or 1) * int(bits) // 8)
+    return widest
+
+
 def resource_usage(cubin: bytes) -> tuple[str, str]:
     """(registers, spill stores) from Triton's bundled cuobjdump, or ('?', '?')."""
     import subprocess
@@ -93,7 +102,7 @@ def jobs(quick: bool):
         return kernel.fn if isinstance(kernel, triton.runtime.Autotuner) else kernel
 
     dtypes = ["fp16"] if quick else ["fp16", "bf16", "fp32", "fp64"]
-    tiles = [(4, 64, 4)] if quick else [(1, 256, 4), (4, 64, 4), (16, 64, 8)]
+    tiles = [(8, 64, 4)] if quick else [(8, 16, 1), (8, 64, 4), (16, 64, 4), (8, 256, 8)]
     out = []
     for dt in dtypes:
         acc = tl.float64 if dt == "fp64" else tl.float32
@@ -105,13 +114,15 @@ def jobs(quick: bool):
                                   INDEX64=False, BLOCK_H=block_h, BLOCK_W=block_w)
                     tag = f"{dt} {'row' if is_row else 'col'} K={kernel_size} s={stride} act={act} " \
                           f"{block_h}x{block_w}/{warps}w"
+                    # ALIGN=8: a MobileNet row of W=56 (the launcher's hint), PAD = "same"
                     out.append((f"fwd {tag}", raw(k.fuse_fwd_kernel),
                                 {p: f"*{dt}" for p in ("x_ptr", "w_ptr", "b_ptr", "out_ptr")},
-                                dict(IS_ROW=is_row, **common), warps))
+                                dict(IS_ROW=is_row, PAD=(kernel_size - 1) // 2, ALIGN=8, **common), warps))
                     weight_ptrs = {p: f"*{dt}" for p in ("x_ptr", "g_ptr", "w_ptr", "b_ptr")}
                     out.append((f"bwd_weight {tag}", raw(k.fuse_bwd_weight_kernel),
                                 {**weight_ptrs, "ws_ptr": acc_ptr}, dict(IS_ROW=is_row, **common), warps))
-                    if is_row:  # grad_x handles both parts in one kernel
+                    if is_row and block_h * block_w <= 4 * 32 * warps:  # its autotune space's cap
+                        # grad_x handles both parts in one kernel
                         input_ptrs = ("x_ptr", "g_ptr", "wr_ptr", "wc_ptr", "b_ptr", "gx_ptr")
                         out.append((f"bwd_input {tag.replace('row ', '')}", raw(k.fuse_bwd_input_kernel),
                                     {p: f"*{dt}" for p in input_ptrs}, common, warps))
@@ -120,8 +131,8 @@ def jobs(quick: bool):
     if not quick:  # 64-bit offsets
         out.append(("fwd fp16 INDEX64", raw(k.fuse_fwd_kernel),
                     {p: "*fp16" for p in ("x_ptr", "w_ptr", "b_ptr", "out_ptr")},
-                    dict(IS_ROW=True, K=3, STRIDE=1, DIL=1, HAS_BIAS=True, ACT=0, ACC=tl.float32,
-                         INDEX64=True, BLOCK_H=4, BLOCK_W=64), 4))
+                    dict(IS_ROW=True, K=3, STRIDE=1, DIL=1, PAD=1, HAS_BIAS=True, ACT=0, ACC=tl.float32,
+                         INDEX64=True, ALIGN=8, BLOCK_H=4, BLOCK_W=64), 4))
     return out
 
 
@@ -145,20 +156,19 @@ def main(argv=None) -> int:
                 compiled = triton.compile(src, target=target, options={"num_warps": warps})
             except Exception as exc:  # report every failure, then fail
                 failures += 1
-                rows.append([f"sm_{arch}", label, "FAILED", str(exc).splitlines()[0][:80], "", ""])
+                rows.append([f"sm_{arch}", label, "FAILED", str(exc).splitlines()[0][:80], "", "", ""])
                 continue
             ptx = compiled.asm["ptx"]
-            vector = sorted(set(re.findall(r"(?:ld|st)\.global(?:\.\w+)*?\.v(\d)", ptx)))
             regs, stack = resource_usage(compiled.asm["cubin"])
-            widths = ",".join(f"v{v}" for v in vector) or "scalar"
-            rows.append([f"sm_{arch}", label, "ok", regs, stack, widths])
+            rows.append([f"sm_{arch}", label, "ok", regs, stack, widest_access(ptx, "ld"),
+                         widest_access(ptx, "st")])
             if args.ptx_dir:
                 os.makedirs(args.ptx_dir, exist_ok=True)
                 name = re.sub(r"[^\w]+", "_", f"sm{arch}_{label}") + ".ptx"
                 with open(os.path.join(args.ptx_dir, name), "w") as handle:
                     handle.write(ptx)
     print_table(f"Triton AOT compile of fuse_conv kernels ({time.perf_counter() - start:.0f} s)",
-                ["target", "kernel", "status", "regs", "stack B", "vector ld/st"], rows)
+                ["target", "kernel", "status", "regs", "stack B", "widest ld B", "widest st B"], rows)
     if failures:
         print(f"{failures} kernel(s) failed to compile", file=sys.stderr)
         return 1

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 from hwmodel.layers import Layer
 
-COMMANDS: tuple[str, ...] = ("hwmodel.systolic_cli",)
+COMMANDS: tuple[str, ...] = ("hwmodel.systolic_cli", "hwmodel.fpga.cli")
 
 #: The FuSe networks of the model zoo and their FuSe variants (papers.md §1).
 FUSE_NETWORKS = ("mobilenet_v1", "mobilenet_v2", "mnasnet_b1", "mobilenet_v3_small", "mobilenet_v3_large")

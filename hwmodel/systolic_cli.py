@@ -152,6 +152,8 @@ def _plot(rows: list[dict], networks, variants, path: str) -> None:
                          if r["network"] == net and r["variant"] == var)
             ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=net)
         ax.set_xscale("log", base=2)
+        sizes = sorted({r["array"] for r in rows})
+        ax.set_xticks(sizes, [str(v) for v in sizes])
         ax.set_title(f"FuSe {var}")
         ax.set_xlabel("array size (N x N)")
         ax.set_ylabel("speedup over baseline")

@@ -65,20 +65,53 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"
 
 
-def tile_configs() -> list[triton.Config]:
+def tile_configs(max_per_thread: int = 16) -> list[triton.Config]:
     """Autotune space for the element-wise-tiled kernels (forward, grad_x).
+
+    Tiles of 128 to 2048 elements (4 to 8 per thread, 16 for the largest), so a thread
+    can own up to 16 contiguous bytes along W when the alignment allows (see ``ALIGN``),
+    with BLOCK_W from 16 to 256 to fit W = 7 ... 112 rows and small tiles for 7x7 and
+    14x14 planes; :func:`prune_output_tiles` / :func:`prune_input_tiles` drop the tiles
+    far wider or taller than the plane.
+
+    ``max_per_thread`` caps the elements each thread owns: the grad_x kernel recomputes
+    K*K taps per element when an activation is fused, and the AOT compile check showed
+    it spilling registers at 8+ elements per thread with K=5.
 
     Under the interpreter: one config (``INTERPRETER_TILE``), so no time goes to tuning.
     """
     if interpreting():
         return [triton.Config(dict(zip(("BLOCK_H", "BLOCK_W"), INTERPRETER_TILE)), num_warps=1)]
     configs = []
-    for block_h, block_w, warps in (
-        (1, 256, 4), (2, 128, 4), (4, 64, 4), (4, 128, 4), (8, 64, 4),
-        (8, 128, 8), (16, 32, 4), (16, 64, 8), (32, 32, 8),
-    ):
-        configs.append(triton.Config({"BLOCK_H": block_h, "BLOCK_W": block_w}, num_warps=warps))
+    for block_w in (16, 32, 64, 128, 256):
+        for elements, warps in ((128, 1), (256, 2), (512, 4), (1024, 4), (1024, 8), (2048, 8)):
+            if elements >= block_w and elements // (32 * warps) <= max_per_thread:
+                configs.append(
+                    triton.Config({"BLOCK_H": elements // block_w, "BLOCK_W": block_w}, num_warps=warps)
+                )
     return configs
+
+
+def _prune_tiles(configs, height: int, width: int):
+    """Keep tiles whose width is within 2x of the row (W-side waste under ~50%) and whose
+    height does not exceed the rows there are; never return an empty list."""
+    target_w = min(256, max(16, triton.next_power_of_2(width)))
+    kept = [c for c in configs
+            if target_w // 2 <= c.kwargs["BLOCK_W"] <= target_w
+            and c.kwargs["BLOCK_H"] <= max(1, triton.next_power_of_2(height))]
+    if not kept:
+        kept = [c for c in configs if c.kwargs["BLOCK_W"] == target_w] or configs
+    return kept
+
+
+def prune_output_tiles(configs, named_args, **kwargs):
+    """For kernels tiled over the output (forward)."""
+    return _prune_tiles(configs, named_args["OH"], named_args["OW"])
+
+
+def prune_input_tiles(configs, named_args, **kwargs):
+    """For kernels tiled over the input (grad_x)."""
+    return _prune_tiles(configs, named_args["H"], named_args["W"])
 
 
 def weight_tile(out_height: int, out_width: int) -> tuple[int, int, int]:
@@ -90,7 +123,8 @@ def weight_tile(out_height: int, out_width: int) -> tuple[int, int, int]:
     if interpreting():
         return (*INTERPRETER_TILE, 1)
     block_w = min(128, max(16, triton.next_power_of_2(out_width)))
-    block_h = max(1, min(32, 2048 // block_w, triton.next_power_of_2(out_height)))
+    # <= 8 elements per thread at 4 warps: the range the AOT compile check covers spill-free.
+    block_h = max(1, min(32, 1024 // block_w, triton.next_power_of_2(out_height)))
     return block_h, block_w, 4
 
 
@@ -144,49 +178,65 @@ def _tap_coords(oh, ow, k, pad, IS_ROW: tl.constexpr, STRIDE: tl.constexpr, DIL:
 
 @triton.jit
 def _pre_activation(
-    x_plane, sxh, sxw, H, W, w_chan, swk, bias, oh, ow, valid, pad,
+    x_ptr, x_base, sxh, sxw, H, W, w_chan, swk, bias, oh, ow, valid, pad,
     IS_ROW: tl.constexpr, K: tl.constexpr, STRIDE: tl.constexpr, DIL: tl.constexpr,
-    ACC: tl.constexpr,
+    ACC: tl.constexpr, ALIGN: tl.constexpr,
 ):
-    """sum_k w[k] * x[tap k of (oh, ow)] + bias, zero padding; `valid` masks the outputs."""
+    """sum_k w[k] * x[x_base + tap k of (oh, ow)] + bias, zero padding; `valid` masks the
+    outputs.  ALIGN > 1 promises that x_base and sxh are multiples of ALIGN."""
     acc = tl.zeros(oh.shape, dtype=ACC) + tl.zeros(ow.shape, dtype=ACC) + bias
     # The tap coordinates are written out here rather than via _tap_coords: each call of a
     # jit helper is costly under the interpreter, and this loop runs K*K times in grad_x.
     if IS_ROW:
         inside_cross = valid & (oh * STRIDE < H)
-        iw0 = ow * STRIDE - pad
-        offs = oh * STRIDE * sxh + iw0 * sxw
+        row_off = x_base + oh * STRIDE * sxh
+        if ALIGN > 1:
+            row_off = tl.multiple_of(row_off, [ALIGN, ALIGN])
     else:
         inside_cross = valid & (ow * STRIDE < W)
         ih0 = oh * STRIDE - pad
-        offs = ih0 * sxh + ow * STRIDE * sxw
+        col_off = ow * STRIDE * sxw
     for k in tl.static_range(K):
         if IS_ROW:
-            inside = inside_cross & (iw0 + k * DIL >= 0) & (iw0 + k * DIL < W)
-            step = k * DIL * sxw
+            # ow*STRIDE + (k*DIL - pad): with a constexpr pad the shift is a constant, so
+            # the centre tap (shift 0) keeps the alignment of ow and can load vectors.
+            iw = ow * STRIDE + (k * DIL - pad)
+            inside = inside_cross & (iw >= 0) & (iw < W)
+            tap_off = row_off + iw * sxw
         else:
             inside = inside_cross & (ih0 + k * DIL >= 0) & (ih0 + k * DIL < H)
-            step = k * DIL * sxh
-        xv = tl.load(x_plane + offs + step, mask=inside, other=0.0).to(ACC)
+            row_off = x_base + (ih0 + k * DIL) * sxh
+            if ALIGN > 1:
+                row_off = tl.multiple_of(row_off, [ALIGN, ALIGN])
+            tap_off = row_off + col_off
+        xv = tl.load(x_ptr + tap_off, mask=inside, other=0.0).to(ACC)
         acc += tl.load(w_chan + k * swk).to(ACC) * xv
     return acc
 
 
 # ----------------------------------------------------------------------------- forward
-@triton.autotune(configs=tile_configs(), key=["OH", "OW", "K", "STRIDE", "DIL", "IS_ROW"])
+@triton.autotune(configs=tile_configs(), key=["OH", "OW", "K", "STRIDE", "DIL", "IS_ROW", "ALIGN"],
+                 prune_configs_by={"early_config_prune": prune_output_tiles})
 @triton.jit
 def fuse_fwd_kernel(
     x_ptr, w_ptr, b_ptr, out_ptr,
     C_PART, X_START, OUT_START,
-    H, W, OH, OW, pad,
+    H, W, OH, OW,
     sxn, sxc, sxh, sxw,
     swc, swk, sb,
     son, soc, soh, sow,
-    IS_ROW: tl.constexpr, K: tl.constexpr, STRIDE: tl.constexpr, DIL: tl.constexpr,
+    IS_ROW: tl.constexpr, K: tl.constexpr, STRIDE: tl.constexpr, DIL: tl.constexpr, PAD: tl.constexpr,
     HAS_BIAS: tl.constexpr, ACT: tl.constexpr, ACC: tl.constexpr, INDEX64: tl.constexpr,
-    BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr,
+    ALIGN: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr,
 ):
-    """out[n, OUT_START + c] = act(conv_part(x[n, X_START + c]) + b[OUT_START + c]) for one tile."""
+    """out[n, OUT_START + c] = act(conv_part(x[n, X_START + c]) + b[OUT_START + c]) for one tile.
+
+    ALIGN (a power of two, from the launcher) divides W, OW, the non-unit strides of x
+    and out, and their addresses in elements.  Triton's launcher only proves divisibility by 16,
+    which MobileNet rows (W = 56, 28, 14) miss; with the hint, W-contiguous accesses whose
+    offset is a multiple of ALIGN (column-part taps, the centre row tap, the stores) can
+    become vector accesses.  PAD is a constexpr so the tap offsets k*DIL - PAD are known.
+    """
     pid = tl.program_id(0)
     tiles_w = tl.cdiv(OW, BLOCK_W)
     tiles = tl.cdiv(OH, BLOCK_H) * tiles_w
@@ -194,23 +244,29 @@ def fuse_fwd_kernel(
     n = (plane // C_PART).to(tl.int64)
     c = (plane % C_PART).to(tl.int64)
     oh, ow = _tile_coords(pid % tiles, tiles_w, BLOCK_H, BLOCK_W, INDEX64)
+    if ALIGN > 1:
+        # Splat the W extents into tensors that carry the hint, so the W masks are known
+        # to be constant over ALIGN lanes (a hint on a scalar argument is not kept).
+        W = tl.multiple_of(tl.full([1, BLOCK_W], W, W.dtype), [ALIGN, ALIGN])
+        OW = tl.multiple_of(tl.full([1, BLOCK_W], OW, OW.dtype), [ALIGN, ALIGN])
     valid = (oh < OH) & (ow < OW)
 
     bias = 0.0
     if HAS_BIAS:
         bias = tl.load(b_ptr + (OUT_START + c) * sb).to(ACC)
-    x_plane = x_ptr + n * sxn + (X_START + c) * sxc
-    pre = _pre_activation(x_plane, sxh, sxw, H, W, w_ptr + c * swc, swk, bias, oh, ow, valid, pad,
-                          IS_ROW, K, STRIDE, DIL, ACC)
+    pre = _pre_activation(x_ptr, n * sxn + (X_START + c) * sxc, sxh, sxw, H, W, w_ptr + c * swc, swk, bias,
+                          oh, ow, valid, PAD, IS_ROW, K, STRIDE, DIL, ACC, ALIGN)
     result = _activation(pre, ACT)
-    out_plane = out_ptr + n * son + (OUT_START + c) * soc
-    tl.store(out_plane + oh * soh + ow * sow, result.to(out_ptr.dtype.element_ty), mask=valid)
+    out_row = n * son + (OUT_START + c) * soc + oh * soh
+    if ALIGN > 1:
+        out_row = tl.multiple_of(out_row, [ALIGN, ALIGN])
+    tl.store(out_ptr + out_row + ow * sow, result.to(out_ptr.dtype.element_ty), mask=valid)
 
 
 # ----------------------------------------------------------------------------- backward: grad_x
 @triton.jit
 def _grad_x_from_part(
-    x_plane, g_plane, w_chan, swk, bias, sxh, sxw, sgh, sgw,
+    x_ptr, x_base, g_plane, w_chan, swk, bias, sxh, sxw, sgh, sgw,
     ih, iw, in_mask, H, W, OH, OW, pad,
     IS_ROW: tl.constexpr, K: tl.constexpr, STRIDE: tl.constexpr, DIL: tl.constexpr,
     ACT: tl.constexpr, ACC: tl.constexpr,
@@ -240,14 +296,15 @@ def _grad_x_from_part(
             ow = iw // STRIDE
         grad = tl.load(g_plane + oh * sgh + ow * sgw, mask=ok, other=0.0).to(ACC)
         if ACT != 0:
-            pre = _pre_activation(x_plane, sxh, sxw, H, W, w_chan, swk, bias, oh, ow, ok, pad,
-                                  IS_ROW, K, STRIDE, DIL, ACC)
+            pre = _pre_activation(x_ptr, x_base, sxh, sxw, H, W, w_chan, swk, bias, oh, ow, ok, pad,
+                                  IS_ROW, K, STRIDE, DIL, ACC, 1)
             grad = _activation_grad(grad, pre, ACT)
         acc += tl.load(w_chan + k * swk).to(ACC) * grad
     return acc
 
 
-@triton.autotune(configs=tile_configs(), key=["H", "W", "K", "STRIDE", "DIL", "ACT"])
+@triton.autotune(configs=tile_configs(max_per_thread=4), key=["H", "W", "K", "STRIDE", "DIL", "ACT"],
+                 prune_configs_by={"early_config_prune": prune_input_tiles})
 @triton.jit
 def fuse_bwd_input_kernel(
     x_ptr, g_ptr, wr_ptr, wc_ptr, b_ptr, gx_ptr,
@@ -271,7 +328,7 @@ def fuse_bwd_input_kernel(
     c = (plane % C).to(tl.int64)
     ih, iw = _tile_coords(pid % tiles, tiles_w, BLOCK_H, BLOCK_W, INDEX64)
     in_mask = (ih < H) & (iw < W)
-    x_plane = x_ptr + n * sxn + c * sxc
+    x_base = n * sxn + c * sxc
     acc = tl.zeros([BLOCK_H, BLOCK_W], dtype=ACC)
 
     if c < C_ROW:
@@ -279,7 +336,7 @@ def fuse_bwd_input_kernel(
         if HAS_BIAS:
             bias_row = tl.load(b_ptr + c * sb).to(ACC)
         acc += _grad_x_from_part(
-            x_plane, g_ptr + n * sgn + c * sgc, wr_ptr + c * swr_c, swr_k, bias_row, sxh, sxw, sgh, sgw,
+            x_ptr, x_base, g_ptr + n * sgn + c * sgc, wr_ptr + c * swr_c, swr_k, bias_row, sxh, sxw, sgh, sgw,
             ih, iw, in_mask, H, W, OH, OW, pad, True, K, STRIDE, DIL, ACT, ACC,
         )
     if (c >= COL_START) & (c < COL_START + C_COL):
@@ -289,8 +346,8 @@ def fuse_bwd_input_kernel(
         if HAS_BIAS:
             bias_col = tl.load(b_ptr + out_c * sb).to(ACC)
         acc += _grad_x_from_part(
-            x_plane, g_ptr + n * sgn + out_c * sgc, wc_ptr + cc * swc_c, swc_k, bias_col, sxh, sxw, sgh, sgw,
-            ih, iw, in_mask, H, W, OH, OW, pad, False, K, STRIDE, DIL, ACT, ACC,
+            x_ptr, x_base, g_ptr + n * sgn + out_c * sgc, wc_ptr + cc * swc_c, swc_k, bias_col,
+            sxh, sxw, sgh, sgw, ih, iw, in_mask, H, W, OH, OW, pad, False, K, STRIDE, DIL, ACT, ACC,
         )
     gx_plane = gx_ptr + n * sgxn + c * sgxc
     tl.store(gx_plane + ih * sgxh + iw * sgxw, acc.to(gx_ptr.dtype.element_ty), mask=in_mask)
@@ -326,7 +383,8 @@ def fuse_bwd_weight_kernel(
     oh, ow = _tile_coords(tile, tiles_w, BLOCK_H, BLOCK_W, INDEX64)
     valid = (oh < OH) & (ow < OW)
 
-    x_plane = x_ptr + n * sxn + (X_START + c) * sxc
+    x_base = n * sxn + (X_START + c) * sxc
+    x_plane = x_ptr + x_base
     w_chan = w_ptr + c * swc
     grad = tl.load(g_ptr + n * sgn + (OUT_START + c) * sgc + oh * sgh + ow * sgw, mask=valid, other=0.0)
     grad = grad.to(ACC)
@@ -334,8 +392,8 @@ def fuse_bwd_weight_kernel(
         bias = 0.0
         if HAS_BIAS:
             bias = tl.load(b_ptr + (OUT_START + c) * sb).to(ACC)
-        pre = _pre_activation(x_plane, sxh, sxw, H, W, w_chan, swk, bias, oh, ow, valid, pad,
-                              IS_ROW, K, STRIDE, DIL, ACC)
+        pre = _pre_activation(x_ptr, x_base, sxh, sxw, H, W, w_chan, swk, bias, oh, ow, valid, pad,
+                              IS_ROW, K, STRIDE, DIL, ACC, 1)
         grad = _activation_grad(grad, pre, ACT)
     grad = tl.where(valid, grad, 0.0)
 

@@ -293,3 +293,23 @@ def test_bad_inputs_raise():
         op(x, wr[:1], wc, None, False, 1, 1, 1, "none")
     with pytest.raises(RuntimeError, match="bias"):
         op(x, wr, wc, torch.randn(3, device="cuda"), False, 1, 1, 1, "none")
+
+
+def test_auto_measures_once_and_picks_a_kernel(monkeypatch, tmp_path):
+    import json
+
+    from fuseops import autotune
+
+    _require("cuda")
+    _require("triton")
+    monkeypatch.delenv(backends.ENV_VAR, raising=False)
+    monkeypatch.delenv(autotune.ENABLE_ENV, raising=False)
+    cache = tmp_path / "tune.json"
+    monkeypatch.setattr(autotune, "_default", autotune.Autotuner(cache_file=str(cache)))
+    args, _ = _make(4, 16, 16, 28, 28, 3, False, torch.float16, True)
+    expected = fuse_conv2d_reference(*(a.double() for a in args), False, 1, 1, 1, "relu6")
+    for _ in range(2):
+        got = fuse_conv2d(*args, activation="relu6")
+        torch.testing.assert_close(got.double(), expected, rtol=2e-3, atol=2e-3)
+    stored = json.loads(cache.read_text())
+    assert len(stored) == 1 and set(stored.values()) <= {"cuda", "triton"}

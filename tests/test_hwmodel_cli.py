@@ -138,3 +138,21 @@ def test_console_entry_point_help():
     done = subprocess.run([sys.executable, "-m", "hwmodel", "--help"], capture_output=True, text=True)
     assert done.returncode == 0
     assert "systolic" in done.stdout and "speedup" in done.stdout
+
+
+def test_zoo_mobilenet_v2_costs_as_the_test_built_one(capsys):
+    # The real zoo (issue 6), when present: its MobileNetV2 must cost exactly what the
+    # independently built one of tests/hwmodel_nets.py costs, and the CLI must run on it.
+    try:
+        from fuseops import models
+    except ImportError:
+        pytest.skip("fuseops.models (the zoo) is not in this checkout")
+    from hwmodel import SystolicArray
+
+    shape = (1, 3, 224, 224)
+    for variant, fuse in (("baseline", None), ("half", "half"), ("full", "full")):
+        array = SystolicArray(64, 64, fuse=fuse is not None)
+        zoo_cycles = array.estimate(models.get_model("mobilenet_v2", variant=variant), shape).total_cycles
+        assert zoo_cycles == array.estimate(mobilenet_v2(fuse=fuse), shape).total_cycles, variant
+    assert cli.main(["systolic", "mobilenet_v2", "--variant", "half"]) == 0
+    assert "FuSe array" in capsys.readouterr().out

@@ -94,3 +94,24 @@ def test_unknown_backend_env_var_is_a_clear_error(monkeypatch):
     x = torch.randn(1, 2, 5, 5)
     with pytest.raises(ValueError, match="FUSEOPS_BACKEND"):
         fuseops.fuse_conv2d(x, torch.randn(1, 1, 1, 3), torch.randn(1, 1, 3, 1))
+
+
+def test_backward_runs_on_the_forward_backend(monkeypatch):
+    # A forward inside use_backend("reference") whose backward is called outside the block
+    # must not switch backends for the backward.
+    import fuseops
+    from fuseops.fuse_conv import op as fuse_op
+
+    seen = []
+    real = fuse_op._backend_module
+
+    def spy(name):
+        seen.append(name)
+        return real(name)
+
+    monkeypatch.setattr(fuse_op, "_backend_module", spy)
+    x = torch.randn(1, 3, 6, 6, requires_grad=True)
+    with fuseops.use_backend("reference"):
+        out = fuseops.fuse_conv2d(x, torch.randn(2, 1, 1, 3), torch.randn(1, 1, 3, 1))
+    out.sum().backward()
+    assert seen == ["reference", "reference"]

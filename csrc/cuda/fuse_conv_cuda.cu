@@ -401,6 +401,7 @@ void launch_backward(const at::Tensor& grad_out, const at::Tensor& pre, const at
   const int64_t blocks_x = g.n * g.out_channels() * plan.chunks;
   TORCH_CHECK(blocks_x <= std::numeric_limits<int32_t>::max(), "fuse_conv2d backward: too many planes");
   TORCH_CHECK(plan.rows <= std::numeric_limits<int32_t>::max(), "fuse_conv2d backward: too many partial rows");
+  TORCH_CHECK(plan.tap_groups <= 65535, "fuse_conv2d backward: K=", g.k, " needs more tap groups than a grid has");
   if (blocks_x > 0) {
     const dim3 grid(static_cast<unsigned>(blocks_x), static_cast<unsigned>(plan.tap_groups));
     grad_weight_kernel<scalar_t, acc_t, index_t><<<grid, kThreads, 0, stream>>>(

@@ -10,7 +10,7 @@ import argparse
 import importlib
 import sys
 
-COMMANDS: tuple[str, ...] = ("info", "validate", "bench")
+COMMANDS: tuple[str, ...] = ("info", "validate", "bench", "report")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -126,15 +126,19 @@ def _setup_context(ctx, inputs, output):
     x, weight_row, weight_col, bias, full, stride, padding, dilation, activation = inputs
     # The backward recomputes the pre-activation from x, so only inputs are saved:
     # no intermediate of output size is kept alive between forward and backward.
+    # The backward runs on the backend selected when the forward ran, even if it is called
+    # outside that `use_backend` block (eager mode; compiled graphs read the selection at run time).
+    ctx.backend = backends.current_backend()
     ctx.save_for_backward(x, weight_row, weight_col, bias)
     ctx.config = (full, stride, padding, dilation, activation)
 
 
 def _backward(ctx, grad_out):
     x, weight_row, weight_col, bias = ctx.saved_tensors
-    grad_x, grad_wr, grad_wc, grad_b = torch.ops.fuseops.fuse_conv2d_backward(
-        grad_out.contiguous(), x, weight_row, weight_col, bias, *ctx.config
-    )
+    with backends.use_backend(ctx.backend):
+        grad_x, grad_wr, grad_wc, grad_b = torch.ops.fuseops.fuse_conv2d_backward(
+            grad_out.contiguous(), x, weight_row, weight_col, bias, *ctx.config
+        )
     return grad_x, grad_wr, grad_wc, (grad_b if bias is not None else None), None, None, None, None, None
 
 

@@ -15,6 +15,7 @@ Triton is imported lazily, on the first call, so ``import fuseops`` never import
 
 from __future__ import annotations
 
+import contextlib
 import functools
 
 import torch
@@ -30,6 +31,11 @@ def _kernels():
     from fuseops.kernels import fuse_conv
 
     return fuse_conv
+
+
+def _on_device(t: torch.Tensor):
+    """Triton launches on the current CUDA device; make it the tensor's (multi-GPU)."""
+    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
 
 
 def _empty(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
@@ -54,6 +60,26 @@ def _needs_index64(*tensors: torch.Tensor) -> bool:
         if max(extent, t.numel()) > _INT32_LIMIT:
             return True
     return False
+
+
+def _alignment(*tensors: torch.Tensor, extents: tuple[int, ...] = (), cap: int = 16) -> int:
+    """Largest power of two <= cap dividing ``extents``, and the address (in elements) and
+    the N, C and H strides of every one of ``tensors`` (and the W stride unless it is 1):
+    the ``ALIGN`` hint of the forward kernel.  The GPU compiler trusts the hint, so it
+    must be true; sizes are ignored, which only ever makes it smaller."""
+    values = list(extents)
+    for t in tensors:
+        address = t.data_ptr()
+        if address % t.element_size():
+            return 1
+        values.append(address // t.element_size())
+        values += list(t.stride()[:-1])
+        if t.stride()[-1] != 1:
+            values.append(t.stride()[-1])
+    align = cap
+    while align > 1 and any(v % align for v in values):
+        align //= 2
+    return align
 
 
 def _geometry(x, weight_row, weight_col, full, stride, padding, dilation) -> FuseGeometry:
@@ -81,12 +107,18 @@ def forward(
     activation: str,
 ) -> torch.Tensor:
     """(N, C, H, W) -> (N, C_r + C_c, H_out, W_out), contiguous NCHW."""
+    with _on_device(x):
+        return _forward(x, weight_row, weight_col, bias, full, stride, padding, dilation, activation)
+
+
+def _forward(x, weight_row, weight_col, bias, full, stride, padding, dilation, activation):
     geo = _geometry(x, weight_row, weight_col, full, stride, padding, dilation)
     out = _empty((geo.batch, geo.out_channels, geo.out_height, geo.out_width), x.dtype, x.device)
     if out.numel() == 0:
         return out
     k = _kernels()
     index64 = _needs_index64(x, out)
+    align = _alignment(x, out, extents=(geo.width, geo.out_width))
     for is_row, weight, tap_stride, count, x_start, out_start in _parts(geo, weight_row, weight_col):
         if count == 0:
             continue
@@ -98,12 +130,12 @@ def forward(
         k.fuse_fwd_kernel[grid](
             x, weight, bias if bias is not None else out, out,
             count, x_start, out_start,
-            geo.height, geo.width, geo.out_height, geo.out_width, geo.padding,
+            geo.height, geo.width, geo.out_height, geo.out_width,
             *x.stride(), weight.stride(0), tap_stride, bias.stride(0) if bias is not None else 0,
             *out.stride(),
-            IS_ROW=is_row, K=geo.kernel, STRIDE=geo.stride, DIL=geo.dilation,
+            IS_ROW=is_row, K=geo.kernel, STRIDE=geo.stride, DIL=geo.dilation, PAD=geo.padding,
             HAS_BIAS=bias is not None, ACT=k.ACTIVATION_CODES[activation], ACC=_acc_dtype(x.dtype),
-            INDEX64=index64,
+            INDEX64=index64, ALIGN=align,
         )
     return out
 
@@ -126,6 +158,12 @@ def backward(
     derivative needs it.  Weight and bias gradients are reduced without atomics, in a
     fixed order (bitwise reproducible).
     """
+    with _on_device(x):
+        return _backward(grad_out, x, weight_row, weight_col, bias, full, stride, padding, dilation,
+                         activation)
+
+
+def _backward(grad_out, x, weight_row, weight_col, bias, full, stride, padding, dilation, activation):
     geo = _geometry(x, weight_row, weight_col, full, stride, padding, dilation)
     grad_x = _empty(tuple(x.shape), x.dtype, x.device)
     grad_weights = [_empty(tuple(w.shape), w.dtype, w.device) for w in (weight_row, weight_col)]
