@@ -432,11 +432,24 @@ void forward_kernel(const at::Tensor& x, const at::Tensor& weight_row, const at:
   const int64_t c_out = g.out_channels();
   const int64_t in_plane = g.height * g.width;
   const int64_t out_plane = g.out_height * g.out_width;
-  const int64_t planes = g.batch * c_out;
+  // Tasks are *input* planes (n, ci), each producing its one (half) or two (full)
+  // output planes back to back, so the full variant's second part reads x from cache:
+  // x is read from memory once.
+  const int64_t planes = g.batch * g.channels;
   // Enough planes per task that scheduling is negligible.
   const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(1, out_plane));
   const bool flat = flat_plane(g);
   constexpr bool direct = std::is_same_v<scalar_t, acc_t>;
+
+  // Calls part(n, ci, co, row_part, w) for each output plane that input plane (n, ci) feeds.
+  auto for_each_part = [&](int64_t plane, auto&& part) {
+    const int64_t n = plane / g.channels, ci = plane % g.channels;
+    if (ci < g.c_row) part(n, ci, ci, true, wr + ci * g.kernel);
+    if (ci >= g.col_start && ci < g.col_start + g.c_col) {
+      const int64_t j = ci - g.col_start;
+      part(n, ci, g.c_row + j, false, wc + j * g.kernel);
+    }
+  };
 
   if (flat) {
     const FlatPart row_layout(g, true), col_layout(g, false);
@@ -444,19 +457,17 @@ void forward_kernel(const at::Tensor& x, const at::Tensor& weight_row, const at:
       at::parallel_for(0, planes, grain, [&](int64_t begin, int64_t end) {
         std::vector<acc_t> plane_buffer(direct ? 0 : out_plane), w_buffer(2 * g.kernel);
         for (int64_t plane = begin; plane < end; ++plane) {
-          const int64_t n = plane / c_out, co = plane % c_out;
-          const bool row_part = co < g.c_row;
-          const int64_t ci = row_part ? co : g.col_start + (co - g.c_row);
-          const scalar_t* w = row_part ? wr + co * g.kernel : wc + (co - g.c_row) * g.kernel;
-          for (int64_t k = 0; k < g.kernel; ++k) {
-            w_buffer[k] = static_cast<acc_t>(w[k]);
-            w_buffer[g.kernel + k] = -w_buffer[k];
-          }
-          scalar_t* out_plane_ptr = out_data + plane * out_plane;
-          acc_t* acc_plane = direct ? reinterpret_cast<acc_t*>(out_plane_ptr) : plane_buffer.data();
-          forward_plane_flat<decltype(kt)::value, scalar_t, A>(
-              out_plane_ptr, acc_plane, x_data + (n * g.channels + ci) * in_plane, w_buffer.data(),
-              b ? static_cast<acc_t>(b[co]) : acc_t(0), row_part ? row_layout : col_layout, g);
+          for_each_part(plane, [&](int64_t n, int64_t ci, int64_t co, bool row_part, const scalar_t* w) {
+            for (int64_t k = 0; k < g.kernel; ++k) {
+              w_buffer[k] = static_cast<acc_t>(w[k]);
+              w_buffer[g.kernel + k] = -w_buffer[k];
+            }
+            scalar_t* out_plane_ptr = out_data + (n * c_out + co) * out_plane;
+            acc_t* acc_plane = direct ? reinterpret_cast<acc_t*>(out_plane_ptr) : plane_buffer.data();
+            forward_plane_flat<decltype(kt)::value, scalar_t, A>(
+                out_plane_ptr, acc_plane, x_data + (n * g.channels + ci) * in_plane, w_buffer.data(),
+                b ? static_cast<acc_t>(b[co]) : acc_t(0), row_part ? row_layout : col_layout, g);
+          });
         }
       });
     });
@@ -466,19 +477,17 @@ void forward_kernel(const at::Tensor& x, const at::Tensor& weight_row, const at:
     std::vector<acc_t> acc_buffer(g.out_width);
     acc_t* acc = acc_buffer.data();
     for (int64_t plane = begin; plane < end; ++plane) {
-      const int64_t n = plane / c_out, co = plane % c_out;
-      const bool row_part = co < g.c_row;
-      const int64_t ci = row_part ? co : g.col_start + (co - g.c_row);
-      const scalar_t* w = row_part ? wr + co * g.kernel : wc + (co - g.c_row) * g.kernel;
-      const scalar_t* x_plane = x_data + (n * g.channels + ci) * in_plane;
-      scalar_t* out_plane_ptr = out_data + plane * out_plane;
-      const acc_t bias_value = b ? static_cast<acc_t>(b[co]) : acc_t(0);
-      for (int64_t oh = 0; oh < g.out_height; ++oh) {
-        pre_activation_row(acc, x_plane, w, bias_value, row_part, oh, g);
-        scalar_t* out_row = out_plane_ptr + oh * g.out_width;
+      for_each_part(plane, [&](int64_t n, int64_t ci, int64_t co, bool row_part, const scalar_t* w) {
+        const scalar_t* x_plane = x_data + (n * g.channels + ci) * in_plane;
+        scalar_t* out_plane_ptr = out_data + (n * c_out + co) * out_plane;
+        const acc_t bias_value = b ? static_cast<acc_t>(b[co]) : acc_t(0);
+        for (int64_t oh = 0; oh < g.out_height; ++oh) {
+          pre_activation_row(acc, x_plane, w, bias_value, row_part, oh, g);
+          scalar_t* out_row = out_plane_ptr + oh * g.out_width;
 #pragma omp simd
-        for (int64_t o = 0; o < g.out_width; ++o) out_row[o] = static_cast<scalar_t>(activate<A>(acc[o]));
-      }
+          for (int64_t o = 0; o < g.out_width; ++o) out_row[o] = static_cast<scalar_t>(activate<A>(acc[o]));
+        }
+      });
     }
   });
 }
