@@ -15,6 +15,8 @@ import torch
 SUPPORTED_DTYPES: dict[str, tuple[torch.dtype, ...]] = {
     "cpu": (torch.float32, torch.float64, torch.bfloat16),
     "cuda": (torch.float16, torch.bfloat16, torch.float32, torch.float64),
+    # Shape-only runs (tracing, hwmodel): the fake implementations handle every float dtype.
+    "meta": (torch.float16, torch.bfloat16, torch.float32, torch.float64),
 }
 
 
@@ -30,7 +32,7 @@ def floating_input(name: str, value: torch.Tensor) -> None:
     """The main input's dtype must be one the kernels of its device support."""
     allowed = SUPPORTED_DTYPES.get(value.device.type)
     if allowed is None:
-        raise ValueError(f"{name} is on an unsupported device {value.device}; expected cpu or cuda")
+        raise ValueError(f"{name} is on an unsupported device {value.device}; expected cpu, cuda or meta")
     if value.dtype not in allowed:
         names = ", ".join(str(d).replace("torch.", "") for d in allowed)
         raise TypeError(f"{name} has dtype {value.dtype}; on {value.device.type} expected one of {names}")

@@ -27,6 +27,8 @@ from dataclasses import dataclass
 
 import torch
 
+from fuseops.autotune import TuneRequest
+
 BACKENDS: tuple[str, ...] = ("reference", "cpu", "cuda", "triton")
 ENV_VAR = "FUSEOPS_BACKEND"
 
@@ -106,9 +108,15 @@ def availability(op: str, backend: str, device: torch.device | None = None) -> A
     return probes[backend](device)
 
 
-def resolve(op: str, device: torch.device) -> str:
-    """The concrete backend that runs ``op`` for a tensor on ``device`` right now."""
+def resolve(op: str, device: torch.device, tune: TuneRequest | None = None) -> str:
+    """The concrete backend that runs ``op`` for a tensor on ``device`` right now.
+
+    ``tune`` (CUDA tensors only) lets "auto" measure the available kernel backends on
+    this very call and keep the faster one for its signature; see :mod:`fuseops.autotune`.
+    """
     name = current_backend()
+    if name == "auto" and device.type == "cuda" and tune is not None:
+        return _auto_measured(op, device, tune)
     if name == "auto":
         reasons = []
         for candidate in _auto_order[op].get(device.type, ()):
@@ -123,6 +131,36 @@ def resolve(op: str, device: torch.device) -> str:
     if not avail.ok:
         raise BackendUnavailableError(f"backend {name!r} cannot run {op} on {device.type}: {avail.reason}")
     return name
+
+
+#: Kernel backends that "auto" on CUDA tensors chooses between by measurement.
+MEASURED_BACKENDS: tuple[str, ...] = ("cuda", "triton")
+
+
+def _auto_measured(op: str, device: torch.device, tune: TuneRequest) -> str:
+    """"auto" on CUDA: the faster available kernel backend for this call's signature."""
+    from fuseops import autotune
+
+    available, reasons = [], []
+    for candidate in _auto_order[op].get(device.type, ()):
+        avail = availability(op, candidate, device)
+        if avail.ok:
+            available.append(candidate)
+        else:
+            reasons.append(f"{candidate}: {avail.reason}")
+    if not available:
+        raise BackendUnavailableError(
+            f"no backend can run {op} on {device.type} tensors ({'; '.join(reasons) or 'none registered'})"
+        )
+    kernels = [b for b in available if b in MEASURED_BACKENDS]
+    if len(kernels) < 2 or not autotune.enabled():
+        return available[0]
+    tuner = autotune.default_autotuner()
+    key = (op, autotune.device_key(device), tune.key)
+    if torch.cuda.is_current_stream_capturing():
+        # Timing inside CUDA graph capture would record the measurement into the graph.
+        return tuner.lookup(key) or available[0]
+    return tuner.choose(key, {b: tune.run(b) for b in kernels})
 
 
 # ----------------------------------------------------------------------------- shared probes

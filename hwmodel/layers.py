@@ -61,11 +61,13 @@ class Layer:
 
     @property
     def out_h(self) -> int:
-        return self._out_dim(self.block_rows, self.in_h, self.kernel_h, self.stride_h, self.pad_h, self.dilation_h)
+        return self._out_dim(self.block_rows, self.in_h, self.kernel_h, self.stride_h, self.pad_h,
+                             self.dilation_h)
 
     @property
     def out_w(self) -> int:
-        return self._out_dim(self.block_cols, self.in_w, self.kernel_w, self.stride_w, self.pad_w, self.dilation_w)
+        return self._out_dim(self.block_cols, self.in_w, self.kernel_w, self.stride_w, self.pad_w,
+                             self.dilation_w)
 
     @property
     def macs(self) -> int:
@@ -77,3 +79,13 @@ class Layer:
     def params(self) -> int:
         """Weight count (no bias)."""
         return self.out_channels * (self.in_channels // self.groups) * self.kernel_h * self.kernel_w
+
+
+@dataclass(frozen=True)
+class Unsupported:
+    """A module or layer that a hardware model cannot cost, and why.  Models list these
+    next to their totals rather than dropping them."""
+
+    name: str
+    type_name: str
+    reason: str

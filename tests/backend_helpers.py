@@ -1,8 +1,9 @@
-"""Minimal test helper for backends (the lead unifies it with the FuSe CPU engineer's copy).
+"""Shared test helpers for backends.
 
 ``require_backend(op, name)`` skips a test when a backend cannot run here, with the
 backend's own reason, except under ``CI=true`` for the backends CI must have (the C++
-cpu kernels and the Triton interpreter): there a missing backend is a failure.
+cpu kernels and the Triton interpreter): there a missing backend is a failure, so a
+broken build cannot pass as a row of skips.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import torch
 
 from fuseops import backends
 
+#: Backends that CI builds and runs on its CPU-only machine.
 CI_REQUIRED = frozenset({"reference", "cpu", "triton"})
 
 
@@ -22,6 +24,7 @@ def in_ci() -> bool:
 
 
 def require_backend(op: str, name: str, device: torch.device | str = "cpu") -> None:
+    """Skip (locally) or fail (under CI=true, for CI_REQUIRED backends) if ``name`` can't run ``op``."""
     import fuseops  # noqa: F401  (registers every op)
 
     avail = backends.availability(op, name, torch.device(device))
@@ -31,3 +34,15 @@ def require_backend(op: str, name: str, device: torch.device | str = "cpu") -> N
     if in_ci() and name in CI_REQUIRED:
         pytest.fail(f"{message} (CI=true requires it)")
     pytest.skip(message)
+
+
+def available_backends(op: str, candidates: tuple[str, ...], device: torch.device | str = "cpu") -> list[str]:
+    """The candidates that can run ``op`` here; under CI=true a missing required one fails."""
+    found = []
+    for name in candidates:
+        avail = backends.availability(op, name, torch.device(device))
+        if avail.ok:
+            found.append(name)
+        elif in_ci() and name in CI_REQUIRED:
+            pytest.fail(f"backend {name!r} cannot run {op}: {avail.reason} (CI=true requires it)")
+    return found

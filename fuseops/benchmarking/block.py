@@ -111,14 +111,15 @@ def measure(case: Case, fns: dict[str, Callable | None], backward: bool, rounds:
     return {name: best.get(name) for name in fns}
 
 
-def run(quick: bool = False, rounds: int | None = None, threads: int = 2, compile_composition: bool = True,
+def run(quick: bool = False, rounds: int | None = None, threads: int | None = 2, compile_composition: bool = True,
         progress: bool = True) -> list[tuple]:
     """Measure the cases; return rows under :data:`COLUMNS` (ratios are times over plain F.conv2d,
     and "block vs composition" is how many times faster the op is than the composition).
 
     ``quick``: the F14 and H4x4 blockings with constant padding only.
     """
-    torch.set_num_threads(threads)
+    if threads:  # None or 0: leave torch's default
+        torch.set_num_threads(threads)
     rounds = rounds or (3 if quick else 5)
     blockings = [b for b in BLOCKINGS if b[0] in ("F14", "H4x4")] if quick else list(BLOCKINGS)
     modes = ("constant",) if quick else MODES
@@ -158,13 +159,13 @@ def environment() -> str:
             f"python {platform.python_version()}, backend {fuseops.current_backend()}")
 
 
-def main(quick: bool = False, threads: int = 2, min_time: float | None = None, out_dir: str | None = None,
+def main(quick: bool = False, threads: int | None = 2, min_time: float | None = None, out_dir: str | None = None,
          markdown: bool = False, progress: bool = True, rounds: int | None = None,
          compile_composition: bool = True) -> int:
     """The ``fuseops bench block`` target: measure, print the table (and markdown), return 0.
 
-    ``min_time`` and ``out_dir`` are accepted for the shared bench interface; this target
-    times best-of-``rounds`` and writes no files.
+    ``min_time`` is accepted for the shared bench interface (this target times
+    best-of-``rounds``); with ``out_dir`` the rows are also written to ``out_dir/block.csv``.
     """
     rows = run(quick=quick, rounds=rounds, threads=threads, compile_composition=compile_composition,
                progress=progress)
@@ -173,6 +174,17 @@ def main(quick: bool = False, threads: int = 2, min_time: float | None = None, o
     print_table(f"block conv, N={BATCH}, 3x3 stride 1 padding 1 ({environment()})", COLUMNS, rows)
     if markdown:
         print(markdown_table(COLUMNS, rows))
+    if out_dir:
+        import csv
+        import os
+
+        os.makedirs(out_dir, exist_ok=True)
+        path = os.path.join(out_dir, "block.csv")
+        with open(path, "w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(COLUMNS)
+            writer.writerows(rows)
+        print(f"wrote {path}")
     return 0
 
 

@@ -110,15 +110,19 @@ def _(grad_out, x, weight, bias, stride, padding, dilation, groups, row_bounds, 
 
 def _setup_context(ctx, inputs, output):
     x, weight, bias = inputs[:3]
+    # The backward runs on the backend selected when the forward ran, even if it is called
+    # outside that `use_backend` block (eager mode; compiled graphs read the selection at run time).
+    ctx.backend = backends.current_backend()
     ctx.save_for_backward(x, weight, bias)
     ctx.config = inputs[3:]
 
 
 def _backward(ctx, grad_out):
     x, weight, bias = ctx.saved_tensors
-    grad_x, grad_weight, grad_bias = torch.ops.fuseops.block_conv2d_backward(
-        grad_out.contiguous(), x, weight, bias, *ctx.config
-    )
+    with backends.use_backend(ctx.backend):
+        grad_x, grad_weight, grad_bias = torch.ops.fuseops.block_conv2d_backward(
+            grad_out.contiguous(), x, weight, bias, *ctx.config
+        )
     return (grad_x, grad_weight, grad_bias if bias is not None else None) + (None,) * len(ctx.config)
 
 

@@ -10,7 +10,7 @@ import argparse
 import importlib
 import sys
 
-COMMANDS: tuple[str, ...] = ("info",)
+COMMANDS: tuple[str, ...] = ("info", "validate", "bench", "report", "zoo")
 
 
 def build_parser() -> argparse.ArgumentParser:

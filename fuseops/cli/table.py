@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 
 
@@ -24,7 +25,8 @@ def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[obje
         table.add_column(col)
     for row in cells:
         table.add_row(*row)
-    Console().print(table)
+    # Piped output (a log, CI) gets a wide console so that tables do not wrap into tall cells.
+    Console(width=None if sys.stdout.isatty() else 160).print(table)
 
 
 def markdown_table(columns: Sequence[str], rows: Sequence[Sequence[object]]) -> str:

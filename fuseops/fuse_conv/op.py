@@ -17,11 +17,13 @@ bias gradient always has shape (C_out,).
 
 from __future__ import annotations
 
+import functools
 import importlib
 
 import torch
 
 from fuseops import backends
+from fuseops.autotune import TuneRequest, signature
 from fuseops.fuse_conv.geometry import fuse_geometry
 from fuseops.fuse_conv.reference import fuse_conv2d_reference, fuse_conv2d_reference_backward
 
@@ -52,6 +54,16 @@ def _backend_module(name: str):
     return importlib.import_module(f"fuseops.fuse_conv.{name}_impl")
 
 
+def _tune_request(function: str, args: tuple) -> TuneRequest | None:
+    """For "auto" on CUDA tensors: how to time ``function`` of each backend on these args."""
+    if args[0].device.type != "cuda":  # x (forward) or grad_out (backward): on x's device
+        return None
+    return TuneRequest(
+        key=(function, signature(args)),
+        run=lambda name: functools.partial(getattr(_backend_module(name), function), *args),
+    )
+
+
 def _geometry(x, weight_row, weight_col, full, stride, padding, dilation):
     kernel = weight_row.shape[-1]
     return fuse_geometry(tuple(x.shape), kernel, weight_row.shape[0], weight_col.shape[0], full,
@@ -70,8 +82,9 @@ def fuse_conv2d_op(
     dilation: int,
     activation: str,
 ) -> torch.Tensor:
-    impl = _backend_module(backends.resolve(OP_NAME, x.device))
-    return impl.forward(x, weight_row, weight_col, bias, full, stride, padding, dilation, activation)
+    args = (x, weight_row, weight_col, bias, full, stride, padding, dilation, activation)
+    impl = _backend_module(backends.resolve(OP_NAME, x.device, tune=_tune_request("forward", args)))
+    return impl.forward(*args)
 
 
 @fuse_conv2d_op.register_fake
@@ -93,8 +106,9 @@ def fuse_conv2d_backward_op(
     dilation: int,
     activation: str,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    impl = _backend_module(backends.resolve(OP_NAME, x.device))
-    return impl.backward(grad_out, x, weight_row, weight_col, bias, full, stride, padding, dilation, activation)
+    args = (grad_out, x, weight_row, weight_col, bias, full, stride, padding, dilation, activation)
+    impl = _backend_module(backends.resolve(OP_NAME, x.device, tune=_tune_request("backward", args)))
+    return impl.backward(*args)
 
 
 @fuse_conv2d_backward_op.register_fake
@@ -112,15 +126,19 @@ def _setup_context(ctx, inputs, output):
     x, weight_row, weight_col, bias, full, stride, padding, dilation, activation = inputs
     # The backward recomputes the pre-activation from x, so only inputs are saved:
     # no intermediate of output size is kept alive between forward and backward.
+    # The backward runs on the backend selected when the forward ran, even if it is called
+    # outside that `use_backend` block (eager mode; compiled graphs read the selection at run time).
+    ctx.backend = backends.current_backend()
     ctx.save_for_backward(x, weight_row, weight_col, bias)
     ctx.config = (full, stride, padding, dilation, activation)
 
 
 def _backward(ctx, grad_out):
     x, weight_row, weight_col, bias = ctx.saved_tensors
-    grad_x, grad_wr, grad_wc, grad_b = torch.ops.fuseops.fuse_conv2d_backward(
-        grad_out.contiguous(), x, weight_row, weight_col, bias, *ctx.config
-    )
+    with backends.use_backend(ctx.backend):
+        grad_x, grad_wr, grad_wc, grad_b = torch.ops.fuseops.fuse_conv2d_backward(
+            grad_out.contiguous(), x, weight_row, weight_col, bias, *ctx.config
+        )
     return grad_x, grad_wr, grad_wc, (grad_b if bias is not None else None), None, None, None, None, None
 
 

@@ -1,0 +1,337 @@
+"""The stages of ``fuseops report``, each returning a :class:`Section`.
+
+Every stage imports what it needs lazily, so ``import fuseops`` stays light, and
+raises rather than skipping silently when a piece it relies on fails.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+
+import torch
+
+from fuseops.cli.table import markdown_table
+from fuseops.report.document import Section
+
+#: The 25 FuSe networks' variants that the systolic model compares.
+FUSE_VARIANTS = ("full", "half", "full_hybrid", "half_hybrid")
+BLOCK_NETWORKS = ("resnet18", "resnet50", "vgg16", "mobilenet_v1")
+ARRAY_SIZES = (8, 16, 32, 64, 128, 256)
+
+
+@dataclass
+class Settings:
+    out_dir: str
+    quick: bool
+    device: str
+    progress: bool = True
+    #: Tests only: one network per table, small inputs, so each stage runs in seconds.
+    tiny: bool = False
+
+
+def _bar(iterable, settings: Settings, desc: str, total: int | None = None):
+    if not settings.progress:
+        return iterable
+    from tqdm import tqdm
+
+    return tqdm(iterable, desc=desc, total=total, unit="step", leave=False)
+
+
+def _fmt_err(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1e}"
+
+
+# ----------------------------------------------------------------------------- 1. validation
+def validation(settings: Settings) -> Section:
+    from fuseops.validate import default_cases, validate
+
+    cases = default_cases()
+    if settings.tiny:
+        cases = [next(c for c in cases if c.op == op) for op in ("fuse_conv2d", "block_conv2d")]
+    results = list(_bar(validate(settings.device, cases), settings, "validate"))
+    rows = [(r.op, r.backend, r.case, r.status, _fmt_err(r.forward_error), _fmt_err(r.backward_error),
+             r.detail.replace("|", "/")[:90]) for r in results]
+    passed = sum(r.status == "pass" for r in results)
+    failed = [r for r in results if r.status == "FAIL"]
+    body = (f"Every backend that can run on `{settings.device}` against the pure-PyTorch reference, float64, "
+            "forward and backward (x, weights and bias), on fresh random inputs.  Tolerance: relative 1e-9.\n\n"
+            + markdown_table(("op", "backend", "case", "status", "fwd err", "bwd err", "detail"), rows))
+    summary = [f"validation: {passed} pass, {len(failed)} fail (backend x case)"]
+    return Section("Kernel validation", body, summary=summary)
+
+
+# ----------------------------------------------------------------------------- 2. benchmarks
+def benchmarks(settings: Settings) -> Section:
+    from fuseops.benchmarking import block as block_bench
+    from fuseops.benchmarking import fuse as fuse_bench
+
+    if settings.device != "cpu":
+        raise NotImplementedError("the report's microbenchmarks run on the CPU; GPU timing scripts are in bench/")
+    fuse_providers, _ = fuse_bench.available_providers()
+    block_kwargs = {}
+    if settings.quick:
+        # torch.compile takes tens of seconds per case on 2 cores: the quick report leaves it
+        # to the full run and says so.  Triton on the CPU is the interpreter: never timed.
+        fuse_providers = [p for p in fuse_providers if p not in ("compile(reference)", "triton")]
+        block_kwargs["with_compile"] = False
+    else:
+        fuse_providers = [p for p in fuse_providers if p != "triton"]
+    fuse_results = fuse_bench.run(quick=settings.quick, providers=fuse_providers, progress=settings.progress,
+                                  min_time=0.05 if settings.quick else 0.5)
+    columns, rows = fuse_bench.summary_rows(fuse_results)
+    body = ("### FuSe convolution (fuse_conv2d)\n\nMedian milliseconds per call, measured side by side in one "
+            "process; `ref/cpu` is the reference's time over the C++ kernel's, `cpu/clone` the kernel's time over "
+            "`x.clone()` (the memory floor).\n\n" + markdown_table(columns, rows))
+    block_results = block_bench.run(quick=settings.quick, progress=settings.progress, **block_kwargs)
+    b_columns, b_rows = block_bench.summary_rows(block_results)
+    body += ("\n### Block convolution (block_conv2d)\n\nThe floor is plain `F.conv2d` on the same unblocked tensor; "
+             "the baseline is the paper code's composition (view, permute, pad, conv, permute).\n\n"
+             + markdown_table(b_columns, b_rows))
+    if settings.quick:
+        body += "\n*Quick run: the `torch.compile` baselines are timed in the full run only.*\n"
+    return Section("Microbenchmarks", body, summary=[f"benchmarks: {len(rows)} FuSe rows, {len(b_rows)} block rows"])
+
+
+# ----------------------------------------------------------------------------- 3. zoo tables
+def zoo(settings: Settings) -> Section:
+    from fuseops.cli.zoo import COLUMNS, zoo_rows
+
+    rows = zoo_rows(progress=settings.progress, networks=["mobilenet_v3_small"] if settings.tiny else None)
+    mismatched = [f"{r[0]}/{r[1]}" for r in rows if r[4] != 0]
+    with open(os.path.join(settings.out_dir, "zoo.csv"), "w") as handle:
+        handle.write(",".join(COLUMNS) + "\n")
+        handle.writelines(",".join(str(c) for c in r) + "\n" for r in rows)
+    body = ("Parameters and conv+linear multiply-accumulates at 1x3x224x224, beside the FuSeConv paper's "
+            "columns (its FLOPs add BN/activation overhead, so ours are a few percent lower).  CSV: `zoo.csv`.\n\n"
+            + markdown_table(COLUMNS, rows))
+    summary = [f"zoo: all {len(rows)} parameter counts equal the paper" if not mismatched
+               else f"zoo: parameter counts differ for {', '.join(mismatched)}"]
+    return Section("Model zoo: parameters and MACs", body, summary=summary)
+
+
+# ----------------------------------------------------------------------------- 4. systolic
+def systolic(settings: Settings) -> Section:
+    from fuseops.models import get_model
+    from fuseops.models.paper import FUSE_NETWORKS
+    from hwmodel.systolic import SystolicArray
+    from hwmodel.trace import trace
+
+    sizes = (16, 64, 256) if settings.quick else ARRAY_SIZES
+    networks = ("mobilenet_v3_small",) if settings.tiny else FUSE_NETWORKS
+    shape = (1, 3, 224, 224)
+    traces = {}
+    for net in _bar(networks, settings, "tracing"):
+        for variant in ("baseline",) + FUSE_VARIANTS:
+            layers = trace(get_model(net, variant=variant), shape)
+            if layers.unsupported:  # a ratio over a partly costed network would be wrong
+                raise ValueError(f"{net}/{variant}: hwmodel cannot cost {layers.unsupported}")
+            traces[net, variant] = layers
+    speedups: dict[tuple[str, str], dict[int, float]] = {}
+    rows64 = []
+    for (net, variant), layers in traces.items():
+        if variant == "baseline":
+            continue
+        for size in sizes:
+            base = SystolicArray(size, size).estimate(traces[net, "baseline"])
+            fused = SystolicArray(size, size, fuse=True).estimate(layers)
+            speedups.setdefault((net, variant), {})[size] = base.total_cycles / fused.total_cycles
+            if size == 64:
+                rows64.append((net, variant, f"{base.total_cycles:,}", f"{fused.total_cycles:,}",
+                               f"{base.total_cycles / fused.total_cycles:.2f}x",
+                               f"{100 * fused.utilization:.1f}%"))
+    sweep_columns = ("network", "variant") + tuple(f"{s}x{s}" for s in sizes)
+    sweep_rows = [(net, variant) + tuple(f"{by_size[s]:.2f}" for s in sizes)
+                  for (net, variant), by_size in speedups.items()]
+    with open(os.path.join(settings.out_dir, "systolic_speedup.csv"), "w") as handle:
+        handle.write(",".join(sweep_columns) + "\n")
+        for (net, variant), by_size in speedups.items():
+            handle.write(",".join([net, variant] + [f"{by_size[s]:.4f}" for s in sizes]) + "\n")
+    plot = "systolic_speedup.png"
+    _plot_speedup(speedups, sizes, os.path.join(settings.out_dir, plot))
+    best = max(v[64] for v in speedups.values())
+    worst = min(v[64] for v in speedups.values())
+    body = ("Cycles from the FuSeConv paper's analytical model (output-stationary): the baseline network on a "
+            "plain array against the FuSe network on the FuSe array.\n\n### 64x64 array\n\n"
+            + markdown_table(("network", "variant", "baseline cycles", "FuSe cycles", "speedup", "FuSe util."),
+                             rows64)
+            + "\n### Speedup against array size\n\nCSV: `systolic_speedup.csv`.\n\n"
+            + markdown_table(sweep_columns, sweep_rows))
+    return Section("Systolic array (FuSeConv)", body, images=[(plot, "FuSe speedup against array size")],
+                   summary=[f"systolic: FuSe speedup at 64x64 from {worst:.2f}x to {best:.2f}x"])
+
+
+def _plot_speedup(speedups, sizes, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(FUSE_VARIANTS), figsize=(4 * len(FUSE_VARIANTS), 3.6), sharey=True)
+    for ax, variant in zip(axes, FUSE_VARIANTS):
+        for (net, var), by_size in speedups.items():
+            if var == variant:
+                ax.plot(sizes, [by_size[s] for s in sizes], marker="o", label=net)
+        ax.set_xscale("log", base=2)
+        ax.set_title(variant)
+        ax.set_xlabel("array size (N x N)")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("speedup over baseline")
+    axes[-1].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# ----------------------------------------------------------------------------- 5. FPGA
+def fpga(settings: Settings) -> Section:
+    from fuseops.models import get_model
+    from hwmodel.fpga import estimate
+    from hwmodel.trace import trace
+
+    networks = ("resnet18", "vgg16") if settings.quick else BLOCK_NETWORKS
+    shape = (1, 3, 224, 224)
+    if settings.tiny:
+        networks, shape = ("resnet18",), (1, 3, 64, 64)
+    schedules = ("layer", "block-fused", "tiled-fused")
+    rows, traffic = [], {}
+    for net in _bar(networks, settings, "fpga"):
+        layers = trace(get_model(net, variant="block"), shape)
+        for schedule in schedules:
+            est = estimate(layers, device="zc706", bits=16, schedule=schedule)
+            mb = {k: v / 1e6 for k, v in est.dram_bytes.items()}
+            traffic[net, schedule] = mb
+            rows.append((net, schedule, f"{est.latency_s * 1e3:.1f}", f"{est.fps:.2f}", f"{est.gops:.1f}",
+                         f"{mb['input']:.2f}", f"{mb['weights']:.2f}", f"{mb['output']:.3f}",
+                         f"{mb['intermediate']:.2f}", f"{est.buffer_bytes / 1e6:.2f}", "yes" if est.fits else "NO"))
+    plot = "fpga_traffic.png"
+    _plot_traffic(traffic, networks, schedules, os.path.join(settings.out_dir, plot))
+    body = (f"Block networks (F28; ResNet-50 F56) at input {shape} on a ZC706, 16-bit fixed point, engine chosen "
+            "for the DSP budget. "
+            "`layer` sends every intermediate map through DRAM; `block-fused` runs groups of layers block by block "
+            "on chip; `tiled-fused` fuses ordinary spatial tiles with halo recompute.\n\n"
+            + markdown_table(("network", "schedule", "latency ms", "fps", "GOPS", "input MB", "weights MB",
+                              "output MB", "intermediate MB", "buffer MB", "fits"), rows))
+    saved = [f"{net}: block-fused moves {sum(traffic[net, 'layer'].values()) / max(sum(traffic[net, 'block-fused'].values()), 1e-9):.1f}x less DRAM traffic than layer-by-layer"  # noqa: E501
+             for net in networks]
+    return Section("FPGA (block convolution)", body, images=[(plot, "DRAM traffic per schedule, by kind")],
+                   summary=saved)
+
+
+def _plot_traffic(traffic, networks, schedules, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    kinds = ("input", "weights", "output", "intermediate")
+    fig, axes = plt.subplots(1, len(networks), figsize=(3.6 * len(networks), 3.6))
+    for ax, net in zip(list(axes) if len(networks) > 1 else [axes], networks):
+        bottom = [0.0] * len(schedules)
+        for kind in kinds:
+            values = [traffic[net, s][kind] for s in schedules]
+            ax.bar(schedules, values, bottom=bottom, label=kind)
+            bottom = [b + v for b, v in zip(bottom, values)]
+        ax.set_title(net)
+        ax.set_ylabel("DRAM MB per image")
+        ax.tick_params(axis="x", labelsize=7)
+    axes[-1].legend(fontsize=7) if len(networks) > 1 else axes.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# ----------------------------------------------------------------------------- 6. measured vs predicted
+def measured_vs_predicted(settings: Settings) -> Section:
+    import numpy as np
+
+    from fuseops.models import get_model
+    from fuseops.report.latency import measure_layers
+    from hwmodel.fpga import estimate
+    from hwmodel.systolic import SystolicArray
+    from hwmodel.trace import trace
+
+    size = 32 if settings.tiny else 112 if settings.quick else 224
+    shape = (1, 3, size, size)
+    cases = (("mobilenet_v2", "half", "systolic 64x64 FuSe array, cycles"),
+             ("resnet18", "block", "FPGA ZC706 layer schedule, seconds"))
+    images, body, summary = [], [], []
+    for net, variant, predictor in cases:
+        model = get_model(net, variant=variant).eval()
+        timings = measure_layers(model, shape, repeats=5 if settings.quick else 9, device=settings.device)
+        layers = trace(model, shape)
+        if predictor.startswith("systolic"):
+            est = SystolicArray(64, 64, fuse=True).estimate(layers)
+            predicted = {c.name: float(c.cycles) for c in est.layers}
+        else:
+            est = estimate(layers, device="zc706", bits=16, schedule="layer")
+            # The layer schedule runs one layer per group; its time is max(compute, DRAM transfer).
+            predicted = {g["layers"]: g["ms"] / 1e3 for g in est.groups if g["n"] == 1}
+        pairs = [(t.name, t.seconds, total) for t in timings
+                 if (total := _predicted_for(t.name, predicted)) is not None]
+        measured = np.array([p[1] for p in pairs])
+        model_values = np.array([p[2] for p in pairs], dtype=float)
+        r = float(np.corrcoef(np.log(measured), np.log(model_values))[0, 1]) if len(pairs) > 2 else math.nan
+        plot = f"latency_{net}_{variant}.png"
+        _plot_scatter(measured, model_values, f"{net} ({variant}): r(log) = {r:.2f}", predictor,
+                      os.path.join(settings.out_dir, plot))
+        images.append((plot, f"{net} {variant}: measured per-layer time on {settings.device} vs {predictor}"))
+        rows = [(name, f"{sec * 1e3:.3f}", f"{pred:.4g}") for name, sec, pred in pairs]
+        body.append(f"### {net} ({variant}) at {shape}\n\nPearson correlation of log(measured) and "
+                    f"log(predicted) over {len(pairs)} layers: **{r:.2f}**.\n\n"
+                    + markdown_table(("layer", f"measured ms ({settings.device})", predictor), rows))
+        summary.append(f"{net} {variant}: measured vs {predictor.split(',')[0]} r(log) = {r:.2f}")
+    return Section("Measured per-layer latency vs the analytical models", "\n".join(body), images, summary)
+
+
+def _predicted_for(module: str, predicted: dict[str, float]) -> float | None:
+    """The prediction for a timed module: its own row, or the sum of the rows hwmodel
+    splits it into ('<module>.row' / '<module>.conv.col' for FuSe layers)."""
+    if module in predicted:
+        return predicted[module]
+    parts = [v for name, v in predicted.items() if name.startswith(module + ".")]
+    return sum(parts) if parts else None
+
+
+def _plot_scatter(measured, predicted, title: str, predictor: str, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 4))
+    ax.scatter(predicted, measured * 1e3, s=14)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel(predictor)
+    ax.set_ylabel("measured ms")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+STAGES = (
+    ("validation", validation),
+    ("benchmarks", benchmarks),
+    ("zoo", zoo),
+    ("systolic", systolic),
+    ("fpga", fpga),
+    ("latency", measured_vs_predicted),
+)
+
+#: Rough seconds per stage on the 2-core CPU (quick, full), for the up-front estimate.
+EXPECTED_SECONDS = {
+    "validation": (5, 5),
+    "benchmarks": (60, 900),
+    "zoo": (20, 20),
+    "systolic": (15, 30),
+    "fpga": (20, 60),
+    "latency": (30, 120),
+}
+
+
+def device_available(device: str) -> bool:
+    return device == "cpu" or (device == "cuda" and torch.cuda.is_available())

@@ -1,0 +1,108 @@
+"""``hwmodel``: hardware-model sub-commands, one module per model listed in ``COMMANDS``.
+
+Each module defines ``add_parser(subparsers)``, registering its sub-commands with a
+``func`` that takes the parsed args and returns an exit code.  Helpers shared by the
+sub-commands (network loading, array parsing) live here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+from collections.abc import Sequence
+
+from hwmodel.layers import Layer
+
+COMMANDS: tuple[str, ...] = ("hwmodel.systolic_cli", "hwmodel.fpga.cli")
+
+#: The FuSe networks of the model zoo and their FuSe variants (papers.md §1).
+FUSE_NETWORKS = ("mobilenet_v1", "mobilenet_v2", "mnasnet_b1", "mobilenet_v3_small", "mobilenet_v3_large")
+FUSE_VARIANTS = ("full", "half", "full_hybrid", "half_hybrid")
+
+
+class CliError(Exception):
+    """A problem with the command line: printed as one line, exit code 2."""
+
+
+def zoo():
+    """The model zoo module (``fuseops.models``): tests replace this to use their own nets."""
+    try:
+        from fuseops import models
+    except ImportError as err:
+        raise CliError(f"the model zoo (fuseops.models) is not available: {err}") from err
+    return models
+
+
+def parse_array(text: str) -> tuple[int, int]:
+    """"64x64" or "64" -> (rows, cols)."""
+    parts = text.lower().split("x")
+    try:
+        dims = [int(p) for p in parts]
+    except ValueError:
+        raise CliError(f"--array must look like 64x64 or 64, got {text!r}") from None
+    if len(dims) == 1:
+        dims *= 2
+    if len(dims) != 2 or min(dims) < 1:
+        raise CliError(f"--array must be ROWSxCOLS with positive sizes, got {text!r}")
+    return dims[0], dims[1]
+
+
+def parse_int_list(option: str, text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise CliError(f"{option} must be a comma-separated list of integers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise CliError(f"{option} needs positive integers, got {text!r}")
+    return values
+
+
+def load_layers(model: str, variant: str, input_shape: Sequence[int]) -> list[Layer]:
+    """Layers of MODEL: a SCALE-Sim topology CSV (a path that exists or ends in .csv) or
+    a zoo name traced at ``input_shape``."""
+    from hwmodel.topology import read_topology
+    from hwmodel.trace import trace
+
+    if model.lower().endswith(".csv") or os.path.isfile(model):
+        if not os.path.isfile(model):
+            raise CliError(f"topology file not found: {model}")
+        try:
+            return read_topology(model)
+        except ValueError as err:
+            raise CliError(str(err)) from err
+    models = zoo()
+    names = list(models.list_models())
+    if model not in names:
+        raise CliError(f"unknown model {model!r}: expected a topology .csv or one of {', '.join(names)}")
+    try:
+        net = models.get_model(model, variant=variant)
+    except (ValueError, TypeError) as err:
+        raise CliError(f"cannot build {model} with variant {variant!r}: {err}") from err
+    return trace(net, input_shape)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hwmodel", description="Analytical hardware models of CNNs.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMANDS:
+        importlib.import_module(name).add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except CliError as err:
+        print(f"hwmodel {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

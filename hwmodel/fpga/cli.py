@@ -1,0 +1,159 @@
+"""``hwmodel fpga MODEL``: a zoo network on an FPGA board, every schedule, tables and a traffic chart.
+
+Mount as a sub-command with :func:`add_parser`, or run :func:`main` on its own.
+rich (tables) and matplotlib (the PNG) are imported only here, and only when used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from hwmodel.fpga.devices import DEVICES
+from hwmodel.fpga.engine import Engine
+from hwmodel.fpga.estimate import SCHEDULES, FpgaEstimate, estimate
+from hwmodel.fpga.schedule import OBJECTIVES, has_block_convs
+from hwmodel.layers import Layer
+
+KIND_ORDER = ("input", "weights", "intermediate", "output")
+
+
+def _configure(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    p.add_argument("model", help="a model-zoo name, e.g. resnet18 or vgg16 (see fuseops.models)")
+    p.add_argument("--variant", default="block", help="zoo variant (default: block)")
+    p.add_argument("--device", default="zc706", choices=sorted(DEVICES))
+    p.add_argument("--bits", type=int, default=16, choices=(8, 16, 32),
+                   help="32: float (5 DSP/MAC), 16: fixed (1), 8: fixed (0.5); default 16")
+    p.add_argument("--schedule", default="block-fused", choices=list(SCHEDULES),
+                   help="the schedule whose tables are printed (the chart shows all); default block-fused")
+    p.add_argument("--block-size", type=int, default=28, help="block size for block variants (default 28)")
+    p.add_argument("--blocking", default="fixed", choices=("fixed", "hierarchical"))
+    p.add_argument("--input-size", type=int, default=224, help="input H = W (default 224)")
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--freq-mhz", type=float, default=None, help="clock (default: the device's)")
+    p.add_argument("--tm", type=int, default=None, help="MAC array rows; with --tn, fixes the engine")
+    p.add_argument("--tn", type=int, default=None, help="MAC array columns")
+    p.add_argument("--objective", default="traffic", choices=OBJECTIVES,
+                   help="fused grouping: least total traffic, or least intermediate traffic first")
+    p.add_argument("--plot", default="fpga-traffic.png", help="PNG path for the traffic chart")
+    p.add_argument("--no-plot", action="store_true", help="don't write the PNG")
+    p.set_defaults(func=run)
+    return p
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    """Register the ``fpga`` sub-command on an ``add_subparsers()`` object."""
+    p = subparsers.add_parser(
+        "fpga", help="FPGA model: latency, DRAM traffic and on-chip buffers per schedule",
+        description="Estimate a network on an FPGA board under the layer, block-fused and tiled-fused "
+                    "schedules: latency, fps, DRAM traffic by kind, buffer need vs block RAM.",
+    )
+    return _configure(p)
+
+
+def load_layers(args: argparse.Namespace) -> list[Layer]:
+    """Build the zoo model (``hwmodel.cli.zoo()``) and trace it."""
+    from hwmodel.cli import CliError, zoo
+    from hwmodel.trace import trace
+
+    models = zoo()
+    names = list(models.list_models())
+    if args.model not in names:
+        raise CliError(f"unknown model {args.model!r}: expected one of {', '.join(names)}")
+    kwargs = {"variant": args.variant}
+    if args.variant == "block":
+        kwargs.update(block_size=args.block_size, blocking=args.blocking)
+    try:
+        model = models.get_model(args.model, **kwargs)
+    except (TypeError, ValueError) as err:
+        raise CliError(f"cannot build {args.model} with {kwargs}: {err}") from err
+    return list(trace(model, (args.batch, 3, args.input_size, args.input_size)))
+
+
+def run(args: argparse.Namespace) -> int:
+    return report(load_layers(args), args)
+
+
+def report(layers: list[Layer], args: argparse.Namespace) -> int:
+    """Estimate every applicable schedule, print the chosen one's tables, the comparison, and plot."""
+    from fuseops.cli.table import print_table
+    from hwmodel.cli import CliError
+
+    if (args.tm is None) != (args.tn is None):
+        raise CliError("give both --tm and --tn, or neither")
+    engine = Engine(args.tm, args.tn) if args.tm is not None else None
+    schedules = [s for s in SCHEDULES if s != "block-fused" or has_block_convs(layers)]
+    if args.schedule not in schedules:
+        raise CliError(f"{args.model} ({args.variant}) has no block convs; --schedule block-fused needs a block "
+                       "variant")
+    results: dict[str, FpgaEstimate] = {}
+    for schedule in schedules:
+        try:
+            results[schedule] = estimate(layers, device=args.device, bits=args.bits, engine=engine,
+                                         schedule=schedule, freq_mhz=args.freq_mhz, objective=args.objective)
+        except ValueError as err:  # e.g. an engine larger than the device
+            raise CliError(str(err)) from err
+    chosen = results[args.schedule]
+    print(chosen.summary())
+    for title, rows in ((f"{args.schedule}: groups", chosen.groups), (f"{args.schedule}: layers", chosen.layers)):
+        print_table(title, list(rows[0]), [[_cell(v) for v in row.values()] for row in rows])
+    print_table(
+        f"{args.model} ({args.variant}) on {args.device}, {args.bits}-bit: schedules",
+        ["schedule", "fps", "ms", "GOPS", "DRAM MB", *[f"{k} MB" for k in KIND_ORDER], "buffer KB", "fits",
+         "extra MMAC"],
+        [[s, f"{r.fps:.2f}", f"{r.latency_s * 1e3:.2f}", f"{r.gops:.1f}", f"{r.total_dram_bytes / 1e6:.2f}",
+          *[f"{r.dram_bytes[k] / 1e6:.2f}" for k in KIND_ORDER], f"{r.buffer_bytes / 1e3:.0f}", r.fits,
+          f"{r.extra_macs / 1e6:.0f}"] for s, r in results.items()],
+    )
+    if not args.no_plot:
+        plot_traffic(results, args.plot, f"{args.model} ({args.variant}) on {args.device}, {args.bits}-bit")
+        print(f"wrote {args.plot}")
+    return 0
+
+
+def _cell(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:.3g}" if abs(value) < 1000 else f"{value:,.0f}"
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f"{value:,}"
+    return str(value)
+
+
+def plot_traffic(results: dict[str, FpgaEstimate], path: str, title: str) -> None:
+    """A stacked bar per schedule: DRAM megabytes by kind."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    names = list(results)
+    bottom = [0.0] * len(names)
+    for kind in KIND_ORDER:
+        values = [results[s].dram_bytes[kind] / 1e6 for s in names]
+        ax.bar(names, values, bottom=bottom, label=kind)
+        bottom = [b + v for b, v in zip(bottom, values)]
+    for x, (s, top) in enumerate(zip(names, bottom)):
+        ax.annotate(f"{results[s].fps:.1f} fps", (x, top), ha="center", va="bottom", fontsize=8)
+    ax.set_ylabel("DRAM traffic per batch (MB)")
+    ax.set_title(title, fontsize=10)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from hwmodel.cli import CliError
+
+    parser = _configure(argparse.ArgumentParser(prog="hwmodel fpga", description=__doc__.splitlines()[0]))
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except CliError as err:
+        print(f"hwmodel fpga: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

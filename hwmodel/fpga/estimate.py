@@ -1,0 +1,214 @@
+"""``estimate``: latency, fps, DRAM traffic and on-chip buffering of a network on an FPGA."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from hwmodel.fpga import engine as eng
+from hwmodel.fpga import schedule as sch
+from hwmodel.fpga.devices import Device, get_device
+from hwmodel.fpga.graph import block_count, build_graph
+from hwmodel.layers import Layer
+
+SCHEDULES = {"layer": "layer", "block-fused": "block", "tiled-fused": "tiled"}
+
+
+@dataclass
+class FpgaEstimate:
+    """What :func:`estimate` returns.  Bytes are 1-byte units, rates use 1e9 (GB/s, GOPS)."""
+
+    device: Device
+    bits: int
+    schedule: str
+    engine: eng.Engine
+    freq_mhz: float
+    latency_s: float
+    fps: float
+    gops: float  # useful ops (2 per MAC) per second; recomputed MACs don't count
+    dsp_used: int
+    dram_bytes: dict[str, int]  # input, weights, output, intermediate
+    buffer_bytes: int  # peak on-chip need
+    fits: bool
+    macs: int
+    extra_macs: int  # recomputed by overlapping tiles ("tiled-fused")
+    compute_roof_gops: float  # the array's peak: 2 * Tm * Tn * f
+    ctc: float  # computation-to-communication ratio: ops per DRAM byte
+    layers: list[dict] = field(default_factory=list)
+    groups: list[dict] = field(default_factory=list)
+
+    @property
+    def total_dram_bytes(self) -> int:
+        return sum(self.dram_bytes.values())
+
+    @property
+    def attainable_gops(self) -> float:
+        """Roofline: min(computational roof, CTC x bandwidth)."""
+        return min(self.compute_roof_gops, self.ctc * self.device.dram_gbps)
+
+    def summary(self) -> str:
+        mb = {k: v / 1e6 for k, v in self.dram_bytes.items()}
+        return (
+            f"{self.schedule} on {self.device.name} ({self.bits}-bit, Tm={self.engine.tm} Tn={self.engine.tn}, "
+            f"{self.dsp_used}/{self.device.dsp} DSP, {self.freq_mhz:g} MHz): {self.latency_s * 1e3:.2f} ms, "
+            f"{self.fps:.2f} fps, {self.gops:.1f} GOPS (roof {self.compute_roof_gops:.0f}, CTC {self.ctc:.1f} op/B, "
+            f"attainable {self.attainable_gops:.0f}); DRAM {self.total_dram_bytes / 1e6:.2f} MB "
+            f"(input {mb['input']:.2f}, weights {mb['weights']:.2f}, output {mb['output']:.2f}, "
+            f"intermediate {mb['intermediate']:.2f}); buffer {self.buffer_bytes / 1e6:.2f} of "
+            f"{self.device.bram_bytes / 1e6:.2f} MB ({'fits' if self.fits else 'DOES NOT FIT'})"
+        )
+
+    def __str__(self) -> str:
+        parts = [self.summary(), "", _text_table(self.groups), "", _text_table(self.layers)]
+        return "\n".join(parts)
+
+
+def _text_table(rows: list[dict]) -> str:
+    if not rows:
+        return ""
+    columns = list(rows[0])
+    cells = [[_fmt(row[c]) for c in columns] for row in rows]
+    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths)), "  ".join("-" * w for w in widths)]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths)) for r in cells]
+    return "\n".join(lines)
+
+
+def _fmt(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:.3g}" if abs(value) < 1000 else f"{value:,.0f}"
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f"{value:,}"
+    return str(value)
+
+
+def _as_layers(model_or_layers: object, input_shape: tuple[int, ...] | None) -> list[Layer]:
+    if isinstance(model_or_layers, list | tuple) and all(isinstance(x, Layer) for x in model_or_layers):
+        if not model_or_layers:
+            raise ValueError("model_or_layers is an empty layer list")
+        return list(model_or_layers)
+    try:
+        import torch.nn as nn
+    except ImportError:  # pragma: no cover - torch is a hard dependency
+        nn = None
+    if nn is not None and isinstance(model_or_layers, nn.Module):
+        if input_shape is None:
+            raise ValueError("input_shape is required when model_or_layers is an nn.Module, e.g. (1, 3, 224, 224)")
+        from hwmodel.trace import trace  # lazily: trace imports torch modules of its own
+
+        layers = list(trace(model_or_layers, tuple(input_shape)))
+        if not layers:
+            raise ValueError("the model has no conv or linear layers to place on the FPGA")
+        return layers
+    raise TypeError(
+        f"model_or_layers must be an nn.Module or a list of hwmodel.Layer, got {type(model_or_layers).__name__}"
+    )
+
+
+def estimate(
+    model_or_layers: object,
+    *,
+    input_shape: tuple[int, ...] | None = None,
+    device: str | Device = "zc706",
+    bits: int = 16,
+    engine: eng.Engine | None = None,
+    schedule: str = "layer",
+    freq_mhz: float | None = None,
+    objective: str = "traffic",
+) -> FpgaEstimate:
+    """Latency, fps, DRAM traffic by kind and on-chip buffer need of a network on an FPGA.
+
+    Args:
+        model_or_layers: an ``nn.Module`` (traced with ``hwmodel.trace.trace`` on
+            ``input_shape``, (N, C, H, W)) or a list of :class:`hwmodel.Layer`.
+        device: a preset name from ``hwmodel.fpga.DEVICES`` or a :class:`Device`.
+        bits: 32 (float, 5 DSP per MAC), 16 (fixed, 1) or 8 (fixed, 0.5).
+        engine: the MAC array; None explores (Tm, Tn) for the DSP budget.  Output tiles
+            (Tr, Tc) left as None are chosen per layer for the BRAM budget.
+        schedule: "layer", "block-fused" (needs block convs) or "tiled-fused".
+        freq_mhz: the clock; None takes the device's typical clock.
+        objective: how fused schedules group layers: "traffic" (least total DRAM
+            traffic) or "intermediate" (least intermediate-map traffic first, then total).
+
+    Raises:
+        ValueError: unknown device or schedule, bits not 8/16/32, an engine needing more
+            DSPs than the device has, "block-fused" on a network with no block convs.
+    """
+    dev = get_device(device)
+    bits = eng.check_bits(bits)
+    if not isinstance(schedule, str) or schedule not in SCHEDULES:
+        raise ValueError(f"schedule must be one of {list(SCHEDULES)}, got {schedule!r}")
+    if not isinstance(objective, str) or objective not in sch.OBJECTIVES:
+        raise ValueError(f"objective must be one of {list(sch.OBJECTIVES)}, got {objective!r}")
+    if freq_mhz is None:
+        freq_mhz = dev.freq_mhz
+    elif isinstance(freq_mhz, bool) or not isinstance(freq_mhz, int | float) or not freq_mhz > 0:
+        raise ValueError(f"freq_mhz must be a number > 0, got {freq_mhz!r}")
+    layers = _as_layers(model_or_layers, input_shape)
+    if engine is None:
+        engine = eng.explore_engine(layers, dev.dsp, bits)
+    elif not isinstance(engine, eng.Engine):
+        raise TypeError(f"engine must be a hwmodel.fpga.Engine or None, got {type(engine).__name__}")
+    dsp_used = engine.dsp(bits)
+    if dsp_used > dev.dsp:
+        raise ValueError(
+            f"engine Tm={engine.tm} x Tn={engine.tn} at {bits} bits needs {dsp_used} DSP slices, "
+            f"but {dev.name} has {dev.dsp}"
+        )
+    if schedule == "block-fused" and not sch.has_block_convs(layers):
+        raise ValueError(
+            "schedule='block-fused' needs a network with block convolutions (layers with block_rows/block_cols); "
+            "this one has none: use schedule='layer' or 'tiled-fused', or a block variant of the model"
+        )
+    graph = build_graph(layers)
+    ctx = sch.Context(graph, engine, bits, dev.bram_bytes)
+    plans = sch.choose_groups(ctx, SCHEDULES[schedule], objective)
+    return _collect(layers, plans, dev, bits, schedule, engine, float(freq_mhz), dsp_used)
+
+
+def _collect(layers, plans, dev, bits, schedule, engine, freq_mhz, dsp_used) -> FpgaEstimate:
+    hz = freq_mhz * 1e6
+    bandwidth = dev.dram_gbps * 1e9
+    traffic = sch.empty_traffic()
+    latency, buffer_peak, fits, extra = 0.0, 0, True, 0
+    group_rows, layer_rows = [], []
+    for g, plan in enumerate(plans):
+        compute_s, memory_s = plan.cycles / hz, plan.dram_bytes / bandwidth
+        # Double buffering overlaps transfers with compute: the slower one sets the pace.
+        time_s = max(compute_s, memory_s)
+        latency += time_s
+        buffer_peak = max(buffer_peak, plan.buffer_bytes)
+        fits = fits and plan.fits and plan.buffer_bytes <= dev.bram_bytes
+        extra += plan.extra_macs
+        for k, v in plan.traffic.items():
+            traffic[k] += v
+        first, last = layers[plan.start].name, layers[plan.stop - 1].name
+        group_ops = 2 * sum(layers[i].macs for i in range(plan.start, plan.stop))
+        group_rows.append({
+            "group": g, "layers": first if plan.stop - plan.start == 1 else f"{first} .. {last}",
+            "n": plan.stop - plan.start, "mode": plan.mode, "units": plan.units,
+            "dram_MB": plan.dram_bytes / 1e6, "inter_MB": plan.traffic["intermediate"] / 1e6,
+            "weights_MB": plan.traffic["weights"] / 1e6, "buffer_KB": plan.buffer_bytes / 1e3,
+            "ctc": group_ops / plan.dram_bytes if plan.dram_bytes else float("inf"),
+            "ms": time_s * 1e3, "bound": "memory" if memory_s > compute_s else "compute", "detail": plan.detail,
+        })
+        for offset, i in enumerate(range(plan.start, plan.stop)):
+            layer = layers[i]
+            cycles = plan.layer_cycles[offset]
+            layer_rows.append({
+                "layer": layer.name, "kind": layer.kind, "group": g,
+                "in": f"{layer.in_channels}x{layer.in_h}x{layer.in_w}",
+                "out": f"{layer.out_channels}x{layer.out_h}x{layer.out_w}",
+                "k/s": f"{layer.kernel_h}x{layer.kernel_w}/{layer.stride_h}", "blocks": block_count(layer),
+                "MMAC": layer.macs / 1e6, "extra_MMAC": plan.layer_extra_macs[offset] / 1e6,
+                "cycles": cycles, "util": layer.macs / (engine.tm * engine.tn * cycles) if cycles else 0.0,
+            })
+    macs = sum(layer.macs for layer in layers)
+    batch = layers[0].batch
+    total = sum(traffic.values())
+    return FpgaEstimate(
+        device=dev, bits=bits, schedule=schedule, engine=engine, freq_mhz=freq_mhz, latency_s=latency,
+        fps=batch / latency if latency > 0 else float("inf"), gops=2 * macs / latency / 1e9 if latency else 0.0,
+        dsp_used=dsp_used, dram_bytes=traffic, buffer_bytes=buffer_peak, fits=fits, macs=macs, extra_macs=extra,
+        compute_roof_gops=2 * engine.tm * engine.tn * hz / 1e9,
+        ctc=2 * macs / total if total else float("inf"), layers=layer_rows, groups=group_rows,
+    )

@@ -1,0 +1,58 @@
+"""`fuseops bench`: the parser, and the table logic on hand-made measurements (no timing)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from fuseops.benchmarking import TARGETS
+from fuseops.benchmarking import fuse as fb
+from fuseops.cli import build_parser, main
+
+
+def test_bench_help_lists_targets(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["bench", "--help"])
+    assert exc.value.code == 0
+    assert "fuse" in capsys.readouterr().out
+    assert "fuse" in TARGETS
+
+
+def test_bench_rejects_unknown_target(capsys):
+    with pytest.raises(SystemExit) as exc:
+        build_parser().parse_args(["bench", "nope"])
+    assert exc.value.code == 2
+    assert "invalid choice" in capsys.readouterr().err
+
+
+def test_quick_cases_are_a_subset():
+    quick, full = fb.cases(quick=True), fb.cases()
+    assert set(quick) < set(full)
+    assert len(full) == len(fb.SHAPES) * len(fb.VARIANTS) * len(fb.KERNELS) == 20
+
+
+def _results():
+    case = fb.Case("half", 3, 144, 56, 56)
+    times = {("clone", "forward"): 1.0, ("reference", "forward"): 12.0, ("compile(reference)", "forward"): 6.0,
+             ("cpu", "forward"): 2.0, ("reference", "forward+backward"): 30.0,
+             ("compile(reference)", "forward+backward"): 20.0, ("cpu", "forward+backward"): 12.0}
+    return [fb.Result(case, p, m, t, 0.0) for (p, m), t in times.items()]
+
+
+def test_summary_and_target_rows():
+    columns, rows = fb.summary_rows(_results())
+    assert columns[:6] == ["case", "mode", "clone", "ref", "compiled", "cpu"]
+    forward = next(r for r in rows if r[1] == "fwd")
+    assert forward[-3:] == ["6.00x", "3.00x", "2.00"]  # ref/cpu, compiled/cpu, cpu/clone
+    backward = next(r for r in rows if r[1] == "fwd+bwd")
+    assert backward[-3:] == ["2.50x", "1.67x", "-"]
+    (target,) = fb.target_rows(_results())
+    assert target[1] == "6.00x ok" and target[2] == "2.00 ok" and target[3] == "2.50x MISS"
+
+
+def test_write_results(tmp_path):
+    json_path, csv_path = fb.write_results(_results(), str(tmp_path))
+    data = json.load(open(json_path))
+    assert data["environment"]["torch"] and len(data["results"]) == 7
+    assert open(csv_path).read().count("\n") == 8  # header + 7 rows

@@ -1,0 +1,177 @@
+"""The CUDA kernels' indexing logic, replayed on the CPU against the float64 reference.
+
+There is no GPU in CI, so this compiles csrc/cuda/fuse_conv_kernels.h (the per-thread
+code of every fuse_conv2d CUDA kernel) together with tests/native/fuse_conv_emulator.cpp
+(the launch plans, replayed block by block, thread by thread) with the host C++
+compiler, and checks forward and backward against ``fuse_conv2d_reference``.
+
+It covers tiling, halos, zero padding, the 16-byte staging chunks, the sliding window,
+stride, dilation, int32/int64 offsets and the chunked weight reduction.  It does NOT
+cover races, device alignment faults, the warp-shuffle reduction or speed: those need
+tests/test_gpu_fuse_conv.py and bench/gpu_sanitize.sh on a GPU.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fuseops.fuse_conv.reference import fuse_conv2d_reference, fuse_conv2d_reference_backward
+
+ROOT = Path(__file__).resolve().parents[1]
+SOURCE = ROOT / "tests" / "native" / "fuse_conv_emulator.cpp"
+ACTS = {"none": 0, "relu": 1, "relu6": 2, "hardswish": 3}
+
+
+@pytest.fixture(scope="module")
+def emulator(tmp_path_factory):
+    cxx = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
+    if cxx is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("CI needs a C++ compiler for the CUDA kernel emulation test")
+        pytest.skip("no C++ compiler")
+    lib = tmp_path_factory.mktemp("emulator") / "libfuse_conv_emulator.so"
+    cmd = [cxx, "-O2", "-std=c++17", "-shared", "-fPIC", "-Wall", "-Wno-unknown-pragmas",
+           "-I", str(ROOT / "csrc" / "cuda"), str(SOURCE), "-o", str(lib)]
+    subprocess.run(cmd, check=True, capture_output=True, text=True)
+    handle = ctypes.CDLL(str(lib))
+    for name in ("fc_forward_f64", "fc_forward_f32", "fc_backward_f64", "fc_backward_f32"):
+        fn = getattr(handle, name)
+        fn.restype = ctypes.c_int
+    return handle
+
+
+def _ptr(t):
+    return ctypes.c_void_p(t.data_ptr() if t is not None else 0)
+
+
+def _ints(*values):
+    return [ctypes.c_int64(int(v)) for v in values]
+
+
+@st.composite
+def configs(draw):
+    k = draw(st.sampled_from((1, 2, 3, 4, 5, 7, 11)))
+    dilation = draw(st.integers(1, 3))
+    padding = dilation * (k - 1) // 2
+    same_size = 2 * padding == dilation * (k - 1)
+    full = same_size and draw(st.booleans())
+    if full:
+        c_row = c_col = draw(st.integers(1, 4))
+    elif same_size:
+        c_row = draw(st.integers(0, 4))
+        c_col = draw(st.integers(0 if c_row else 1, 4))
+    elif draw(st.booleans()):
+        c_row, c_col = draw(st.integers(1, 4)), 0
+    else:
+        c_row, c_col = 0, draw(st.integers(1, 4))
+    low = max(1, dilation * (k - 1) + 1 - 2 * padding)
+    return dict(n=draw(st.integers(1, 3)), c_row=c_row, c_col=c_col, h=draw(st.integers(low, 40)),
+                w=draw(st.integers(low, 70)), k=k, full=full, stride=draw(st.integers(1, 3)),
+                dilation=dilation, padding=padding, bias=draw(st.booleans()),
+                activation=draw(st.sampled_from(tuple(ACTS))))
+
+
+def _inputs(cfg, dtype):
+    c = cfg["c_row"] if cfg["full"] else cfg["c_row"] + cfg["c_col"]
+    x = torch.randn(cfg["n"], c, cfg["h"], cfg["w"], dtype=dtype)
+    wr = torch.randn(cfg["c_row"], 1, 1, cfg["k"], dtype=dtype)
+    wc = torch.randn(cfg["c_col"], 1, cfg["k"], 1, dtype=dtype)
+    bias = torch.randn(cfg["c_row"] + cfg["c_col"], dtype=dtype) if cfg["bias"] else None
+    return x, wr, wc, bias
+
+
+def _options(cfg):
+    return cfg["full"], cfg["stride"], cfg["padding"], cfg["dilation"], cfg["activation"]
+
+
+def _shape_ints(cfg, x):
+    return _ints(x.shape[0], x.shape[1], x.shape[2], x.shape[3], cfg["k"], cfg["c_row"], cfg["c_col"],
+                 cfg["full"], cfg["stride"], cfg["padding"], cfg["dilation"], ACTS[cfg["activation"]])
+
+
+def emulate_forward(lib, cfg, x, wr, wc, bias, *, vec1=False, direct=False, index64=False):
+    expected_shape = fuse_conv2d_reference(x, wr, wc, bias, *_options(cfg)).shape
+    out = torch.full(expected_shape, float("nan"), dtype=x.dtype)  # poisoned
+    fn = lib.fc_forward_f64 if x.dtype == torch.float64 else lib.fc_forward_f32
+    flags = _ints(vec1, direct, index64)
+    fn(_ptr(x), _ptr(wr), _ptr(wc), _ptr(bias), _ptr(out), *_shape_ints(cfg, x), *flags)
+    return out
+
+
+def emulate_backward(lib, cfg, grad, x, wr, wc, bias, *, deterministic, sms, index64=False):
+    grads = [torch.full_like(t, float("nan")) for t in (x, wr, wc)]
+    grads.append(torch.full((wr.shape[0] + wc.shape[0],), float("nan"), dtype=x.dtype))
+    fn = lib.fc_backward_f64 if x.dtype == torch.float64 else lib.fc_backward_f32
+    fn(_ptr(grad), _ptr(x), _ptr(wr), _ptr(wc), _ptr(bias), *[_ptr(g) for g in grads], *_shape_ints(cfg, x),
+       *_ints(deterministic, sms, index64))
+    return grads
+
+
+@settings(max_examples=60, deadline=None)
+@given(cfg=configs(), vec1=st.booleans(), direct=st.booleans(), index64=st.booleans())
+def test_forward_float64(emulator, cfg, vec1, direct, index64):
+    x, wr, wc, bias = _inputs(cfg, torch.float64)
+    expected = fuse_conv2d_reference(x, wr, wc, bias, *_options(cfg))
+    got = emulate_forward(emulator, cfg, x, wr, wc, bias, vec1=vec1, direct=direct, index64=index64)
+    assert not got.isnan().any(), "output elements left unwritten"
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
+
+
+@settings(max_examples=30, deadline=None)
+@given(cfg=configs())
+def test_forward_float32_vector_staging(emulator, cfg):
+    # float32 stages 4-element (16-byte) chunks; W % 4 == 0 takes the vector path.
+    x, wr, wc, bias = _inputs(cfg, torch.float32)
+    expected = fuse_conv2d_reference(*(None if t is None else t.double() for t in (x, wr, wc, bias)),
+                                     *_options(cfg))
+    got = emulate_forward(emulator, cfg, x, wr, wc, bias)
+    assert not got.isnan().any()
+    torch.testing.assert_close(got.double(), expected, rtol=1e-5, atol=1e-5)
+
+
+@settings(max_examples=60, deadline=None)
+@given(cfg=configs(), deterministic=st.booleans(), sms=st.sampled_from((1, 4, 132)), index64=st.booleans())
+def test_backward_float64(emulator, cfg, deterministic, sms, index64):
+    x, wr, wc, bias = _inputs(cfg, torch.float64)
+    out_shape = fuse_conv2d_reference(x, wr, wc, bias, *_options(cfg)).shape
+    grad = torch.randn(out_shape, dtype=torch.float64)
+    expected = fuse_conv2d_reference_backward(grad, x, wr, wc, bias, *_options(cfg))
+    got = emulate_backward(emulator, cfg, grad, x, wr, wc, bias, deterministic=deterministic, sms=sms,
+                           index64=index64)
+    for name, g, e in zip(("x", "weight_row", "weight_col", "bias"), got, expected):
+        assert not g.isnan().any(), f"grad {name} has unwritten elements"
+        torch.testing.assert_close(g, e, rtol=1e-10, atol=1e-10, msg=f"gradient of {name}")
+
+
+@pytest.mark.parametrize("dilation", [7000, 2000])
+def test_wide_halos(emulator, dilation):
+    # (K-1) * dilation = 14000 float32 elements of halo do not fit in 48 KB of shared
+    # memory: the direct row kernel.  4000 do, after the tile and the rows per block shrink.
+    w = 2 * dilation + 3
+    cfg = dict(n=1, c_row=2, c_col=0, h=3, w=w, k=3, full=False, stride=1, dilation=dilation, padding=dilation,
+               bias=True, activation="none")
+    x, wr, wc, bias = _inputs(cfg, torch.float32)
+    expected = fuse_conv2d_reference(x.double(), wr.double(), wc.double(), bias.double(), *_options(cfg))
+    got = emulate_forward(emulator, cfg, x, wr, wc, bias)
+    assert not got.isnan().any()
+    torch.testing.assert_close(got.double(), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_mobilenet_shape_with_many_rows_per_block(emulator):
+    # W = 7: a row block packs 146 rows; H, W = 112: a full tile per row.
+    for h in (7, 112):
+        cfg = dict(n=2, c_row=8, c_col=8, h=h, w=h, k=3, full=False, stride=1, dilation=1, padding=1,
+                   bias=True, activation="relu6")
+        x, wr, wc, bias = _inputs(cfg, torch.float32)
+        expected = fuse_conv2d_reference(*(t.double() for t in (x, wr, wc, bias)), *_options(cfg))
+        torch.testing.assert_close(emulate_forward(emulator, cfg, x, wr, wc, bias).double(), expected,
+                                   rtol=1e-5, atol=1e-5)

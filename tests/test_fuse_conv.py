@@ -1,0 +1,521 @@
+"""fuse_conv2d: the reference, every CPU backend against it, the registration, the layers.
+
+Ground truth for gradients is autograd through ``fuse_conv2d_reference`` (plain
+F.conv2d ops), never the op's own backward.  Backends that CI must have fail instead
+of skipping under CI=true (tests/backend_helpers.py).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from backend_helpers import available_backends, require_backend
+from hypothesis import given
+from hypothesis import strategies as st
+from torch import nn
+
+import fuseops
+from fuseops import BackendUnavailableError, backends
+from fuseops.fuse_conv import fuse_conv2d, fuse_conv2d_reference
+from fuseops.nn import FuSeConv2d, FuSeConvBNAct
+
+OP = "fuse_conv2d"
+CPU_BACKENDS = ("reference", "cpu")
+ACTIVATIONS = (None, "relu", "relu6", "hardswish")
+
+# Per-dtype tolerances, as max |got - want| <= atol + rtol * max |want| over a tensor.
+# bfloat16 keeps 8 mantissa bits (relative step 2^-8 ~ 0.004) and accumulates in fp32,
+# so one output rounding plus fp32 sums stays well inside 2e-2.
+TOLERANCES = {
+    torch.float64: (1e-10, 1e-10),
+    torch.float32: (1e-5, 1e-5),
+    torch.bfloat16: (2e-2, 2e-2),
+}
+
+
+def assert_close(got: torch.Tensor, want: torch.Tensor, dtype: torch.dtype, what: str) -> None:
+    atol, rtol = TOLERANCES[dtype]
+    assert got.shape == want.shape, f"{what}: shape {tuple(got.shape)} != {tuple(want.shape)}"
+    if want.numel() == 0:
+        return
+    err = (got.double() - want.double()).abs().max().item()
+    scale = want.double().abs().max().item()
+    assert err <= atol + rtol * scale, f"{what}: max error {err:.3e} (scale {scale:.3e}, dtype {dtype})"
+
+
+def make_inputs(n, c, h, w, k, variant, split=None, bias=False, dtype=torch.float64, requires_grad=True):
+    c_row = c if variant == "full" else (split if split is not None else (c + 1) // 2)
+    c_col = c if variant == "full" else c - c_row
+    tensors = [
+        torch.randn(n, c, h, w, dtype=dtype),
+        torch.randn(c_row, 1, 1, k, dtype=dtype),
+        torch.randn(c_col, 1, k, 1, dtype=dtype),
+        torch.randn(c_row + c_col, dtype=dtype) if bias else None,
+    ]
+    if requires_grad:
+        tensors = [t.requires_grad_() if t is not None else None for t in tensors]
+    return tensors
+
+
+def reference_with_grads(x, weight_row, weight_col, bias, grad_out, **kw):
+    """Forward and autograd gradients of the reference, computed in float64."""
+    leaves = [t.detach().double().requires_grad_() if t is not None else None
+              for t in (x, weight_row, weight_col, bias)]
+    out = reference_call(*leaves, **kw)
+    grads = torch.autograd.grad(out, [t for t in leaves if t is not None], grad_out.double(),
+                                allow_unused=True, materialize_grads=True)  # an empty part is unused
+    return out.detach(), grads
+
+
+def reference_call(x, weight_row, weight_col, bias, *, variant="half", stride=1, padding=None, dilation=1,
+                   activation=None):
+    k = weight_row.shape[-1]
+    pad = dilation * (k - 1) // 2 if padding is None else padding
+    act = "none" if activation is None else activation
+    full = variant == "full"
+    return fuse_conv2d_reference(x, weight_row, weight_col, bias, full, stride, pad, dilation, act)
+
+
+def backend_with_grads(backend, x, weight_row, weight_col, bias, grad_out, **kw):
+    with fuseops.use_backend(backend):
+        out = fuse_conv2d(x, weight_row, weight_col, bias, **kw)
+    leaves = [t for t in (x, weight_row, weight_col, bias) if t is not None]
+    grads = torch.autograd.grad(out, leaves, grad_out)
+    return out.detach(), grads
+
+
+def check_against_reference(backend, x, weight_row, weight_col, bias, dtype, **kw):
+    with torch.no_grad():
+        want_shape = reference_call(x.detach(), weight_row.detach(), weight_col.detach(),
+                                    None if bias is None else bias.detach(), **kw).shape
+    grad_out = torch.randn(want_shape, dtype=x.dtype)
+    got, got_grads = backend_with_grads(backend, x, weight_row, weight_col, bias, grad_out, **kw)
+    want, want_grads = reference_with_grads(x, weight_row, weight_col, bias, grad_out, **kw)
+    assert got.dtype == x.dtype and got.is_contiguous()
+    assert_close(got, want, dtype, f"{backend} forward")
+    names = ("grad_x", "grad_weight_row", "grad_weight_col", "grad_bias")
+    for name, g, r in zip(names, got_grads, want_grads):
+        assert g.dtype == x.dtype
+        assert_close(g, r, dtype, f"{backend} {name}")
+
+
+@pytest.fixture(params=CPU_BACKENDS)
+def backend(request):
+    require_backend(OP, request.param)
+    return request.param
+
+
+# ----------------------------------------------------------------------------- the reference
+@pytest.mark.parametrize("variant", ["half", "full"])
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_reference_equals_hand_built_block(variant, activation):
+    """The paper's block from nn.Conv2d pieces: 1xK and Kx1 depthwise convs, cat, act."""
+    c, k, stride = 7, 5, 2
+    row = nn.Conv2d(c if variant == "full" else 4, c if variant == "full" else 4, (1, k), stride, (0, k // 2),
+                    groups=c if variant == "full" else 4, bias=True).double()
+    col = nn.Conv2d(c if variant == "full" else 3, c if variant == "full" else 3, (k, 1), stride, (k // 2, 0),
+                    groups=c if variant == "full" else 3, bias=True).double()
+    x = torch.randn(2, c, 11, 9, dtype=torch.float64)
+    x_row, x_col = (x, x) if variant == "full" else (x[:, :4], x[:, 4:])
+    want = activations_module(activation)(torch.cat([row(x_row), col(x_col)], dim=1))
+    with fuseops.use_backend("reference"):
+        got = fuse_conv2d(x, row.weight, col.weight, torch.cat([row.bias, col.bias]), variant=variant,
+                          stride=stride, activation=activation)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
+def activations_module(name):
+    return {None: nn.Identity(), "relu": nn.ReLU(), "relu6": nn.ReLU6(), "hardswish": nn.Hardswish()}[name]
+
+
+# ----------------------------------------------------------------------------- backends vs reference
+@pytest.mark.parametrize("variant", ["half", "full"])
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+@pytest.mark.parametrize("k,stride,dilation", [(3, 1, 1), (5, 2, 1), (3, 1, 2), (7, 3, 1), (1, 1, 1)])
+def test_backend_matches_reference_float64(backend, variant, activation, k, stride, dilation):
+    x, wr, wc, b = make_inputs(2, 5, 13, 10, k, variant, bias=True)
+    check_against_reference(backend, x, wr, wc, b, torch.float64, variant=variant, stride=stride,
+                            dilation=dilation, activation=activation)
+
+
+@pytest.mark.parametrize("shape", [(1, 3, 56, 56), (2, 4, 7, 7), (1, 2, 1, 17), (1, 2, 17, 1), (1, 2, 2, 3)])
+@pytest.mark.parametrize("k", [3, 5, 9, 11])
+def test_backend_matches_reference_plane_shapes(backend, shape, k):
+    """Wide, tiny and degenerate planes; K larger than the plane; K=11 (no unrolled kernel)."""
+    n, c, h, w = shape
+    x, wr, wc, b = make_inputs(n, c, h, w, k, "full", bias=True)
+    check_against_reference(backend, x, wr, wc, b, torch.float64, variant="full", activation="hardswish")
+
+
+def test_explicit_padding_one_part(backend):
+    """With only one part present any padding is valid: the output need not be "same" size."""
+    x = torch.randn(2, 3, 9, 8, dtype=torch.float64, requires_grad=True)
+    wr = torch.randn(3, 1, 1, 4, dtype=torch.float64, requires_grad=True)
+    wc = torch.randn(0, 1, 4, 1, dtype=torch.float64, requires_grad=True)
+    check_against_reference(backend, x, wr, wc, None, torch.float64, variant="half", padding=3, stride=2)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("variant", ["half", "full"])
+def test_backend_low_precision(backend, dtype, variant):
+    """float32 and bfloat16 against the float64 reference of the same (rounded) inputs.
+
+    bfloat16 runs without an activation: relu6's and hardswish's derivatives jump at 0, 3
+    and 6, and a pre-activation rounded to bfloat16 (step 1/32 near 6) lands on the other
+    side of a kink for a few elements, which changes that gradient by a whole grad_out*w.
+    That is bfloat16's precision, not a kernel error; float32 covers the fused activation.
+    """
+    x, wr, wc, b = make_inputs(2, 6, 14, 15, 3, variant, bias=True, dtype=dtype)
+    activation = "relu6" if dtype == torch.float32 else None
+    check_against_reference(backend, x, wr, wc, b, dtype, variant=variant, activation=activation)
+
+
+@pytest.mark.parametrize("activation", ["relu6", "hardswish"])
+def test_bfloat16_forward_with_activation(backend, activation):
+    """The fused activations in bfloat16 (forward only: the function is continuous)."""
+    x, wr, wc, b = make_inputs(2, 6, 14, 15, 5, "full", bias=True, dtype=torch.bfloat16, requires_grad=False)
+    with fuseops.use_backend(backend):
+        got = fuse_conv2d(x, wr, wc, b, variant="full", activation=activation)
+    want = reference_call(x.double(), wr.double(), wc.double(), b.double(), variant="full", activation=activation)
+    assert got.dtype == torch.bfloat16
+    assert_close(got, want, torch.bfloat16, f"{backend} bfloat16 {activation}")
+
+
+@pytest.mark.parametrize("layout", ["sliced", "channels_last", "transposed"])
+@pytest.mark.parametrize("variant", ["half", "full"])
+def test_non_contiguous_inputs(backend, layout, variant):
+    base = torch.randn(2, 10, 12, 16, dtype=torch.float64)
+    if layout == "sliced":
+        x = base[:, 1:8:2, :, 3:14]  # channel step 2 and a cropped W
+    elif layout == "channels_last":
+        x = base[:, :5].contiguous(memory_format=torch.channels_last)
+    else:
+        x = base[:, :5].transpose(2, 3)
+    assert not x.is_contiguous()
+    x = x.requires_grad_()
+    c = x.shape[1]
+    wr_base = torch.randn(c, 1, 1, 6, dtype=torch.float64)[..., ::2]  # non-contiguous weights too
+    wr = wr_base.requires_grad_() if variant == "full" else wr_base[: (c + 1) // 2].detach().requires_grad_()
+    wc = torch.randn(c if variant == "full" else c // 2, 1, 3, 1, dtype=torch.float64, requires_grad=True)
+    check_against_reference(backend, x, wr, wc, None, torch.float64, variant=variant, activation="relu")
+
+
+# ----------------------------------------------------------------------------- hypothesis
+@st.composite
+def fuse_cases(draw):
+    variant = draw(st.sampled_from(["half", "full"]))
+    c = draw(st.integers(1, 6))
+    k = draw(st.sampled_from([1, 3, 5, 7, 9]))
+    return dict(
+        n=draw(st.integers(0, 3)), c=c, h=draw(st.integers(1, 12)), w=draw(st.integers(1, 12)), k=k,
+        variant=variant, split=draw(st.integers(0, c)) if variant == "half" else None,
+        stride=draw(st.integers(1, 3)), dilation=draw(st.integers(1, 3)),
+        activation=draw(st.sampled_from(ACTIVATIONS)), bias=draw(st.booleans()),
+    )
+
+
+@given(case=fuse_cases())
+def test_hypothesis_backends_match_reference(case):
+    """Odd K with default padding always lines the two parts up, so every draw is valid."""
+    names = available_backends(OP, CPU_BACKENDS)
+    assert "reference" in names
+    x, wr, wc, b = make_inputs(case["n"], case["c"], case["h"], case["w"], case["k"], case["variant"],
+                               split=case["split"], bias=case["bias"])
+    kw = dict(variant=case["variant"], stride=case["stride"], dilation=case["dilation"],
+              activation=case["activation"])
+    for name in names:
+        check_against_reference(name, x, wr, wc, b, torch.float64, **kw)
+
+
+def test_parts_that_cannot_line_up_raise():
+    x = torch.randn(1, 4, 8, 8)
+    with pytest.raises(ValueError, match="cannot be concatenated"):
+        fuse_conv2d(x, torch.randn(2, 1, 1, 2), torch.randn(2, 1, 2, 1))  # even K, "same" padding
+    with pytest.raises(ValueError, match="cannot be concatenated"):
+        fuse_conv2d(x, torch.randn(2, 1, 1, 3), torch.randn(2, 1, 3, 1), padding=2)
+
+
+# ----------------------------------------------------------------------------- registration
+def small_args(bias=True, requires_grad=False):
+    x, wr, wc, b = make_inputs(2, 3, 6, 5, 3, "half", bias=bias, requires_grad=requires_grad)
+    return (x, wr, wc, b, False, 1, 1, 1, "relu6")
+
+
+def test_gradcheck(backend):
+    x, wr, wc, b = make_inputs(1, 3, 5, 6, 3, "full", bias=True)
+    with fuseops.use_backend(backend):
+        assert torch.autograd.gradcheck(
+            lambda *t: fuse_conv2d(*t, variant="full", stride=2, activation="hardswish"), (x, wr, wc, b)
+        )
+
+
+@pytest.mark.parametrize("requires_grad", [False, True])
+def test_opcheck(backend, requires_grad):
+    with fuseops.use_backend(backend):
+        torch.library.opcheck(torch.ops.fuseops.fuse_conv2d.default, small_args(requires_grad=requires_grad))
+        torch.library.opcheck(torch.ops.fuseops.fuse_conv2d.default,
+                              small_args(bias=False, requires_grad=requires_grad))
+
+
+def test_torch_compile_fullgraph():
+    """One compiled graph (no graph break) serves every backend: the op is opaque to dynamo."""
+    names = available_backends(OP, CPU_BACKENDS)
+    torch._dynamo.reset()
+
+    def block(x, wr, wc, b):
+        return fuse_conv2d(x, wr, wc, b, variant="half", activation="relu6").sum()
+
+    compiled = torch.compile(block, fullgraph=True, backend="aot_eager")
+    for name in names:
+        x, wr, wc, b = make_inputs(2, 5, 7, 9, 3, "half", bias=True)
+        with fuseops.use_backend(name):
+            got = compiled(x, wr, wc, b)
+            got_grads = torch.autograd.grad(got, (x, wr, wc, b))
+        want = reference_call(x, wr, wc, b, activation="relu6").sum()
+        want_grads = torch.autograd.grad(want, (x, wr, wc, b))
+        torch.testing.assert_close(got, want)
+        for g, r in zip(got_grads, want_grads):
+            torch.testing.assert_close(g, r)
+
+
+def test_cpu_kernels_are_deterministic():
+    require_backend(OP, "cpu")
+    x, wr, wc, b = make_inputs(4, 8, 20, 20, 5, "full", bias=True, dtype=torch.float32, requires_grad=False)
+    grad_out = torch.randn(4, 16, 20, 20)
+    args = (x, wr, wc, b, True, 1, 2, 1, "relu")
+    first = torch.ops.fuseops_ext.fuse_conv2d_backward(grad_out, *args)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        single = torch.ops.fuseops_ext.fuse_conv2d_backward(grad_out, *args)
+    finally:
+        torch.set_num_threads(threads)
+    for a, s in zip(first, single):
+        assert torch.equal(a, s)  # bit-identical whatever the thread count
+
+
+def test_cpu_kernel_checks_its_inputs():
+    """The C++ entry points TORCH_CHECK what the Python API validated (direct callers)."""
+    require_backend(OP, "cpu")
+    ext = torch.ops.fuseops_ext
+    x = torch.randn(1, 4, 6, 6)
+    wr, wc = torch.randn(2, 1, 1, 3), torch.randn(2, 1, 3, 1)
+    with pytest.raises(RuntimeError, match="contiguous"):
+        ext.fuse_conv2d_forward(x.transpose(2, 3), wr, wc, None, False, 1, 1, 1, "none")
+    with pytest.raises(RuntimeError, match="activation"):
+        ext.fuse_conv2d_forward(x, wr, wc, None, False, 1, 1, 1, "gelu")
+    with pytest.raises(RuntimeError, match="stride"):
+        ext.fuse_conv2d_forward(x, wr, wc, None, False, 0, 1, 1, "none")
+    with pytest.raises(RuntimeError, match="half variant"):
+        ext.fuse_conv2d_forward(x, wr[:1], wc, None, False, 1, 1, 1, "none")
+    with pytest.raises(RuntimeError, match="float32, float64 or bfloat16"):
+        ext.fuse_conv2d_forward(x.half(), wr.half(), wc.half(), None, False, 1, 1, 1, "none")
+    with pytest.raises(RuntimeError, match="grad_out"):
+        ext.fuse_conv2d_backward(torch.randn(1, 4, 5, 6), x, wr, wc, None, False, 1, 1, 1, "none")
+
+
+# ----------------------------------------------------------------------------- bad input
+GOOD = dict(x=(1, 4, 6, 6), weight_row=(2, 1, 1, 3), weight_col=(2, 1, 3, 1))
+
+
+def call(**overrides):
+    args = {name: torch.randn(shape) for name, shape in GOOD.items()}
+    kwargs = {}
+    for key, value in overrides.items():
+        (args if key in args or key == "bias" else kwargs)[key] = value
+    return fuse_conv2d(args["x"], args["weight_row"], args["weight_col"], args.get("bias"), **kwargs)
+
+
+@pytest.mark.parametrize(
+    "overrides,error,match",
+    [
+        (dict(x=torch.randn(4, 6, 6)), ValueError, "x must be 4-D"),
+        (dict(x=torch.randn(1, 1, 4, 6, 6)), ValueError, "x must be 4-D"),
+        (dict(x="tensor"), TypeError, "x must be a torch.Tensor"),
+        (dict(weight_row=torch.randn(2, 1, 3)), ValueError, "weight_row must be 4-D"),
+        (dict(weight_row=torch.randn(2, 1, 3, 1)), ValueError, "weight_row must have shape"),
+        (dict(weight_col=torch.randn(2, 1, 5, 1)), ValueError, "weight_col must have shape"),
+        (dict(weight_col=torch.randn(2, 1, 1, 3)), ValueError, "weight_col must have shape"),
+        (dict(weight_col=torch.randn(3, 1, 3, 1)), ValueError, "half"),
+        (dict(variant="full"), ValueError, "full"),
+        (dict(weight_row=torch.randn(4, 1, 1, 3), weight_col=torch.randn(3, 1, 3, 1), variant="full"),
+         ValueError, "full"),
+        (dict(x=torch.randn(1, 4, 6, 6, dtype=torch.float64)), TypeError, "weight_row has dtype"),
+        (dict(weight_col=torch.randn(2, 1, 3, 1, dtype=torch.float64)), TypeError, "weight_col has dtype"),
+        (dict(x=torch.randint(0, 5, (1, 4, 6, 6))), TypeError, "x has dtype"),
+        (dict(x=torch.randn(1, 4, 6, 6).half(), weight_row=torch.randn(2, 1, 1, 3).half(),
+              weight_col=torch.randn(2, 1, 3, 1).half()), TypeError, "x has dtype"),
+        (dict(weight_row=torch.randn(2, 1, 1, 3, device="meta")), ValueError, "weight_row is on meta"),
+        (dict(bias=torch.randn(4, device="meta")), ValueError, "bias is on meta"),
+        (dict(bias=torch.randn(3)), ValueError, "bias must have shape"),
+        (dict(bias=torch.randn(4, 1)), ValueError, "bias must be 1-D"),
+        (dict(bias=torch.randn(4, dtype=torch.float64)), TypeError, "bias has dtype"),
+        (dict(stride=0), ValueError, "stride must be >= 1"),
+        (dict(stride=-2), ValueError, "stride must be >= 1"),
+        (dict(stride=1.5), TypeError, "stride must be an int"),
+        (dict(dilation=0), ValueError, "dilation must be >= 1"),
+        (dict(padding=-1), ValueError, "padding must be >= 0"),
+        (dict(variant="quarter"), ValueError, "variant must be one of"),
+        (dict(variant=None), TypeError, "variant must be a str"),
+        (dict(activation="gelu"), ValueError, "activation must be one of"),
+        (dict(activation=3), TypeError, "activation must be None or a str"),
+    ],
+)
+def test_bad_input_names_the_argument(overrides, error, match):
+    with pytest.raises(error, match=match):
+        call(**overrides)
+
+
+def test_too_small_input_raises():
+    with pytest.raises(ValueError, match="too small"):
+        fuse_conv2d(torch.randn(1, 2, 2, 2), torch.randn(2, 1, 1, 5), torch.randn(0, 1, 5, 1), padding=0)
+
+
+# ----------------------------------------------------------------------------- backend selection
+def test_unknown_backend_is_rejected(monkeypatch):
+    with pytest.raises(ValueError, match="backend must be one of"), fuseops.use_backend("fastest"):
+        pass
+    monkeypatch.setenv(backends.ENV_VAR, "fastest")
+    with pytest.raises(ValueError, match="FUSEOPS_BACKEND"):
+        call()
+
+
+def test_unavailable_backend_gives_the_reason():
+    with fuseops.use_backend("cuda"), pytest.raises(BackendUnavailableError, match="CUDA tensors only"):
+        call()
+
+
+def test_unavailable_cpu_backend_gives_the_reason(monkeypatch):
+    """Simulate a build without the extension: the error carries the loader's reason."""
+    from fuseops import _extension
+
+    monkeypatch.setattr(_extension, "has_kernel", lambda name: (False, "fuseops._C is not importable (test)"))
+    with fuseops.use_backend("cpu"), pytest.raises(BackendUnavailableError, match=r"not importable \(test\)"):
+        call()
+
+
+@pytest.fixture
+def spy_backends(monkeypatch):
+    """Record which backend module each forward call reached."""
+    from fuseops.fuse_conv import op
+
+    calls = []
+    real_import = op._backend_module
+
+    def spying(name):
+        calls.append(name)
+        return real_import(name)
+
+    monkeypatch.setattr(op, "_backend_module", spying)
+    return calls
+
+
+def test_use_backend_and_environment_variable(monkeypatch, spy_backends):
+    names = available_backends(OP, CPU_BACKENDS)
+    monkeypatch.delenv(backends.ENV_VAR, raising=False)
+    assert fuseops.current_backend() == "auto"
+    for name in names:
+        with fuseops.use_backend(name):
+            assert fuseops.current_backend() == name
+            call()
+        assert spy_backends[-1] == name
+    monkeypatch.setenv(backends.ENV_VAR, "reference")
+    assert fuseops.current_backend() == "reference"
+    call()
+    assert spy_backends[-1] == "reference"
+    if "cpu" in names:
+        with fuseops.use_backend("cpu"):  # the context manager wins over the environment
+            call()
+        assert spy_backends[-1] == "cpu"
+        monkeypatch.setenv(backends.ENV_VAR, "auto")
+        call()
+        assert spy_backends[-1] == "cpu"  # auto prefers the C++ kernels on CPU tensors
+
+
+# ----------------------------------------------------------------------------- layers
+def test_fuseconv2d_repr_and_state_dict_round_trip():
+    layer = FuSeConv2d(7, 5, 2, variant="half", split=3, bias=True, activation="relu6").double()
+    text = repr(layer)
+    for part in ("7", "kernel_size=5", "stride=2", "'half'", "split=3/4", "'relu6'"):
+        assert part in text
+    assert layer.weight_row.shape == (3, 1, 1, 5) and layer.weight_col.shape == (4, 1, 5, 1)
+    assert layer.bias.shape == (7,)
+    copy = FuSeConv2d(7, 5, 2, variant="half", split=3, bias=True, activation="relu6").double()
+    copy.load_state_dict(layer.state_dict())
+    x = torch.randn(2, 7, 9, 9, dtype=torch.float64)
+    torch.testing.assert_close(copy(x), layer(x), rtol=0, atol=0)
+    assert set(layer.state_dict()) == {"weight_row", "weight_col", "bias"}
+    full = FuSeConv2d(6, variant="full")
+    assert full(torch.randn(1, 6, 8, 8)).shape == (1, 12, 8, 8) and "bias=False" in repr(full)
+
+
+@pytest.mark.parametrize("variant", ["half", "full"])
+def test_from_depthwise_uses_centre_row_and_column(variant):
+    conv = nn.Conv2d(5, 5, 3, stride=2, padding=1, groups=5, bias=True).double()
+    layer = FuSeConv2d.from_depthwise(conv, variant=variant)
+    w = conv.weight.detach()
+    c_row = 5 if variant == "full" else 3
+    rows = w[:, :, 1:2, :] if variant == "full" else w[:c_row, :, 1:2, :]
+    cols = w[:, :, :, 1:2] if variant == "full" else w[c_row:, :, :, 1:2]
+    torch.testing.assert_close(layer.weight_row.detach(), rows, rtol=0, atol=0)
+    torch.testing.assert_close(layer.weight_col.detach(), cols, rtol=0, atol=0)
+    # And the layer computes the 1xK / Kx1 convs of those centre lines.
+    x = torch.randn(2, 5, 9, 8, dtype=torch.float64)
+    x_row, x_col = (x, x) if variant == "full" else (x[:, :c_row], x[:, c_row:])
+    bias = conv.bias.detach()
+    b_row, b_col = (bias, bias) if variant == "full" else (bias[:c_row], bias[c_row:])
+    want = torch.cat([F.conv2d(x_row, rows, b_row, 2, (0, 1), groups=rows.shape[0]),
+                      F.conv2d(x_col, cols, b_col, 2, (1, 0), groups=cols.shape[0])], dim=1)
+    torch.testing.assert_close(layer(x), want)
+
+
+def test_layer_errors():
+    with pytest.raises(TypeError, match="conv must be an nn.Conv2d"):
+        FuSeConv2d.from_depthwise(nn.Linear(3, 3))
+    with pytest.raises(ValueError, match="depthwise"):
+        FuSeConv2d.from_depthwise(nn.Conv2d(4, 8, 3, padding=1, groups=4))
+    with pytest.raises(ValueError, match="square"):
+        FuSeConv2d.from_depthwise(nn.Conv2d(4, 4, (3, 5), padding=(1, 2), groups=4))
+    with pytest.raises(ValueError, match="same"):
+        FuSeConv2d.from_depthwise(nn.Conv2d(4, 4, 3, padding=0, groups=4))
+    with pytest.raises(ValueError, match="split applies"):
+        FuSeConv2d(4, variant="full", split=2)
+    with pytest.raises(ValueError, match="split must be <="):
+        FuSeConv2d(4, split=5)
+    with pytest.raises(ValueError, match="channels must be >= 1"):
+        FuSeConv2d(0)
+    with pytest.raises(ValueError, match="variant must be one of"):
+        FuSeConv2d(4, variant="quarter")
+    with pytest.raises(ValueError, match="activation must be one of"):
+        FuSeConv2d(4, activation="gelu")
+
+
+@pytest.mark.parametrize("variant,split", [("half", None), ("full", None), ("half", 0)])
+def test_fuseconvbnact_eval_folding_equals_train_math(variant, split):
+    block = FuSeConvBNAct(6, 3, 1, variant=variant, split=split, activation="relu6").double()
+    for bn in (block.bn_row, block.bn_col):
+        if bn is None:
+            continue
+        c = bn.num_features
+        bn.running_mean.copy_(torch.randn(c))
+        bn.running_var.copy_(torch.rand(c) + 0.5)
+        bn.weight.data.copy_(torch.randn(c))
+        bn.bias.data.copy_(torch.randn(c))
+    x = torch.randn(2, 6, 8, 7, dtype=torch.float64)
+    # The unfused math with running statistics: conv, BN per part, activation.
+    conv_out = block.conv(x)
+    c_row = block.conv.c_row
+    parts = []
+    for bn, part in ((block.bn_row, conv_out[:, :c_row]), (block.bn_col, conv_out[:, c_row:])):
+        if bn is not None:
+            parts.append(F.batch_norm(part, bn.running_mean, bn.running_var, bn.weight, bn.bias, False,
+                                      0.0, bn.eps))
+    want = F.relu6(torch.cat(parts, dim=1))
+    block.eval()
+    with torch.no_grad():
+        got = block(x)
+    torch.testing.assert_close(got, want)
+    # Train mode uses batch statistics instead, and still runs.
+    block.train()
+    assert block(x).shape == want.shape

@@ -1,0 +1,158 @@
+"""The ``hwmodel systolic`` and ``hwmodel speedup`` commands.
+
+The model zoo (fuseops.models) is replaced by a small stand-in built from
+tests/hwmodel_nets.py, so the zoo code paths run whether or not the zoo has landed.
+"""
+
+from __future__ import annotations
+
+import csv
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import pytest
+from hwmodel_nets import mobilenet_v2
+
+from hwmodel import cli, speedup
+
+HEADER = ("Layer name, IFMAP Height, IFMAP Width, Filter Height, Filter Width, Channels, Num Filter, "
+          "Strides,\n")
+VARIANT_TO_FUSE = {"baseline": None, "half": "half", "full": "full"}
+SHAPE = (1, 3, 32, 32)
+
+
+def _get_model(name, *, variant="baseline"):
+    if name not in ("net_a", "net_b"):
+        raise ValueError(f"unknown model {name!r}")
+    if variant not in VARIANT_TO_FUSE:
+        raise ValueError(f"unknown variant {variant!r}")
+    width = 0.25 if name == "net_a" else 0.5
+    return mobilenet_v2(fuse=VARIANT_TO_FUSE[variant], width=width, num_classes=10)
+
+
+@pytest.fixture
+def fake_zoo(monkeypatch):
+    zoo = SimpleNamespace(list_models=lambda: ["net_a", "net_b"], get_model=_get_model)
+    monkeypatch.setattr(cli, "zoo", lambda: zoo)
+    return zoo
+
+
+@pytest.fixture
+def topology(tmp_path):
+    # 3x3 conv, C=2 -> M=3 on a 5x5 map padded to 7x7: P=25, T=18.
+    path = tmp_path / "net.csv"
+    path.write_text(HEADER + "dense, 7, 7, 3, 3, 2, 3, 1,\n")
+    return path
+
+
+def test_systolic_on_a_topology_csv(topology, tmp_path, capsys):
+    out_csv = tmp_path / "rows.csv"
+    code = cli.main(["systolic", str(topology), "--array", "4x2", "--per-layer", "--csv", str(out_csv)])
+    assert code == 0
+    text = capsys.readouterr().out
+    # the paper's model on 4x2: P = 6*4 + 1, M = 1*2 + 1
+    expected = 6 * 1 * (18 + 4 + 2 - 1) + 1 * (18 + 1 + 2 - 1) + 6 * (18 + 4 + 1 - 1) + (18 + 1 + 1 - 1)
+    assert f"{expected:,}" in text
+    assert "dense" in text
+    rows = list(csv.DictReader(out_csv.open()))
+    assert [(r["name"], int(r["cycles"])) for r in rows] == [("dense", expected)]
+
+
+def test_systolic_scalesim_convention_and_dataflow(topology, capsys):
+    assert cli.main(["systolic", str(topology), "--array", "4x2", "--convention", "scalesim",
+                     "--dataflow", "is"]) == 0
+    expected = 5 * 13 * (2 * 4 + 2 + 3 - 2) - 1  # ceil(18/4) * ceil(25/2) * (2X + Y + M - 2) - 1
+    assert f"{expected:,}" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--array", "64by64"], "--array must look like 64x64"),
+        (["--array", "0x8"], "positive sizes"),
+        (["--input-shape", "1,3,a"], "--input-shape must be a comma-separated list"),
+    ],
+)
+def test_systolic_bad_options(topology, capsys, argv, message):
+    assert cli.main(["systolic", str(topology), *argv]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_systolic_bad_csv_and_missing_file(tmp_path, capsys):
+    bad = tmp_path / "bad.csv"
+    bad.write_text(HEADER + "dense, 7, seven, 3, 3, 2, 3, 1,\n")
+    assert cli.main(["systolic", str(bad)]) == 2
+    assert "line 2, column 3 (IFMAP Width)" in capsys.readouterr().err
+    assert cli.main(["systolic", str(tmp_path / "nope.csv")]) == 2
+    assert "topology file not found" in capsys.readouterr().err
+
+
+def test_unknown_dataflow_is_rejected_by_argparse(topology):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["systolic", str(topology), "--dataflow", "rs"])
+    assert exc.value.code == 2
+
+
+def test_systolic_on_a_zoo_model(fake_zoo, capsys):
+    shape = ",".join(map(str, SHAPE))
+    assert cli.main(["systolic", "net_a", "--variant", "half", "--input-shape", shape, "--per-layer"]) == 0
+    text = capsys.readouterr().out
+    assert "FuSe array" in text and "fuse_row" in text
+    assert cli.main(["systolic", "net_a", "--input-shape", shape]) == 0
+    assert "plain array" in capsys.readouterr().out
+    assert cli.main(["systolic", "resnet9000"]) == 2
+    assert "unknown model 'resnet9000'" in capsys.readouterr().err
+    assert cli.main(["systolic", "net_a", "--variant", "quarter"]) == 2
+    assert "unknown variant" in capsys.readouterr().err
+
+
+def test_speedup_sweep_table_csv_and_plot(fake_zoo, tmp_path, capsys):
+    out = tmp_path / "out"
+    code = cli.main(["speedup", "--networks", "net_a,net_b", "--variants", "half,full", "--arrays", "8,32",
+                     "--input-shape", ",".join(map(str, SHAPE)), "--out-dir", str(out), "--markdown"])
+    assert code == 0
+    text = capsys.readouterr().out
+    assert "| network | variant | 8x8 | 32x32 |" in text
+    rows = list(csv.DictReader((out / "systolic_speedup.csv").open()))
+    assert len(rows) == 2 * 2 * 2
+    for row in rows:
+        base = _get_model(row["network"])
+        fuse = _get_model(row["network"], variant=row["variant"])
+        size = int(row["array"])
+        expected = speedup(base, fuse, array=(size, size), input_shape=SHAPE)
+        assert float(row["speedup"]) == pytest.approx(expected)
+        assert float(row["speedup"]) == pytest.approx(int(row["baseline_cycles"]) / int(row["fuse_cycles"]))
+    assert (out / "systolic_speedup.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_speedup_bad_options(fake_zoo, capsys):
+    assert cli.main(["speedup", "--arrays", "8,zero"]) == 2
+    assert "--arrays must be a comma-separated list" in capsys.readouterr().err
+    assert cli.main(["speedup", "--networks", "net_a", "--variants", "half_hybrid", "--arrays", "8",
+                     "--no-plot"]) == 2
+    assert "cannot build net_a with variant 'half_hybrid'" in capsys.readouterr().err
+
+
+def test_console_entry_point_help():
+    done = subprocess.run([sys.executable, "-m", "hwmodel", "--help"], capture_output=True, text=True)
+    assert done.returncode == 0
+    assert "systolic" in done.stdout and "speedup" in done.stdout
+
+
+def test_zoo_mobilenet_v2_costs_as_the_test_built_one(capsys):
+    # The real zoo (issue 6), when present: its MobileNetV2 must cost exactly what the
+    # independently built one of tests/hwmodel_nets.py costs, and the CLI must run on it.
+    try:
+        from fuseops import models
+    except ImportError:
+        pytest.skip("fuseops.models (the zoo) is not in this checkout")
+    from hwmodel import SystolicArray
+
+    shape = (1, 3, 224, 224)
+    for variant, fuse in (("baseline", None), ("half", "half"), ("full", "full")):
+        array = SystolicArray(64, 64, fuse=fuse is not None)
+        zoo_cycles = array.estimate(models.get_model("mobilenet_v2", variant=variant), shape).total_cycles
+        assert zoo_cycles == array.estimate(mobilenet_v2(fuse=fuse), shape).total_cycles, variant
+    assert cli.main(["systolic", "mobilenet_v2", "--variant", "half"]) == 0
+    assert "FuSe array" in capsys.readouterr().out

@@ -1,0 +1,131 @@
+"""profile(): hand-computed MACs, FuSe and block conventions, and a cross-check against ptflops."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import fuseops
+from fuseops.models import get_model
+from fuseops.nn import BlockConv2d, FuSeConv2d, FuSeConvBNAct
+from fuseops.profiling import profile
+
+
+def test_hand_computed_conv_and_linear():
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                          nn.Conv2d(8, 8, 3, padding=1, groups=4, bias=False), nn.AdaptiveAvgPool2d(1),
+                          nn.Flatten(), nn.Linear(8, 5))
+    result = profile(model, (2, 3, 8, 8))
+    conv1 = 2 * 8 * 4 * 4 * (3 * 9)  # N * C_out * H_out * W_out * C_in * k * k
+    grouped = 2 * 8 * 4 * 4 * (2 * 9)  # C_in / groups = 2
+    linear = 2 * 8 * 5
+    assert result.macs == conv1 + grouped + linear
+    assert result.params == sum(p.numel() for p in model.parameters())
+    assert [(r.name, r.kind, r.output_shape, r.macs) for r in result.layers] == [
+        ("0", "Conv2d", (2, 8, 4, 4), conv1), ("1", "BatchNorm2d", (2, 8, 4, 4), 0),
+        ("3", "Conv2d", (2, 8, 4, 4), grouped), ("6", "Linear", (2, 5), linear)]
+    text = str(result)
+    assert "total" in text and f"{conv1 + grouped + linear:,}" in text and "MACs" in text
+
+
+def test_profile_is_exported_lazily_and_restores_mode():
+    model = nn.Sequential(nn.Conv2d(1, 1, 1)).train()
+    assert fuseops.profile(model, (1, 1, 2, 2)).macs == 4
+    assert model.training
+
+
+@pytest.mark.parametrize(("variant", "split"), [("half", None), ("half", 2), ("full", None)])
+def test_fuse_layer_counts_its_two_1d_convs(variant, split):
+    layer = FuSeConv2d(7, 5, 2, variant=variant, split=split)
+    c_row, c_col = (7, 7) if variant == "full" else ((4, 3) if split is None else (2, 5))
+    # 15x15 input, stride 2, "same" padding -> 8x8 output for both parts.
+    assert profile(layer, (1, 7, 15, 15)).macs == (c_row + c_col) * 8 * 8 * 5
+    block = FuSeConvBNAct(7, 5, 2, variant=variant, split=split)
+    rows = profile(block, (1, 7, 15, 15)).layers
+    assert len(rows) == 1 and rows[0].macs == (c_row + c_col) * 8 * 8 * 5
+
+
+def test_block_conv_counts_per_block_outputs():
+    # 16x16 map, blocks of 8, 3x3 with no padding: each block gives 6 outputs per side -> 12x12.
+    conv = BlockConv2d(2, 3, 3, block_size=8)
+    assert profile(conv, (1, 2, 16, 16)).macs == 3 * 12 * 12 * (2 * 9)
+    # stride_mode="pool": a stride-1 block conv (16x16 with padding 1) and then a 2x2 max-pool.
+    pooled = BlockConv2d(2, 3, 3, stride=2, padding=1, block_size=8, stride_mode="pool")
+    result = profile(pooled, (1, 2, 16, 16))
+    assert result.layers[0].output_shape == (1, 3, 8, 8)
+    assert result.macs == 3 * 16 * 16 * (2 * 9)
+
+
+def _ptflops_macs(model: nn.Module, size: tuple[int, int, int]) -> int:
+    ptflops = pytest.importorskip("ptflops")
+    # BN, activations and pooling are left out to match profile()'s convention; functional
+    # counting (torch.mean, tensor ops) is off for the same reason.
+    ignore = [nn.BatchNorm2d, nn.ReLU, nn.ReLU6, nn.Hardswish, nn.AdaptiveAvgPool2d, nn.MaxPool2d, nn.Dropout]
+    macs, _ = ptflops.get_model_complexity_info(model, size, as_strings=False, print_per_layer_stat=False,
+                                                backend="pytorch", ignore_modules=ignore,
+                                                backend_specific_config={"count_functional": False})
+    return int(macs)
+
+
+@pytest.mark.parametrize("name", ["mobilenet_v2", "resnet18"])
+def test_macs_match_ptflops_up_to_bias_adds(name):
+    model = get_model(name).eval()
+    ours = profile(model, (1, 3, 224, 224)).macs
+    theirs = _ptflops_macs(model, (3, 224, 224))
+    # ptflops adds one op per bias element of every conv/linear output; profile() counts MACs
+    # only.  These models' only bias is the 1000-way classifier's: exactly 1000 more for ptflops.
+    assert theirs == ours + 1000
+    assert 300e6 < ours < 2e9  # and the numbers are the right size (MobileNetV2 ~301M, ResNet-18 ~1.8G)
+
+
+class TwoDepthwiseConvs(nn.Module):
+    """The half FuSe layer written with two plain nn.Conv2d, which ptflops knows how to count."""
+
+    def __init__(self, c_row, c_col, k, stride):
+        super().__init__()
+        self.c_row = c_row
+        self.row = nn.Conv2d(c_row, c_row, (1, k), stride, (0, k // 2), groups=c_row, bias=False)
+        self.col = nn.Conv2d(c_col, c_col, (k, 1), stride, (k // 2, 0), groups=c_col, bias=False)
+
+    def forward(self, x):
+        return torch.cat([self.row(x[:, : self.c_row]), self.col(x[:, self.c_row :])], 1)
+
+
+def test_fuse_macs_match_ptflops_on_the_equivalent_plain_convs():
+    layer = FuSeConv2d(9, 3, 2, variant="half")  # split 5 / 4
+    assert profile(layer, (1, 9, 21, 21)).macs == _ptflops_macs(TwoDepthwiseConvs(5, 4, 3, 2), (9, 21, 21))
+
+
+def test_zoo_fuse_network_macs_against_the_paper():
+    # The paper's FLOPs add BN/activation overhead to the MACs: ours must be a few percent lower.
+    result = profile(get_model("mobilenet_v2", variant="half"))
+    assert 0.9 * 300e6 < result.macs < 300e6
+
+
+@pytest.mark.parametrize(("args", "error"), [(("model",), TypeError), ((nn.Identity(), 224), TypeError),
+                                             ((nn.Identity(), (1, 0, 4)), ValueError)])
+def test_profile_bad_input(args, error):
+    with pytest.raises(error):
+        profile(*args)
+
+
+def test_zoo_cli_writes_the_paper_comparison(tmp_path, capsys):
+    import csv
+
+    from fuseops.cli import main
+    from fuseops.models.paper import FUSE_NETWORKS
+
+    path = tmp_path / "zoo.csv"
+    assert main(["zoo", "--network", "mobilenet_v3_small", "--no-progress", "--csv", str(path)]) == 0
+    with open(path) as handle:
+        rows = list(csv.DictReader(handle))
+    assert [r["variant"] for r in rows] == ["baseline", "full", "half", "full_hybrid", "half_hybrid"]
+    assert [int(r["params"]) for r in rows] == [2_938_368, 4_446_056, 2_891_712, 3_188_096, 2_922_960]
+    assert all(int(r["params diff"]) == 0 for r in rows)
+    assert [int(r["paper MFLOPs"]) for r in rows] == [66, 84, 61, 73, 63]
+    assert all(-15 < float(r["MACs diff %"]) < 0 for r in rows)  # MACs < the paper's FLOPs (BN/act overhead)
+    assert "equal the paper" in capsys.readouterr().out
+    from fuseops.cli import zoo
+
+    assert zoo.FUSE_NETWORKS == FUSE_NETWORKS
