@@ -103,3 +103,19 @@ def test_expected_time_is_announced(capsys, tmp_path):
     out = capsys.readouterr().out
     assert "expected to take about" in out and "index.md" in out
     assert os.path.exists(tmp_path / "index.md")
+
+
+def test_benchmark_stage_on_tiny_shapes(tmp_path, monkeypatch):
+    # The real shapes take minutes; the stage's logic is the same on tiny ones.
+    from fuseops.benchmarking import block as block_bench
+    from fuseops.benchmarking import fuse as fuse_bench
+
+    monkeypatch.setattr(fuse_bench, "cases", lambda quick=False: [fuse_bench.Case("half", 3, 6, 9, 9, batch=1)])
+    monkeypatch.setattr(block_bench, "SHAPES", (("conv 4x8x8", 4, 8, 1),))
+    monkeypatch.setattr(block_bench, "BATCH", 1)
+    sections = build_report(str(tmp_path), quick=True, progress=False, only=("benchmarks",), log=lambda *_: None)
+    body = sections[0].body
+    assert "### FuSe convolution" in body and "### Block convolution" in body
+    assert "6x9x9" in body
+    assert "conv 4x8x8" in body
+    assert "torch.compile` baselines are timed in the full run only" in body
