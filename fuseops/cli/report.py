@@ -9,9 +9,10 @@ def run(args) -> int:
     from fuseops.report import build_report, expected_seconds
 
     only = tuple(args.only.split(",")) if args.only else None
-    minutes = expected_seconds(args.quick, only) / 60
+    seconds = expected_seconds(args.quick, only)
+    duration = f"{seconds} s" if seconds < 120 else f"{seconds / 60:.0f} min"
     print(f"fuseops report ({'quick' if args.quick else 'full'}) on {args.device}: expected to take about "
-          f"{minutes:.0f} min on a 2-core CPU; writing {args.out}/index.md")
+          f"{duration} on a 2-core CPU; writing {args.out}/index.md")
     start = time.perf_counter()
     sections = build_report(args.out, quick=args.quick, device=args.device, progress=not args.no_progress,
                             only=only)

@@ -319,14 +319,15 @@ STAGES = (
     ("latency", measured_vs_predicted),
 )
 
-#: Rough seconds per stage on the 2-core CPU (quick, full), for the up-front estimate.
+#: Seconds per stage (quick, full) measured on the quiet 2-core CPU (2026-11-22), rounded up
+#: for a cold start; printed before a run as its expected duration.
 EXPECTED_SECONDS = {
-    "validation": (5, 5),
-    "benchmarks": (60, 900),
-    "zoo": (20, 20),
-    "systolic": (15, 30),
-    "fpga": (20, 60),
-    "latency": (30, 120),
+    "validation": (3, 3),
+    "benchmarks": (20, 200),
+    "zoo": (5, 5),
+    "systolic": (5, 10),
+    "fpga": (5, 15),
+    "latency": (5, 15),
 }
 
 
