@@ -420,6 +420,181 @@ void dispatch_kernel_size(int64_t kernel, F&& f) {
   }
 }
 
+// ---------------------------------------------------------------------------------------
+// Small-plane path (flat geometry, planes of at most kSmallPlane elements: 14x14, 7x7).
+// There the border work of the flat path (the correction list, the recomputed border
+// rows, the separate activation pass, the padded copies in the backward) costs more than
+// the plane's useful work.  Instead every tap carries a per-position mask, precomputed
+// once per call: tap k of output i is added only where it reads inside the image.  One
+// loop over the whole plane then computes bias + taps + activation with no special
+// cases.  The masked-off reads still happen (they land in the neighbouring plane, i.e.
+// inside x; planes for which they would leave x take the flat path) and are discarded
+// with a select, never a multiply by zero, so an inf or NaN next door cannot leak in.
+constexpr int64_t kSmallPlane = 256;
+
+inline bool small_plane(const Geometry& g) { return flat_plane(g) && g.height * g.width <= kSmallPlane; }
+
+struct SmallPart {
+  int64_t kernel = 0, size = 0, reach = 0;
+  std::vector<int64_t> off;
+  std::vector<int32_t> fwd_mask;  // [k * HW + i]: output i's tap k reads inside the image
+  std::vector<int32_t> bwd_mask;  // [k * HW + j]: input j is read by tap k of a valid output
+
+  SmallPart(const Geometry& g, bool row_part)
+      : kernel(g.kernel), size(g.height * g.width), off(g.kernel),
+        fwd_mask(g.kernel * g.height * g.width), bwd_mask(g.kernel * g.height * g.width) {
+    const int64_t H = g.height, W = g.width, HW = size, K = kernel;
+    for (int64_t k = 0; k < K; ++k) {
+      const int64_t t = k * g.dilation - g.padding;
+      off[k] = row_part ? t : t * W;
+      reach = std::max(reach, off[k] < 0 ? -off[k] : off[k]);
+      for (int64_t i = 0; i < HW; ++i) {
+        const int64_t pos = (row_part ? i % W : i / W) + t, extent = row_part ? W : H;
+        fwd_mask[k * HW + i] = pos >= 0 && pos < extent;
+      }
+    }
+    for (int64_t k = 0; k < K; ++k) {
+      for (int64_t j = 0; j < HW; ++j) {
+        const int64_t i = j - off[k];
+        bwd_mask[k * HW + j] = i >= 0 && i < HW ? fwd_mask[k * HW + i] : 0;
+      }
+    }
+  }
+  // Whether every (masked) read of this plane, reach elements either side, lies inside x.
+  bool reads_inside(const void* plane, const void* begin, const void* end, int64_t elem) const {
+    const char* p = static_cast<const char*>(plane);
+    return p - reach * elem >= static_cast<const char*>(begin) &&
+           p + (size + reach) * elem <= static_cast<const char*>(end);
+  }
+};
+
+// out[i] = act(bias + sum_k mask_k[i] ? w[k] * x[i + off[k]] : 0) over the whole plane.
+template <int KT, typename scalar_t, Act A>
+inline void forward_plane_small(scalar_t* __restrict__ out, const scalar_t* __restrict__ x,
+                                const acc_type<scalar_t>* w, acc_type<scalar_t> bias, const SmallPart& part) {
+  using acc_t = acc_type<scalar_t>;
+  const int64_t HW = part.size;
+  if constexpr (KT > 0) {
+    acc_t wl[KT];
+    int64_t ol[KT];
+    const int32_t* ml[KT];
+    for (int k = 0; k < KT; ++k) {
+      wl[k] = w[k];
+      ol[k] = part.off[k];
+      ml[k] = part.fwd_mask.data() + k * HW;
+    }
+#pragma omp simd
+    for (int64_t i = 0; i < HW; ++i) {
+      acc_t s = bias;
+      for (int k = 0; k < KT; ++k) {
+        const acc_t v = static_cast<acc_t>(x[i + ol[k]]);
+        s += wl[k] * (ml[k][i] ? v : acc_t(0));
+      }
+      out[i] = static_cast<scalar_t>(activate<A>(s));
+    }
+  } else {
+    const int64_t K = part.kernel;
+    for (int64_t i = 0; i < HW; ++i) {
+      acc_t s = bias;
+      for (int64_t k = 0; k < K; ++k) {
+        const acc_t v = static_cast<acc_t>(x[i + part.off[k]]);
+        s += w[k] * (part.fwd_mask[k * HW + i] ? v : acc_t(0));
+      }
+      out[i] = static_cast<scalar_t>(activate<A>(s));
+    }
+  }
+}
+
+// One part of one plane's backward on the small-plane path.  gp: a thread-local buffer
+// of HW + 2 * reach elements (pointer at its centre) for grad_pre; the masks keep every
+// read of it that matters inside [0, HW).  Writes (accumulate == false) or adds the
+// part's grad_x into gx and sets partial[0..K] to the tap and bias sums.
+template <int KT, typename scalar_t, Act A>
+void backward_plane_small(acc_type<scalar_t>* __restrict__ gx, bool accumulate,
+                          acc_type<scalar_t>* __restrict__ partial, acc_type<scalar_t>* __restrict__ gp,
+                          const scalar_t* __restrict__ x, const scalar_t* __restrict__ go,
+                          const acc_type<scalar_t>* w, acc_type<scalar_t> bias, const SmallPart& part) {
+  using acc_t = acc_type<scalar_t>;
+  constexpr int KN = KT > 0 ? KT : 1;
+  const int64_t HW = part.size, K = KT > 0 ? KT : part.kernel;
+  if constexpr (KT == 0) {
+    // Any other K: plain loops with a runtime tap count.
+    acc_t bsum = 0;
+    for (int64_t i = 0; i < HW; ++i) {
+      acc_t g = static_cast<acc_t>(go[i]);
+      if constexpr (A != Act::None) {
+        acc_t s = bias;
+        for (int64_t k = 0; k < K; ++k)
+          s += w[k] * (part.fwd_mask[k * HW + i] ? static_cast<acc_t>(x[i + part.off[k]]) : acc_t(0));
+        g = activate_grad<A>(g, s);
+      }
+      gp[i] = g;
+      bsum += g;
+    }
+    partial[K] = bsum;
+    for (int64_t k = 0; k < K; ++k) {
+      acc_t t = 0;
+      for (int64_t i = 0; i < HW; ++i)
+        t += gp[i] * (part.fwd_mask[k * HW + i] ? static_cast<acc_t>(x[i + part.off[k]]) : acc_t(0));
+      partial[k] = t;
+    }
+    for (int64_t j = 0; j < HW; ++j) {
+      acc_t s = accumulate ? gx[j] : acc_t(0);
+      for (int64_t k = 0; k < K; ++k) s += w[k] * (part.bwd_mask[k * HW + j] ? gp[j - part.off[k]] : acc_t(0));
+      gx[j] = s;
+    }
+  } else {
+    acc_t wl[KN];
+    int64_t ol[KN];
+    const int32_t* fm[KN];
+    const int32_t* bm[KN];
+    for (int k = 0; k < KT; ++k) {
+      wl[k] = w[k];
+      ol[k] = part.off[k];
+      fm[k] = part.fwd_mask.data() + k * HW;
+      bm[k] = part.bwd_mask.data() + k * HW;
+    }
+    // grad_pre = act'(pre) * grad_out (pre recomputed in registers) and the bias sum.
+    acc_t bsum = 0;
+#pragma omp simd reduction(+ : bsum)
+    for (int64_t i = 0; i < HW; ++i) {
+      acc_t g = static_cast<acc_t>(go[i]);
+      if constexpr (A != Act::None) {
+        acc_t s = bias;
+        for (int k = 0; k < KT; ++k) {
+          const acc_t v = static_cast<acc_t>(x[i + ol[k]]);
+          s += wl[k] * (fm[k][i] ? v : acc_t(0));
+        }
+        g = activate_grad<A>(g, s);
+      }
+      gp[i] = g;
+      bsum += g;
+    }
+    partial[KT] = bsum;
+    for (int k = 0; k < KT; ++k) {
+      acc_t t = 0;
+      const scalar_t* xs = x + ol[k];
+      const int32_t* m = fm[k];
+#pragma omp simd reduction(+ : t)
+      for (int64_t i = 0; i < HW; ++i) {
+        const acc_t v = static_cast<acc_t>(xs[i]);
+        t += gp[i] * (m[i] ? v : acc_t(0));
+      }
+      partial[k] = t;
+    }
+    // grad_x: the transposed conv, input j collects tap k of output j - off[k].
+#pragma omp simd
+    for (int64_t j = 0; j < HW; ++j) {
+      acc_t s = accumulate ? gx[j] : acc_t(0);
+      for (int k = 0; k < KT; ++k) {
+        const acc_t v = gp[j - ol[k]];
+        s += wl[k] * (bm[k][j] ? v : acc_t(0));
+      }
+      gx[j] = s;
+    }
+  }
+}
+
 template <typename scalar_t, Act A>
 void forward_kernel(const at::Tensor& x, const at::Tensor& weight_row, const at::Tensor& weight_col,
                     const c10::optional<at::Tensor>& bias, at::Tensor& out, const Geometry& g) {
@@ -453,6 +628,13 @@ void forward_kernel(const at::Tensor& x, const at::Tensor& weight_row, const at:
 
   if (flat) {
     const FlatPart row_layout(g, true), col_layout(g, false);
+    const bool small = small_plane(g);
+    std::unique_ptr<SmallPart> row_small, col_small;
+    if (small) {
+      row_small = std::make_unique<SmallPart>(g, true);
+      col_small = std::make_unique<SmallPart>(g, false);
+    }
+    const scalar_t* x_end = x_data + x.numel();
     dispatch_kernel_size(g.kernel, [&](auto kt) {
       at::parallel_for(0, planes, grain, [&](int64_t begin, int64_t end) {
         std::vector<acc_t> plane_buffer(direct ? 0 : out_plane), w_buffer(2 * g.kernel);
@@ -463,6 +645,16 @@ void forward_kernel(const at::Tensor& x, const at::Tensor& weight_row, const at:
               w_buffer[g.kernel + k] = -w_buffer[k];
             }
             scalar_t* out_plane_ptr = out_data + (n * c_out + co) * out_plane;
+            const scalar_t* x_plane = x_data + (n * g.channels + ci) * in_plane;
+            const acc_t bias_value = b ? static_cast<acc_t>(b[co]) : acc_t(0);
+            if (small) {
+              const SmallPart& sp = row_part ? *row_small : *col_small;
+              if (sp.reads_inside(x_plane, x_data, x_end, sizeof(scalar_t))) {
+                forward_plane_small<decltype(kt)::value, scalar_t, A>(out_plane_ptr, x_plane, w_buffer.data(),
+                                                                      bias_value, sp);
+                return;
+              }
+            }
             acc_t* acc_plane = direct ? reinterpret_cast<acc_t*>(out_plane_ptr) : plane_buffer.data();
             forward_plane_flat<decltype(kt)::value, scalar_t, A>(
                 out_plane_ptr, acc_plane, x_data + (n * g.channels + ci) * in_plane, w_buffer.data(),
@@ -577,6 +769,15 @@ void backward_kernel(const at::Tensor& grad_out, const at::Tensor& x, const at::
   const int64_t planes = g.batch * g.channels;
   const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(1, in_plane));
   const bool flat = flat_plane(g);
+  const bool small = small_plane(g);
+  std::unique_ptr<SmallPart> row_small, col_small;
+  int64_t small_reach = 0;
+  if (small) {
+    row_small = std::make_unique<SmallPart>(g, true);
+    col_small = std::make_unique<SmallPart>(g, false);
+    small_reach = std::max(row_small->reach, col_small->reach);
+  }
+  const scalar_t* x_end = x_data + x.numel();
 
   // Tasks are *input* planes (n, ci): in the full variant both parts' grad_x land in the
   // same plane, and one task owns it, so no two threads write the same grad_x element.
@@ -587,11 +788,36 @@ void backward_kernel(const at::Tensor& grad_out, const at::Tensor& x, const at::
     std::unique_ptr<PaddedPlanes<acc_t>> row_planes, col_planes;
     if (flat && g.c_row > 0 && begin < end) row_planes = std::make_unique<PaddedPlanes<acc_t>>(g, true);
     if (flat && g.c_col > 0 && begin < end) col_planes = std::make_unique<PaddedPlanes<acc_t>>(g, false);
+    std::vector<acc_t> gp_buffer(small ? in_plane + 2 * small_reach : 0, acc_t(0));
     for (int64_t plane = begin; plane < end; ++plane) {
       const int64_t n = plane / g.channels, ci = plane % g.channels;
       acc_t* gx = direct ? reinterpret_cast<acc_t*>(gx_data + plane * in_plane) : gx_buffer.data();
-      std::fill(gx, gx + in_plane, acc_t(0));
       const scalar_t* x_plane = x_data + plane * in_plane;
+      const bool has_row = ci < g.c_row, has_col = ci >= g.col_start && ci < g.col_start + g.c_col;
+      if (small && (has_row || has_col) &&
+          row_small->reads_inside(x_plane, x_data, x_end, sizeof(scalar_t)) &&
+          col_small->reads_inside(x_plane, x_data, x_end, sizeof(scalar_t))) {
+        auto run_part = [&](bool accumulate, int64_t co, const scalar_t* w, const SmallPart& sp) {
+          for (int64_t k = 0; k < kernel; ++k) w_buffer[k] = static_cast<acc_t>(w[k]);
+          dispatch_kernel_size(kernel, [&](auto kt) {
+            backward_plane_small<decltype(kt)::value, scalar_t, A>(
+                gx, accumulate, partials.data() + (n * c_out + co) * (kernel + 1), gp_buffer.data() + small_reach,
+                x_plane, go_data + (n * c_out + co) * out_plane, w_buffer.data(),
+                b ? static_cast<acc_t>(b[co]) : acc_t(0), sp);
+          });
+        };
+        if (has_row) run_part(false, ci, wr + ci * kernel, *row_small);
+        if (has_col) {
+          const int64_t j = ci - g.col_start;
+          run_part(has_row, g.c_row + j, wc + j * kernel, *col_small);
+        }
+        if constexpr (!direct) {
+          scalar_t* dst = gx_data + plane * in_plane;
+          for (int64_t i = 0; i < in_plane; ++i) dst[i] = static_cast<scalar_t>(gx[i]);
+        }
+        continue;
+      }
+      std::fill(gx, gx + in_plane, acc_t(0));
       if (flat) {
         auto run_part = [&](bool row_part, int64_t co, const scalar_t* w, PaddedPlanes<acc_t>& planes_buf) {
           for (int64_t k = 0; k < kernel; ++k) w_buffer[k] = static_cast<acc_t>(w[k]);
