@@ -295,6 +295,44 @@ def test_cpu_kernels_are_deterministic():
         assert torch.equal(a, s)  # bit-identical whatever the thread count
 
 
+@pytest.mark.parametrize("variant", ["half", "full"])
+def test_cpu_small_planes_do_not_leak_between_planes(variant):
+    # Small planes (<= 256 elements) read their neighbours' memory and discard it with a
+    # select; an inf in one plane must not reach any other plane's output or gradients.
+    require_backend(OP, "cpu")
+    x, wr, wc, b = make_inputs(2, 6, 7, 7, 3, variant, bias=True, dtype=torch.float32, requires_grad=False)
+    x[0, 2] = float("inf")
+    x[1, 3, 0, 0] = float("nan")
+    full = variant == "full"
+    out = torch.ops.fuseops_ext.fuse_conv2d_forward(x, wr, wc, b, full, 1, 1, 1, "none")
+    want = fuse_conv2d_reference(x.double(), wr.double(), wc.double(), b.double(), full, 1, 1, 1, "none")
+    finite = torch.isfinite(want)
+    assert torch.equal(torch.isfinite(out), finite)
+    assert_close(out[finite], want[finite].float(), torch.float32, "forward")
+    clean = x.clone()
+    clean[0, 2] = 1.0
+    clean[1, 3, 0, 0] = 1.0
+    grad_out = torch.randn_like(out)
+    grads = torch.ops.fuseops_ext.fuse_conv2d_backward(grad_out, clean, wr, wc, b, full, 1, 1, 1, "relu6")
+    assert all(torch.isfinite(g).all() for g in grads)
+
+
+def test_cpu_small_plane_backward_is_deterministic():
+    require_backend(OP, "cpu")
+    x, wr, wc, b = make_inputs(3, 10, 7, 7, 5, "full", bias=True, dtype=torch.float32, requires_grad=False)
+    grad_out = torch.randn(3, 20, 7, 7)
+    args = (x, wr, wc, b, True, 1, 2, 1, "hardswish")
+    first = torch.ops.fuseops_ext.fuse_conv2d_backward(grad_out, *args)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        single = torch.ops.fuseops_ext.fuse_conv2d_backward(grad_out, *args)
+    finally:
+        torch.set_num_threads(threads)
+    for a, s in zip(first, single):
+        assert torch.equal(a, s)
+
+
 def test_cpu_kernel_checks_its_inputs():
     """The C++ entry points TORCH_CHECK what the Python API validated (direct callers)."""
     require_backend(OP, "cpu")
