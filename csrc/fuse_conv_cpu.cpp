@@ -554,6 +554,37 @@ void backward_plane_small(acc_type<scalar_t>* __restrict__ gx, bool accumulate,
       fm[k] = part.fwd_mask.data() + k * HW;
       bm[k] = part.bwd_mask.data() + k * HW;
     }
+    if constexpr (KT <= 5) {
+      // K <= 5: one pass gives grad_pre = act'(pre) * grad_out (pre recomputed in
+      // registers), the bias sum and every tap sum, each tap's masked x value loaded once.
+      acc_t bsum = 0, t0 = 0, t1 = 0, t2 = 0, t3 = 0, t4 = 0;
+#pragma omp simd reduction(+ : bsum, t0, t1, t2, t3, t4)
+      for (int64_t i = 0; i < HW; ++i) {
+        acc_t v[KN];
+        acc_t s = bias;
+        for (int k = 0; k < KT; ++k) {
+          const acc_t xv = static_cast<acc_t>(x[i + ol[k]]);
+          v[k] = fm[k][i] ? xv : acc_t(0);
+          s += wl[k] * v[k];
+        }
+        acc_t g = static_cast<acc_t>(go[i]);
+        if constexpr (A != Act::None) g = activate_grad<A>(g, s);
+        gp[i] = g;
+        bsum += g;
+        t0 += g * v[0];
+        if constexpr (KT > 1) {
+          t1 += g * v[1];
+          t2 += g * v[2];
+        }
+        if constexpr (KT > 3) {
+          t3 += g * v[3];
+          t4 += g * v[4];
+        }
+      }
+      const acc_t sums[5] = {t0, t1, t2, t3, t4};
+      for (int k = 0; k < KT; ++k) partial[k] = sums[k];
+      partial[KT] = bsum;
+    } else {
     // grad_pre = act'(pre) * grad_out (pre recomputed in registers) and the bias sum.
     acc_t bsum = 0;
 #pragma omp simd reduction(+ : bsum)
@@ -581,6 +612,7 @@ void backward_plane_small(acc_type<scalar_t>* __restrict__ gx, bool accumulate,
         t += gp[i] * (m[i] ? v : acc_t(0));
       }
       partial[k] = t;
+    }
     }
     // grad_x: the transposed conv, input j collects tap k of output j - off[k].
 #pragma omp simd
