@@ -43,9 +43,9 @@ def main() -> None:
             grad_out = torch.randn(8, c_row + c_col, size, size)
             calls = 200 if size < 30 else 30
             args = (w_row, w_col, bias, full, 1, 1, 1, "relu6")
-            clone = best_ms(lambda: x.clone(), calls)
-            fwd = best_ms(lambda: ops.fuse_conv2d_forward(x, *args), calls)
-            bwd = best_ms(lambda: ops.fuse_conv2d_backward(grad_out, x, *args), calls)
+            clone = best_ms(x.clone, calls)
+            fwd = best_ms(lambda x=x, args=args: ops.fuse_conv2d_forward(x, *args), calls)
+            bwd = best_ms(lambda x=x, g=grad_out, args=args: ops.fuse_conv2d_backward(g, x, *args), calls)
             name = f"{'full' if full else 'half'} {channels}x{size}x{size}"
             print(f"{name}: clone {clone:.3f}  fwd {fwd:.3f} ({fwd / clone:.2f}x clone)  bwd {bwd:.3f}", flush=True)
 
