@@ -505,6 +505,41 @@ inline void forward_plane_small(scalar_t* __restrict__ out, const scalar_t* __re
   }
 }
 
+// The full variant on the small-plane path: both output planes of one input plane in
+// one loop, so the plane's x values are loaded once for the two parts.
+template <int KT, typename scalar_t, Act A>
+inline void forward_pair_small(scalar_t* __restrict__ out_row, scalar_t* __restrict__ out_col,
+                               const scalar_t* __restrict__ x, const acc_type<scalar_t>* w_row,
+                               const acc_type<scalar_t>* w_col, acc_type<scalar_t> bias_row,
+                               acc_type<scalar_t> bias_col, const SmallPart& row, const SmallPart& col) {
+  using acc_t = acc_type<scalar_t>;
+  const int64_t HW = row.size;
+  acc_t wr[KT], wc[KT];
+  int64_t orr[KT], oc[KT];
+  const int32_t* mr[KT];
+  const int32_t* mc[KT];
+  for (int k = 0; k < KT; ++k) {
+    wr[k] = w_row[k];
+    wc[k] = w_col[k];
+    orr[k] = row.off[k];
+    oc[k] = col.off[k];
+    mr[k] = row.fwd_mask.data() + k * HW;
+    mc[k] = col.fwd_mask.data() + k * HW;
+  }
+#pragma omp simd
+  for (int64_t i = 0; i < HW; ++i) {
+    acc_t sr = bias_row, sc = bias_col;
+    for (int k = 0; k < KT; ++k) {
+      const acc_t vr = static_cast<acc_t>(x[i + orr[k]]);
+      const acc_t vc = static_cast<acc_t>(x[i + oc[k]]);
+      sr += wr[k] * (mr[k][i] ? vr : acc_t(0));
+      sc += wc[k] * (mc[k][i] ? vc : acc_t(0));
+    }
+    out_row[i] = static_cast<scalar_t>(activate<A>(sr));
+    out_col[i] = static_cast<scalar_t>(activate<A>(sc));
+  }
+}
+
 // One part of one plane's backward on the small-plane path.  gp: a thread-local buffer
 // of HW + 2 * reach elements (pointer at its centre) for grad_pre; the masks keep every
 // read of it that matters inside [0, HW).  Writes (accumulate == false) or adds the
@@ -670,7 +705,28 @@ void forward_kernel(const at::Tensor& x, const at::Tensor& weight_row, const at:
     dispatch_kernel_size(g.kernel, [&](auto kt) {
       at::parallel_for(0, planes, grain, [&](int64_t begin, int64_t end) {
         std::vector<acc_t> plane_buffer(direct ? 0 : out_plane), w_buffer(2 * g.kernel);
+        std::vector<acc_t> w_col_buffer(g.kernel);
         for (int64_t plane = begin; plane < end; ++plane) {
+          if constexpr (decltype(kt)::value > 0) {
+            if (small && g.c_row == g.channels && g.c_col == g.channels) {
+              // Full variant: both parts of this input plane in one loop.
+              const int64_t n = plane / g.channels, ci = plane % g.channels;
+              const scalar_t* x_plane = x_data + plane * in_plane;
+              if (row_small->reads_inside(x_plane, x_data, x_end, sizeof(scalar_t)) &&
+                  col_small->reads_inside(x_plane, x_data, x_end, sizeof(scalar_t))) {
+                for (int64_t k = 0; k < g.kernel; ++k) {
+                  w_buffer[k] = static_cast<acc_t>(wr[ci * g.kernel + k]);
+                  w_col_buffer[k] = static_cast<acc_t>(wc[ci * g.kernel + k]);
+                }
+                const int64_t co_col = g.c_row + ci;
+                forward_pair_small<decltype(kt)::value, scalar_t, A>(
+                    out_data + (n * c_out + ci) * out_plane, out_data + (n * c_out + co_col) * out_plane, x_plane,
+                    w_buffer.data(), w_col_buffer.data(), b ? static_cast<acc_t>(b[ci]) : acc_t(0),
+                    b ? static_cast<acc_t>(b[co_col]) : acc_t(0), *row_small, *col_small);
+                continue;
+              }
+            }
+          }
           for_each_part(plane, [&](int64_t n, int64_t ci, int64_t co, bool row_part, const scalar_t* w) {
             for (int64_t k = 0; k < g.kernel; ++k) {
               w_buffer[k] = static_cast<acc_t>(w[k]);
