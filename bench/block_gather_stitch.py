@@ -27,14 +27,22 @@ def median_ms(fn, rounds=30):
 def main():
     torch.set_num_threads(1)
     print(fuseops.__file__)
-    for c_in, c_out, size, block in [(64, 4, 56, 14), (4, 64, 56, 14), (128, 4, 28, 7), (4, 128, 28, 7),
-                                     (256, 4, 14, 7), (4, 256, 14, 7)]:
+    for c_in, c_out, size, block in [
+        (64, 4, 56, 14),
+        (4, 64, 56, 14),
+        (128, 4, 28, 7),
+        (4, 128, 28, 7),
+        (256, 4, 14, 7),
+        (4, 256, 14, 7),
+    ]:
         x = torch.randn(8, c_in, size, size)
         w = torch.randn(c_out, c_in, 3, 3)
         plain = median_ms(lambda x=x, w=w: F.conv2d(x, w, padding=1))
         blocked = median_ms(lambda x=x, w=w, b=block: block_conv2d(x, w, padding=1, block_size=b))
-        print(f"{c_in:3d}->{c_out:3d} {size}x{size} F{block}: plain {plain:.2f} block {blocked:.2f} ms, "
-              f"over plain {blocked - plain:.2f} ms")
+        print(
+            f"{c_in:3d}->{c_out:3d} {size}x{size} F{block}: plain {plain:.2f} block {blocked:.2f} ms, "
+            f"over plain {blocked - plain:.2f} ms"
+        )
 
 
 if __name__ == "__main__":
