@@ -133,11 +133,21 @@ def sweep(networks, variants, arrays, *, dataflow="os", convention="fuseconv", i
                         names = ", ".join(u.name for u in e.unsupported)
                         raise cli.CliError(f"{net} ({label}) has layers the model cannot cost: {names}")
                 out.append(dict(network=net, variant=var, array=size, baseline_cycles=base.total_cycles,
-                                fuse_cycles=est.total_cycles, speedup=base.total_cycles / est.total_cycles))
+                                fuse_cycles=est.total_cycles, speedup=base.total_cycles / est.total_cycles,
+                                fuse_utilization=est.utilization))
     return out
 
 
-def _plot(rows: list[dict], networks, variants, path: str) -> None:
+def write_csv(rows: list[dict], path: str) -> None:
+    """The sweep's rows (one per network x variant x array) as CSV."""
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def plot_speedup(rows: list[dict], networks, variants, path: str) -> None:
+    """Speedup against array size, one panel per variant, one line per network."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -190,14 +200,11 @@ def run_speedup(args) -> int:
         print(markdown_table(columns, table))
     os.makedirs(args.out_dir, exist_ok=True)
     csv_path = os.path.join(args.out_dir, "systolic_speedup.csv")
-    with open(csv_path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(rows, csv_path)
     print(f"wrote {csv_path}")
     if not args.no_plot:
         png_path = os.path.join(args.out_dir, "systolic_speedup.png")
-        _plot(rows, networks, variants, png_path)
+        plot_speedup(rows, networks, variants, png_path)
         print(f"wrote {png_path}")
     print(f"{len(networks) * (len(variants) + 1)} networks x {len(arrays)} array sizes in {elapsed:.1f} s")
     return 0

@@ -38,6 +38,14 @@ def zoo_rows(input_size: tuple[int, ...] = (1, 3, 224, 224), progress: bool = Fa
     return rows
 
 
+def write_csv(rows: list[tuple], path: str) -> None:
+    """The zoo table (:data:`COLUMNS`) as CSV."""
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(COLUMNS)
+        writer.writerows(rows)
+
+
 def run(args) -> int:
     from fuseops.cli.table import print_table
 
@@ -51,10 +59,7 @@ def run(args) -> int:
         print(f"params: all {len(rows)} equal the paper")
     print("MACs count conv+linear multiply-accumulates only; the paper's FLOPs add BN/activation overhead.")
     if args.csv:
-        with open(args.csv, "w", newline="") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(COLUMNS)
-            writer.writerows(rows)
+        write_csv(rows, args.csv)
         print(f"wrote {args.csv}")
     return 1 if mismatched else 0
 

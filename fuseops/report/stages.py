@@ -93,13 +93,11 @@ def benchmarks(settings: Settings) -> Section:
 
 # ----------------------------------------------------------------------------- 3. zoo tables
 def zoo(settings: Settings) -> Section:
-    from fuseops.cli.zoo import COLUMNS, zoo_rows
+    from fuseops.cli.zoo import COLUMNS, write_csv, zoo_rows
 
     rows = zoo_rows(progress=settings.progress, networks=["mobilenet_v3_small"] if settings.tiny else None)
     mismatched = [f"{r[0]}/{r[1]}" for r in rows if r[4] != 0]
-    with open(os.path.join(settings.out_dir, "zoo.csv"), "w") as handle:
-        handle.write(",".join(COLUMNS) + "\n")
-        handle.writelines(",".join(str(c) for c in r) + "\n" for r in rows)
+    write_csv(rows, os.path.join(settings.out_dir, "zoo.csv"))
     body = ("Parameters and conv+linear multiply-accumulates at 1x3x224x224, beside the FuSeConv paper's "
             "columns (its FLOPs add BN/activation overhead, so ours are a few percent lower).  CSV: `zoo.csv`.\n\n"
             + markdown_table(COLUMNS, rows))
@@ -110,43 +108,25 @@ def zoo(settings: Settings) -> Section:
 
 # ----------------------------------------------------------------------------- 4. systolic
 def systolic(settings: Settings) -> Section:
-    from fuseops.models import get_model
     from fuseops.models.paper import FUSE_NETWORKS
-    from hwmodel.systolic import SystolicArray
-    from hwmodel.trace import trace
+    from hwmodel.systolic_cli import plot_speedup, sweep, write_csv
 
     sizes = (16, 64, 256) if settings.quick else ARRAY_SIZES
     networks = ("mobilenet_v3_small",) if settings.tiny else FUSE_NETWORKS
-    shape = (1, 3, 224, 224)
-    traces = {}
-    for net in _bar(networks, settings, "tracing"):
-        for variant in ("baseline",) + FUSE_VARIANTS:
-            layers = trace(get_model(net, variant=variant), shape)
-            if layers.unsupported:  # a ratio over a partly costed network would be wrong
-                raise ValueError(f"{net}/{variant}: hwmodel cannot cost {layers.unsupported}")
-            traces[net, variant] = layers
-    speedups: dict[tuple[str, str], dict[int, float]] = {}
-    rows64 = []
-    for (net, variant), layers in traces.items():
-        if variant == "baseline":
-            continue
-        for size in sizes:
-            base = SystolicArray(size, size).estimate(traces[net, "baseline"])
-            fused = SystolicArray(size, size, fuse=True).estimate(layers)
-            speedups.setdefault((net, variant), {})[size] = base.total_cycles / fused.total_cycles
-            if size == 64:
-                rows64.append((net, variant, f"{base.total_cycles:,}", f"{fused.total_cycles:,}",
-                               f"{base.total_cycles / fused.total_cycles:.2f}x",
-                               f"{100 * fused.utilization:.1f}%"))
+    # hwmodel's own sweep (as `hwmodel speedup`): raises if any layer cannot be costed, since
+    # a ratio over a partly costed network would be wrong.
+    rows = sweep(networks, FUSE_VARIANTS, sizes, progress=settings.progress)
+    speedups = {(r["network"], r["variant"]): {} for r in rows}
+    for r in rows:
+        speedups[r["network"], r["variant"]][r["array"]] = r["speedup"]
+    rows64 = [(r["network"], r["variant"], f"{r['baseline_cycles']:,}", f"{r['fuse_cycles']:,}",
+               f"{r['speedup']:.2f}x", f"{100 * r['fuse_utilization']:.1f}%") for r in rows if r["array"] == 64]
     sweep_columns = ("network", "variant") + tuple(f"{s}x{s}" for s in sizes)
     sweep_rows = [(net, variant) + tuple(f"{by_size[s]:.2f}" for s in sizes)
                   for (net, variant), by_size in speedups.items()]
-    with open(os.path.join(settings.out_dir, "systolic_speedup.csv"), "w") as handle:
-        handle.write(",".join(sweep_columns) + "\n")
-        for (net, variant), by_size in speedups.items():
-            handle.write(",".join([net, variant] + [f"{by_size[s]:.4f}" for s in sizes]) + "\n")
+    write_csv(rows, os.path.join(settings.out_dir, "systolic_speedup.csv"))
     plot = "systolic_speedup.png"
-    _plot_speedup(speedups, sizes, os.path.join(settings.out_dir, plot))
+    plot_speedup(rows, networks, FUSE_VARIANTS, os.path.join(settings.out_dir, plot))
     best = max(v[64] for v in speedups.values())
     worst = min(v[64] for v in speedups.values())
     body = ("Cycles from the FuSeConv paper's analytical model (output-stationary): the baseline network on a "
@@ -157,28 +137,6 @@ def systolic(settings: Settings) -> Section:
             + markdown_table(sweep_columns, sweep_rows))
     return Section("Systolic array (FuSeConv)", body, images=[(plot, "FuSe speedup against array size")],
                    summary=[f"systolic: FuSe speedup at 64x64 from {worst:.2f}x to {best:.2f}x"])
-
-
-def _plot_speedup(speedups, sizes, path: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(FUSE_VARIANTS), figsize=(4 * len(FUSE_VARIANTS), 3.6), sharey=True)
-    for ax, variant in zip(axes, FUSE_VARIANTS):
-        for (net, var), by_size in speedups.items():
-            if var == variant:
-                ax.plot(sizes, [by_size[s] for s in sizes], marker="o", label=net)
-        ax.set_xscale("log", base=2)
-        ax.set_title(variant)
-        ax.set_xlabel("array size (N x N)")
-        ax.grid(alpha=0.3)
-    axes[0].set_ylabel("speedup over baseline")
-    axes[-1].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 # ----------------------------------------------------------------------------- 5. FPGA
