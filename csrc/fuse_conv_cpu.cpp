@@ -28,9 +28,12 @@
 #include <torch/library.h>
 #include <torch/types.h>
 
+#include "fuse_conv_cpu_runs.h"
+
 #include <algorithm>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <type_traits>
 #include <vector>
@@ -96,6 +99,7 @@ inline void valid_range(int64_t offset, int64_t size, int64_t stride, int64_t ou
 struct Geometry {
   int64_t batch, channels, height, width, kernel;
   int64_t c_row, c_col, col_start, stride, padding, dilation, out_height, out_width;
+  bool full;
   int64_t out_channels() const { return c_row + c_col; }
 };
 
@@ -142,6 +146,7 @@ Geometry check_inputs(const char* fn, const at::Tensor& x, const at::Tensor& wei
   g.c_row = weight_row.size(0);
   g.c_col = weight_col.size(0);
   g.col_start = full ? 0 : g.c_row;
+  g.full = full;
   g.stride = stride;
   g.padding = padding;
   g.dilation = dilation;
@@ -970,6 +975,26 @@ void dispatch_activation(Act act, F&& f) {
   }
 }
 
+// The run path (fuse_conv_cpu_runs.h) takes float32 calls on small stride-1 "same" planes
+// when the build has AVX-512; it returns the geometry it needs, or nothing.
+std::optional<runs::RunGeometry> run_geometry(const at::Tensor& x, const Geometry& g) {
+  if (x.scalar_type() != at::kFloat || !flat_plane(g)) return std::nullopt;
+  const runs::RunGeometry rg{g.batch, g.channels, g.height,  g.width,    g.kernel,
+                             g.c_row, g.c_col,    g.padding, g.dilation, g.full};
+  if (!runs::run_path_applies(rg)) return std::nullopt;
+  return rg;
+}
+
+runs::RunAct run_act(Act act) {
+  switch (act) {
+    case Act::Relu: return runs::RunAct::Relu;
+    case Act::Relu6: return runs::RunAct::Relu6;
+    case Act::Hardswish: return runs::RunAct::Hardswish;
+    case Act::None: break;
+  }
+  return runs::RunAct::None;
+}
+
 at::Tensor fuse_conv2d_forward_cpu(const at::Tensor& x, const at::Tensor& weight_row,
                                    const at::Tensor& weight_col, const c10::optional<at::Tensor>& bias,
                                    bool full, int64_t stride, int64_t padding, int64_t dilation,
@@ -979,6 +1004,12 @@ at::Tensor fuse_conv2d_forward_cpu(const at::Tensor& x, const at::Tensor& weight
       check_inputs("fuse_conv2d_forward", x, weight_row, weight_col, bias, full, stride, padding, dilation);
   at::Tensor out = at::empty({g.batch, g.out_channels(), g.out_height, g.out_width}, x.options());
   if (out.numel() == 0) return out;
+  if (const auto rg = run_geometry(x, g)) {
+    runs::forward_runs(x.data_ptr<float>(), weight_row.data_ptr<float>(), weight_col.data_ptr<float>(),
+                       bias.has_value() ? bias->data_ptr<float>() : nullptr, out.data_ptr<float>(), *rg,
+                       run_act(act));
+    return out;
+  }
   AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, x.scalar_type(), "fuse_conv2d_forward", [&] {
     dispatch_activation(act, [&](auto a) {
       forward_kernel<scalar_t, decltype(a)::value>(x, weight_row, weight_col, bias, out, g);
@@ -1005,6 +1036,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> fuse_conv2d_backward_
   at::Tensor grad_wr = at::empty_like(weight_row, at::MemoryFormat::Contiguous);
   at::Tensor grad_wc = at::empty_like(weight_col, at::MemoryFormat::Contiguous);
   at::Tensor grad_b = at::empty({g.out_channels()}, x.options());
+  if (x.numel() > 0 && grad_out.numel() > 0) {
+    if (const auto rg = run_geometry(x, g)) {
+      runs::backward_runs(grad_out.data_ptr<float>(), x.data_ptr<float>(), weight_row.data_ptr<float>(),
+                          weight_col.data_ptr<float>(), bias.has_value() ? bias->data_ptr<float>() : nullptr,
+                          grad_x.data_ptr<float>(), grad_wr.data_ptr<float>(), grad_wc.data_ptr<float>(),
+                          grad_b.data_ptr<float>(), *rg, run_act(act));
+      return {grad_x, grad_wr, grad_wc, grad_b};
+    }
+  }
   AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, x.scalar_type(), "fuse_conv2d_backward", [&] {
     dispatch_activation(act, [&](auto a) {
       backward_kernel<scalar_t, decltype(a)::value>(grad_out, x, weight_row, weight_col, bias, grad_x, grad_wr,

@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from backend_helpers import available_backends, require_backend
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
@@ -315,6 +315,32 @@ def test_cpu_small_planes_do_not_leak_between_planes(variant):
     grad_out = torch.randn_like(out)
     grads = torch.ops.fuseops_ext.fuse_conv2d_backward(grad_out, clean, wr, wc, b, full, 1, 1, 1, "relu6")
     assert all(torch.isfinite(g).all() for g in grads)
+
+
+@st.composite
+def run_path_cases(draw):
+    """float32, stride 1, "same" padding, planes of at most 256 elements: the cases the C++
+    backend hands to its AVX-512 run path (csrc/fuse_conv_cpu_runs.cpp) when built with it."""
+    variant = draw(st.sampled_from(["half", "full"]))
+    c = draw(st.integers(1, 40))
+    h = draw(st.integers(1, 16))
+    w = draw(st.integers(1, 256 // h))
+    return dict(
+        n=draw(st.integers(1, 4)), c=c, h=h, w=w, k=draw(st.sampled_from([1, 3, 5, 7, 9])), variant=variant,
+        split=draw(st.integers(0, c)) if variant == "half" else None, dilation=draw(st.integers(1, 2)),
+        activation=draw(st.sampled_from(ACTIVATIONS)), bias=draw(st.booleans()),
+    )
+
+
+@settings(max_examples=60, deadline=None)
+@given(case=run_path_cases())
+def test_cpu_float32_small_planes_match_reference(case):
+    """Runs of many small planes, whose 16-lane chunks straddle planes and channels."""
+    require_backend(OP, "cpu")
+    x, wr, wc, b = make_inputs(case["n"], case["c"], case["h"], case["w"], case["k"], case["variant"],
+                               split=case["split"], bias=case["bias"], dtype=torch.float32)
+    check_against_reference("cpu", x, wr, wc, b, torch.float32, variant=case["variant"],
+                            dilation=case["dilation"], activation=case["activation"])
 
 
 def test_cpu_small_plane_backward_is_deterministic():

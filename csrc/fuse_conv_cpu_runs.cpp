@@ -1,0 +1,441 @@
+// The run path of the FuSe CPU kernels: float32, AVX-512, small stride-1 "same" planes.
+// What a run is and why: see fuse_conv_cpu_runs.h.
+#include "fuse_conv_cpu_runs.h"
+
+#include <ATen/Parallel.h>
+#include <c10/util/Exception.h>
+
+#include <algorithm>
+#include <numeric>
+#include <cstdint>
+#include <memory>
+#include <type_traits>
+#include <vector>
+
+#if defined(__AVX512F__)
+#include <immintrin.h>
+// GCC 12 warns that the intrinsics' internal _mm512_undefined_ps() "may be used
+// uninitialized" (a false positive inside avx512fintrin.h, not in this file's code).
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
+#endif
+
+namespace fuseops::runs {
+
+#if defined(__AVX512F__)
+namespace {
+
+constexpr int64_t kLanes = 16;
+// Planes up to this many elements take the run path (measured: see docs/perf-notes.md).
+constexpr int64_t kMaxPlane = 256;
+// Work items are segments of this many chunks (1024 floats) of one run, over every sample.
+constexpr int64_t kSegmentChunks = 64;
+// Filters longer than this take the per-plane kernels.
+constexpr int64_t kMaxTaps = 16;
+
+// One part (row or column) of the op, laid out as a run: everything that is the same for
+// every sample of the batch.  A chunk's lanes span at most 16 consecutive channels, so a
+// lane's weight is a permute of 16 consecutive channels' weights of one tap.  Which
+// channel each lane has, and which taps read inside its plane, depend only on where the
+// chunk starts inside a plane, so they repeat every `period` chunks (period * 16 is the
+// least common multiple of 16 and the plane size) and are tabulated once per period.
+struct Run {
+  int64_t kernel = 0, plane = 0, channels = 0, length = 0, chunks = 0, reach = 0;
+  int64_t period = 0, period_channels = 0;  // chunks per period; channels per period
+  int64_t x_offset = 0, out_offset = 0;     // where the run starts inside one sample of x / of out
+  int64_t out_channel = 0;                  // first output channel of the part
+  std::vector<int64_t> off;                 // [k] tap offset inside the run
+  std::vector<float> weight;                // [k * (channels + 16) + ch], zero-padded by 16
+  std::vector<float> bias;                  // [ch], zero-padded by 16; empty without bias
+  std::vector<int32_t> lane_channel;        // [q * 16 + l] channel of lane l of chunk q, minus first[q]
+  std::vector<int64_t> first;               // [q] first channel of chunk q of a period
+  std::vector<uint16_t> fwd_mask;           // [k * period + q] lanes whose tap k reads inside their plane
+  std::vector<uint16_t> bwd_mask;           // [k * period + q] lanes j read by tap k of an output
+
+  Run(const RunGeometry& g, bool row_part, int64_t part_channels, const float* w, const float* b) {
+    const int64_t H = g.height, W = g.width, K = g.kernel;
+    kernel = K;
+    plane = H * W;
+    channels = part_channels;
+    length = channels * plane;
+    chunks = (length + kLanes - 1) / kLanes;
+    period = plane / std::gcd(plane, kLanes);
+    period_channels = period * kLanes / plane;
+    off.resize(K);
+    // fwd[k][pos]: output pos's tap k reads inside the plane; bwd[k][pos]: input pos is
+    // read by tap k of an output (the output pos - off[k] exists and its tap is valid).
+    std::vector<uint8_t> fwd(K * plane), bwd(K * plane);
+    for (int64_t k = 0; k < K; ++k) {
+      const int64_t t = k * g.dilation - g.padding;
+      off[k] = row_part ? t : t * W;
+      reach = std::max(reach, std::abs(off[k]));
+      for (int64_t pos = 0; pos < plane; ++pos) {
+        const int64_t coord = row_part ? pos % W : pos / W, extent = row_part ? W : H;
+        fwd[k * plane + pos] = coord + t >= 0 && coord + t < extent;
+        bwd[k * plane + pos] = coord - t >= 0 && coord - t < extent;
+      }
+    }
+    weight.assign(K * (channels + kLanes), 0.0f);
+    for (int64_t ch = 0; ch < channels; ++ch) {
+      for (int64_t k = 0; k < K; ++k) weight[k * (channels + kLanes) + ch] = w[ch * K + k];
+    }
+    if (b != nullptr) {
+      bias.assign(channels + kLanes, 0.0f);
+      std::copy(b, b + channels, bias.begin());
+    }
+    lane_channel.assign(period * kLanes, 0);
+    first.assign(period, 0);
+    fwd_mask.assign(K * period, 0);
+    bwd_mask.assign(K * period, 0);
+    for (int64_t q = 0; q < period; ++q) {
+      first[q] = q * kLanes / plane;
+      for (int64_t l = 0; l < kLanes; ++l) {
+        const int64_t i = q * kLanes + l, pos = i % plane;
+        lane_channel[q * kLanes + l] = static_cast<int32_t>(i / plane - first[q]);
+        for (int64_t k = 0; k < K; ++k) {
+          if (fwd[k * plane + pos]) fwd_mask[k * period + q] |= uint16_t(1u << l);
+          if (bwd[k * plane + pos]) bwd_mask[k * period + q] |= uint16_t(1u << l);
+        }
+      }
+    }
+  }
+};
+
+// A Run's tables as raw pointers and small arrays in a local object.  The intrinsics'
+// stores may alias anything, so loops that read a Run's std::vectors through a reference
+// reload every pointer after each store; a local copy whose address never escapes stays
+// in registers.
+struct RunView {
+  int64_t kernel, length, period, period_channels, weight_stride;
+  const float* weight;
+  const float* bias;  // nullptr without bias
+  const int32_t* lane_channel;
+  const int64_t* first;
+  int64_t off[kMaxTaps];
+  const uint16_t* fwd[kMaxTaps];
+  const uint16_t* bwd[kMaxTaps];
+
+  explicit RunView(const Run& r)
+      : kernel(r.kernel), length(r.length), period(r.period), period_channels(r.period_channels),
+        weight_stride(r.channels + kLanes), weight(r.weight.data()),
+        bias(r.bias.empty() ? nullptr : r.bias.data()), lane_channel(r.lane_channel.data()), first(r.first.data()) {
+    for (int64_t k = 0; k < r.kernel; ++k) {
+      off[k] = r.off[k];
+      fwd[k] = r.fwd_mask.data() + k * r.period;
+      bwd[k] = r.bwd_mask.data() + k * r.period;
+    }
+  }
+  __mmask16 tail(int64_t c) const {
+    const int64_t left = length - c * kLanes;
+    return left >= kLanes ? __mmask16(0xFFFF) : __mmask16((1u << left) - 1u);
+  }
+};
+
+// Walks chunks c0, c0 + 1, ... of a run, keeping the chunk's place in its period and its
+// first channel without a division per chunk.
+struct ChunkCursor {
+  int64_t q, base;  // q = c % period; base = (c / period) * period_channels
+  ChunkCursor(const RunView& v, int64_t c) : q(c % v.period), base((c / v.period) * v.period_channels) {}
+  int64_t channel(const RunView& v) const { return base + v.first[q]; }
+  __m512i lanes(const RunView& v) const { return _mm512_loadu_si512(v.lane_channel + q * kLanes); }
+  void next(const RunView& v) {
+    if (++q == v.period) {
+      q = 0;
+      base += v.period_channels;
+    }
+  }
+};
+
+// 16 lanes' values of a per-channel table (weights of one tap, or bias).
+inline __m512 per_lane(const float* table, int64_t channel, __m512i lanes) {
+  return _mm512_permutexvar_ps(lanes, _mm512_loadu_ps(table + channel));
+}
+
+template <RunAct A>
+inline __m512 activate(__m512 v) {
+  // max/min return their second operand when either is NaN: written this way round a
+  // NaN pre-activation stays NaN, as in torch.
+  const __m512 zero = _mm512_setzero_ps();
+  if constexpr (A == RunAct::Relu) {
+    return _mm512_max_ps(zero, v);
+  } else if constexpr (A == RunAct::Relu6) {
+    return _mm512_min_ps(_mm512_set1_ps(6.0f), _mm512_max_ps(zero, v));
+  } else if constexpr (A == RunAct::Hardswish) {
+    const __m512 gate = _mm512_min_ps(_mm512_set1_ps(6.0f), _mm512_max_ps(zero, _mm512_add_ps(v, _mm512_set1_ps(3.0f))));
+    return _mm512_div_ps(_mm512_mul_ps(v, gate), _mm512_set1_ps(6.0f));
+  } else {
+    return v;
+  }
+}
+
+// d act / d pre * g, with the same choices at the kinks as fuse_conv_cpu.cpp's scalar code.
+template <RunAct A>
+inline __m512 activate_grad(__m512 g, __m512 pre) {
+  const __m512 zero = _mm512_setzero_ps();
+  if constexpr (A == RunAct::Relu) {
+    return _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(pre, zero, _CMP_GT_OQ), g);
+  } else if constexpr (A == RunAct::Relu6) {
+    const __mmask16 inside =
+        _mm512_cmp_ps_mask(pre, zero, _CMP_GT_OQ) & _mm512_cmp_ps_mask(pre, _mm512_set1_ps(6.0f), _CMP_LT_OQ);
+    return _mm512_maskz_mov_ps(inside, g);
+  } else if constexpr (A == RunAct::Hardswish) {
+    const __mmask16 below = _mm512_cmp_ps_mask(pre, _mm512_set1_ps(-3.0f), _CMP_LT_OQ);
+    const __mmask16 middle = _mm512_cmp_ps_mask(pre, _mm512_set1_ps(3.0f), _CMP_LE_OQ) & ~below;
+    const __m512 slope = _mm512_add_ps(_mm512_div_ps(pre, _mm512_set1_ps(3.0f)), _mm512_set1_ps(0.5f));
+    const __m512 r = _mm512_mask_mul_ps(g, middle, g, slope);
+    return _mm512_maskz_mov_ps(~below, r);
+  } else {
+    return g;
+  }
+}
+
+// bias + sum_k w_k * x[i + off_k] over the live lanes of chunk c (x: the run's start).
+template <int KT>
+inline __m512 pre_activation(const RunView& v, const float* x, int64_t c, const ChunkCursor& at, __mmask16 live) {
+  const int64_t K = KT > 0 ? KT : v.kernel;
+  const int64_t i = c * kLanes, ch = at.channel(v);
+  const __m512i lanes = at.lanes(v);
+  __m512 acc = v.bias == nullptr ? _mm512_setzero_ps() : per_lane(v.bias, ch, lanes);
+  for (int64_t k = 0; k < K; ++k) {
+    const __m512 xv = _mm512_maskz_loadu_ps(v.fwd[k][at.q] & live, x + i + v.off[k]);
+    acc = _mm512_fmadd_ps(per_lane(v.weight + k * v.weight_stride, ch, lanes), xv, acc);
+  }
+  return acc;
+}
+
+template <int KT, RunAct A>
+void forward_chunks(const Run& r, const float* x, float* out, int64_t c0, int64_t c1) {
+  const RunView v(r);
+  ChunkCursor at(v, c0);
+  const int64_t full_end = std::min(c1, v.length / kLanes);  // chunks with all 16 lanes live
+  int64_t c = c0;
+  for (; c < full_end; ++c, at.next(v)) {
+    _mm512_storeu_ps(out + c * kLanes, activate<A>(pre_activation<KT>(v, x, c, at, 0xFFFF)));
+  }
+  for (; c < c1; ++c, at.next(v)) {
+    const __mmask16 live = v.tail(c);
+    _mm512_mask_storeu_ps(out + c * kLanes, live, activate<A>(pre_activation<KT>(v, x, c, at, live)));
+  }
+}
+
+int64_t segments_of(const Run& r) { return (r.chunks + kSegmentChunks - 1) / kSegmentChunks; }
+
+template <typename F>
+void dispatch_kernel(int64_t kernel, F&& f) {
+  switch (kernel) {
+    case 3: f(std::integral_constant<int, 3>{}); break;
+    case 5: f(std::integral_constant<int, 5>{}); break;
+    case 7: f(std::integral_constant<int, 7>{}); break;
+    default: f(std::integral_constant<int, 0>{}); break;
+  }
+}
+
+template <typename F>
+void dispatch_act(RunAct act, F&& f) {
+  switch (act) {
+    case RunAct::None: f(std::integral_constant<RunAct, RunAct::None>{}); break;
+    case RunAct::Relu: f(std::integral_constant<RunAct, RunAct::Relu>{}); break;
+    case RunAct::Relu6: f(std::integral_constant<RunAct, RunAct::Relu6>{}); break;
+    case RunAct::Hardswish: f(std::integral_constant<RunAct, RunAct::Hardswish>{}); break;
+  }
+}
+
+struct Parts {
+  Run row, col;
+  Parts(const RunGeometry& g, const float* w_row, const float* w_col, const float* bias)
+      : row(g, true, g.c_row, w_row, bias), col(g, false, g.c_col, w_col, bias ? bias + g.c_row : nullptr) {
+    const int64_t plane = g.height * g.width;
+    row.x_offset = 0;
+    row.out_offset = 0;
+    row.out_channel = 0;
+    col.x_offset = g.full ? 0 : g.c_row * plane;
+    col.out_offset = g.c_row * plane;
+    col.out_channel = g.c_row;
+  }
+};
+
+}  // namespace
+
+bool run_path_applies(const RunGeometry& g) {
+  // Stride 1 and the "same" output shape are checked by the caller.
+  return g.height * g.width <= kMaxPlane && g.kernel <= kMaxTaps;
+}
+
+void forward_runs(const float* x, const float* w_row, const float* w_col, const float* bias, float* out,
+                  const RunGeometry& g, RunAct act) {
+  const Parts parts(g, w_row, w_col, bias);
+  const int64_t plane = g.height * g.width;
+  const int64_t x_sample = g.channels * plane, out_sample = (g.c_row + g.c_col) * plane;
+  const int64_t seg_row = segments_of(parts.row), seg_col = segments_of(parts.col);
+  const int64_t per_sample = g.full ? seg_row : seg_row + seg_col;
+  dispatch_kernel(g.kernel, [&](auto kt) {
+    dispatch_act(act, [&](auto a) {
+      constexpr int KT = decltype(kt)::value;
+      constexpr RunAct A = decltype(a)::value;
+      auto run_segment = [&](const Run& r, int64_t n, int64_t s) {
+        const int64_t c0 = s * kSegmentChunks, c1 = std::min(r.chunks, c0 + kSegmentChunks);
+        forward_chunks<KT, A>(r, x + n * x_sample + r.x_offset, out + n * out_sample + r.out_offset, c0, c1);
+      };
+      at::parallel_for(0, g.batch * per_sample, 4, [&](int64_t begin, int64_t end) {
+        for (int64_t item = begin; item < end; ++item) {
+          const int64_t n = item / per_sample, s = item % per_sample;
+          if (g.full) {
+            run_segment(parts.row, n, s);  // the segment's x is in L1 for the column part
+            run_segment(parts.col, n, s);
+          } else if (s < seg_row) {
+            run_segment(parts.row, n, s);
+          } else {
+            run_segment(parts.col, n, s - seg_row);
+          }
+        }
+      });
+    });
+  });
+}
+
+namespace {
+
+// The backward of one segment [c0, c1) of one run, for every sample:
+//   grad_pre = act'(pre) * grad_out (pre recomputed), kept in gp for chunks
+//   [e0, e1) = [c0 - halo, c1 + halo) so that the transposed conv below can read its
+//   neighbours; the tap and bias sums of every position, accumulated over the batch into
+//   sums (row k at sums + k * sums_stride, starting at chunk c0); and this part's share of grad_x for [c0, c1), written
+//   (first part) or added (second part) into gx.
+template <int KT, RunAct A>
+void backward_segment(const RunView& v, int64_t chunks, const float* go, const float* x, float* gx,
+                      bool accumulate, float* gp, float* sums, int64_t sums_stride, int64_t c0, int64_t c1,
+                      int64_t halo) {
+  const int64_t K = KT > 0 ? KT : v.kernel;
+  const int64_t e0 = std::max<int64_t>(0, c0 - halo), e1 = std::min(chunks, c1 + halo);
+  ChunkCursor at(v, e0);
+  for (int64_t c = e0; c < e1; ++c, at.next(v)) {
+    const int64_t i = c * kLanes;
+    const __mmask16 live = v.tail(c);
+    const __m512 g = _mm512_maskz_loadu_ps(live, go + i);
+    __m512 gpv;
+    if constexpr (A == RunAct::None) {
+      gpv = g;
+    } else {
+      gpv = activate_grad<A>(g, pre_activation<KT>(v, x, c, at, live));
+    }
+    _mm512_storeu_ps(gp + (c - e0) * kLanes, gpv);
+    if (c >= c0 && c < c1) {
+      float* s = sums + (c - c0) * kLanes;
+      for (int64_t k = 0; k < K; ++k) {
+        const __m512 xv = _mm512_maskz_loadu_ps(v.fwd[k][at.q] & live, x + i + v.off[k]);
+        float* sk = s + k * sums_stride;
+        _mm512_storeu_ps(sk, _mm512_fmadd_ps(gpv, xv, _mm512_loadu_ps(sk)));
+      }
+      float* sb = s + K * sums_stride;
+      _mm512_storeu_ps(sb, _mm512_add_ps(gpv, _mm512_loadu_ps(sb)));
+    }
+  }
+  // grad_x[j] = sum_k w_k * grad_pre[j - off_k] where output j - off_k's tap k reads j
+  // (that output is in j's plane, so it has j's channel's weights).
+  const float* gp_run = gp - e0 * kLanes;  // indexed by position in the run
+  ChunkCursor at_x(v, c0);
+  for (int64_t c = c0; c < c1; ++c, at_x.next(v)) {
+    const int64_t j = c * kLanes, ch = at_x.channel(v);
+    const __m512i lanes = at_x.lanes(v);
+    const __mmask16 live = v.tail(c);
+    __m512 acc = accumulate ? _mm512_maskz_loadu_ps(live, gx + j) : _mm512_setzero_ps();
+    for (int64_t k = 0; k < K; ++k) {
+      const __m512 gv = _mm512_maskz_loadu_ps(v.bwd[k][at_x.q] & live, gp_run + j - v.off[k]);
+      acc = _mm512_fmadd_ps(per_lane(v.weight + k * v.weight_stride, ch, lanes), gv, acc);
+    }
+    _mm512_mask_storeu_ps(gx + j, live, acc);
+  }
+}
+
+// sums_all: [(K + 1) * padded] per-position sums over the batch -> per-channel gradients.
+void reduce_channels(const Run& r, int64_t padded, const float* sums_all, float* grad_w, float* grad_bias) {
+  const int64_t K = r.kernel, channels = r.channels;
+  at::parallel_for(0, channels, 64, [&](int64_t begin, int64_t end) {
+    for (int64_t ch = begin; ch < end; ++ch) {
+      for (int64_t k = 0; k <= K; ++k) {
+        const float* s = sums_all + k * padded + ch * r.plane;
+        // Each position already holds its sum over the batch; the plane's (at most
+        // kMaxPlane) positions are added in double, in vector lanes.
+        double total = 0.0;
+#pragma omp simd reduction(+ : total)
+        for (int64_t p = 0; p < r.plane; ++p) total += static_cast<double>(s[p]);
+        if (k < K) {
+          grad_w[ch * K + k] = static_cast<float>(total);
+        } else {
+          grad_bias[r.out_channel + ch] = static_cast<float>(total);
+        }
+      }
+    }
+  });
+}
+
+}  // namespace
+
+void backward_runs(const float* grad_out, const float* x, const float* w_row, const float* w_col,
+                   const float* bias, float* grad_x, float* grad_w_row, float* grad_w_col, float* grad_bias,
+                   const RunGeometry& g, RunAct act) {
+  const Parts parts(g, w_row, w_col, bias);
+  const int64_t plane = g.height * g.width, K = g.kernel;
+  const int64_t x_sample = g.channels * plane, out_sample = (g.c_row + g.c_col) * plane;
+  const int64_t seg_row = segments_of(parts.row), seg_col = segments_of(parts.col);
+  const int64_t items = g.full ? seg_row : seg_row + seg_col;
+  const int64_t reach = std::max(parts.row.reach, parts.col.reach);
+  const int64_t halo = (reach + kLanes - 1) / kLanes;
+  // Per-position tap and bias sums over the batch; each position is written by exactly
+  // one work item, so the items need no reduction between them.
+  const int64_t padded_row = parts.row.chunks * kLanes, padded_col = parts.col.chunks * kLanes;
+  // Not zero-filled here: every work item zeroes the positions it owns, in parallel.
+  std::unique_ptr<float[]> sums_row(new float[(K + 1) * padded_row]), sums_col(new float[(K + 1) * padded_col]);
+
+  dispatch_kernel(g.kernel, [&](auto kt) {
+    dispatch_act(act, [&](auto a) {
+      constexpr int KT = decltype(kt)::value;
+      constexpr RunAct A = decltype(a)::value;
+      at::parallel_for(0, items, 1, [&](int64_t begin, int64_t end) {
+        std::vector<float> gp((kSegmentChunks + 2 * halo) * kLanes);
+        auto run_item = [&](const Run& r, int64_t s, bool accumulate, float* sums_all) {
+          const int64_t padded = r.chunks * kLanes;
+          const int64_t c0 = s * kSegmentChunks, c1 = std::min(r.chunks, c0 + kSegmentChunks);
+          float* sums = sums_all + c0 * kLanes;
+          for (int64_t k = 0; k <= K; ++k) std::fill(sums + k * padded, sums + k * padded + (c1 - c0) * kLanes, 0.0f);
+          const RunView view(r);
+          for (int64_t n = 0; n < g.batch; ++n) {
+            backward_segment<KT, A>(view, r.chunks, grad_out + n * out_sample + r.out_offset,
+                                    x + n * x_sample + r.x_offset, grad_x + n * x_sample + r.x_offset, accumulate,
+                                    gp.data(), sums, padded, c0, c1, halo);
+          }
+        };
+        for (int64_t item = begin; item < end; ++item) {
+          if (g.full) {
+            run_item(parts.row, item, false, sums_row.get());
+            run_item(parts.col, item, true, sums_col.get());
+          } else if (item < seg_row) {
+            run_item(parts.row, item, false, sums_row.get());
+          } else {
+            run_item(parts.col, item - seg_row, false, sums_col.get());
+          }
+        }
+      });
+    });
+  });
+  reduce_channels(parts.row, padded_row, sums_row.get(), grad_w_row, grad_bias);
+  reduce_channels(parts.col, padded_col, sums_col.get(), grad_w_col, grad_bias);
+}
+
+#else  // no AVX-512 in this build: the per-plane kernels of fuse_conv_cpu.cpp run instead
+
+bool run_path_applies(const RunGeometry&) { return false; }
+
+void forward_runs(const float*, const float*, const float*, const float*, float*, const RunGeometry&, RunAct) {
+  TORCH_CHECK(false, "fuse_conv2d: the run path needs a build with AVX-512");
+}
+
+void backward_runs(const float*, const float*, const float*, const float*, const float*, float*, float*, float*,
+                   float*, const RunGeometry&, RunAct) {
+  TORCH_CHECK(false, "fuse_conv2d: the run path needs a build with AVX-512");
+}
+
+#endif
+
+}  // namespace fuseops::runs

@@ -1,0 +1,50 @@
+// FuSe convolution on small planes, float32, AVX-512: the "run" path.
+//
+// With stride 1 and "same" padding every output plane has its input plane's shape, and
+// in NCHW the planes of one part (the row part's channels, or the column part's) of one
+// sample lie back to back in memory: a *run* of channels * H * W floats.  A tap is then a
+// fixed offset in that run (k*d - p for the row part, (k*d - p)*W for the column part),
+// and the whole run is one vector loop over 16-lane chunks, with no per-plane set-up and
+// no remainder per plane: a 7x7 plane is 49 floats, so a per-plane loop spends a quarter
+// of its vectors on a 1-lane remainder, and its set-up costs as much as the plane's work.
+//
+// Across planes a chunk's lanes belong to different channels, so each lane needs its own
+// weight: the weights (and bias) are expanded once per call to one value per position of
+// the run (K * channels * H * W floats, reused by every sample of the batch), and each
+// tap carries a 16-bit lane mask per chunk that is set where the tap reads inside the
+// lane's own plane.  Masked-off lanes are never loaded (AVX-512 masked loads do not
+// fault and give 0), so values outside the plane, in the next plane or past the tensor,
+// never reach the sum, not even an inf or a NaN.
+//
+// Used by fuse_conv_cpu.cpp when run_path_applies() says so; the other cases keep that
+// file's per-plane kernels.
+#pragma once
+
+#include <cstdint>
+
+namespace fuseops::runs {
+
+struct RunGeometry {
+  int64_t batch, channels, height, width, kernel;
+  int64_t c_row, c_col;  // half: c_row + c_col == channels; full: both == channels
+  int64_t padding, dilation;
+  bool full;
+};
+
+enum class RunAct { None, Relu, Relu6, Hardswish };
+
+// Whether this build has the run path (compiled with AVX-512) and it applies to a
+// stride-1 "same"-shaped float32 call of this geometry.
+bool run_path_applies(const RunGeometry& g);
+
+// out: (N, C_out, H, W) contiguous; x: (N, C, H, W) contiguous; w_row (c_row, K),
+// w_col (c_col, K), bias (C_out) or nullptr.
+void forward_runs(const float* x, const float* w_row, const float* w_col, const float* bias, float* out,
+                  const RunGeometry& g, RunAct act);
+
+// grad_x: (N, C, H, W); grad_w_row (c_row, K); grad_w_col (c_col, K); grad_bias (C_out).
+void backward_runs(const float* grad_out, const float* x, const float* w_row, const float* w_col,
+                   const float* bias, float* grad_x, float* grad_w_row, float* grad_w_col, float* grad_bias,
+                   const RunGeometry& g, RunAct act);
+
+}  // namespace fuseops::runs
