@@ -8,6 +8,15 @@ that backend's module, which holds kernel launchers only:
 * ``cuda``      -> :mod:`fuseops.fuse_conv.cuda_impl`   (CUDA kernels in ``fuseops._C``)
 * ``triton``    -> :mod:`fuseops.fuse_conv.triton_impl` (kernels in ``fuseops.kernels``)
 
+Two entry points share those launchers and the backend selection below, so they cannot
+drift apart:
+
+* the registered custom op ``torch.ops.fuseops.fuse_conv2d`` (what torch.compile, fake
+  tensors, opcheck, vmap and dispatch modes see);
+* :func:`fuse_conv2d_eager`, a plain ``torch.autograd.Function`` used by the public
+  function in plain eager mode, where the custom op's Python dispatch layers would cost
+  as much as the kernel on small maps (see :mod:`fuseops._eager`).
+
 Each backend module provides ``forward(x, weight_row, weight_col, bias, full, stride,
 padding, dilation, activation) -> out`` and ``backward(grad_out, x, weight_row,
 weight_col, bias, full, stride, padding, dilation, activation) -> (grad_x,
@@ -64,6 +73,12 @@ def _tune_request(function: str, args: tuple) -> TuneRequest | None:
     )
 
 
+def _selected_impl(function: str, args: tuple):
+    """The launcher module of the backend selected now, for ``function`` on ``args``."""
+    return _backend_module(backends.resolve(OP_NAME, args[1].device if function == "backward" else args[0].device,
+                                            tune=_tune_request(function, args)))
+
+
 def _geometry(x, weight_row, weight_col, full, stride, padding, dilation):
     kernel = weight_row.shape[-1]
     return fuse_geometry(tuple(x.shape), kernel, weight_row.shape[0], weight_col.shape[0], full,
@@ -83,8 +98,7 @@ def fuse_conv2d_op(
     activation: str,
 ) -> torch.Tensor:
     args = (x, weight_row, weight_col, bias, full, stride, padding, dilation, activation)
-    impl = _backend_module(backends.resolve(OP_NAME, x.device, tune=_tune_request("forward", args)))
-    return impl.forward(*args)
+    return _selected_impl("forward", args).forward(*args)
 
 
 @fuse_conv2d_op.register_fake
@@ -107,8 +121,7 @@ def fuse_conv2d_backward_op(
     activation: str,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     args = (grad_out, x, weight_row, weight_col, bias, full, stride, padding, dilation, activation)
-    impl = _backend_module(backends.resolve(OP_NAME, x.device, tune=_tune_request("backward", args)))
-    return impl.backward(*args)
+    return _selected_impl("backward", args).backward(*args)
 
 
 @fuse_conv2d_backward_op.register_fake
@@ -143,3 +156,32 @@ def _backward(ctx, grad_out):
 
 
 fuse_conv2d_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+class _EagerFuseConv2d(torch.autograd.Function):
+    """The same forward and backward as the custom op, without the dispatcher's layers."""
+
+    @staticmethod
+    def forward(ctx, x, weight_row, weight_col, bias, full, stride, padding, dilation, activation):
+        args = (x, weight_row, weight_col, bias, full, stride, padding, dilation, activation)
+        ctx.backend = backends.current_backend()  # as _setup_context: backward uses the forward's selection
+        ctx.save_for_backward(x, weight_row, weight_col, bias)
+        ctx.config = (full, stride, padding, dilation, activation)
+        return _selected_impl("forward", args).forward(*args)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable  # like the op: no double backward
+    def backward(ctx, grad_out):
+        x, weight_row, weight_col, bias = ctx.saved_tensors
+        args = (grad_out.contiguous(), x, weight_row, weight_col, bias, *ctx.config)
+        with backends.use_backend(ctx.backend):
+            grad_x, grad_wr, grad_wc, grad_b = _selected_impl("backward", args).backward(*args)
+        return grad_x, grad_wr, grad_wc, (grad_b if bias is not None else None), None, None, None, None, None
+
+
+def fuse_conv2d_eager(x, weight_row, weight_col, bias, full, stride, padding, dilation, activation):
+    """fuse_conv2d in plain eager mode (the caller checks :func:`fuseops._eager.dispatcher_bypass_allowed`)."""
+    args = (x, weight_row, weight_col, bias, full, stride, padding, dilation, activation)
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in args[:4]):
+        return _EagerFuseConv2d.apply(*args)
+    return _selected_impl("forward", args).forward(*args)
