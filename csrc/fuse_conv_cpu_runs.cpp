@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <numeric>
 #include <cstdint>
+#include <limits>
 #include <memory>
 #include <type_traits>
 #include <vector>
@@ -33,6 +34,8 @@ constexpr int64_t kMaxPlane = 256;
 constexpr int64_t kSegmentChunks = 64;
 // Filters longer than this take the per-plane kernels.
 constexpr int64_t kMaxTaps = 16;
+// Per-channel tables are padded so that a 32-channel window may start at any channel.
+constexpr int64_t kPad = 32;
 
 // One part (row or column) of the op, laid out as a run: everything that is the same for
 // every sample of the batch.  A chunk's lanes span at most 16 consecutive channels, so a
@@ -46,8 +49,8 @@ struct Run {
   int64_t x_offset = 0, out_offset = 0;     // where the run starts inside one sample of x / of out
   int64_t out_channel = 0;                  // first output channel of the part
   std::vector<int64_t> off;                 // [k] tap offset inside the run
-  std::vector<float> weight;                // [k * (channels + 16) + ch], zero-padded by 16
-  std::vector<float> bias;                  // [ch], zero-padded by 16; empty without bias
+  std::vector<float> weight;                // [k * (channels + kPad) + ch], zero-padded
+  std::vector<float> bias;                  // [ch], zero-padded by kPad; empty without bias
   std::vector<int32_t> lane_channel;        // [q * 16 + l] channel of lane l of chunk q, minus first[q]
   std::vector<int64_t> first;               // [q] first channel of chunk q of a period
   std::vector<uint16_t> fwd_mask;           // [k * period + q] lanes whose tap k reads inside their plane
@@ -76,12 +79,12 @@ struct Run {
         bwd[k * plane + pos] = coord - t >= 0 && coord - t < extent;
       }
     }
-    weight.assign(K * (channels + kLanes), 0.0f);
+    weight.assign(K * (channels + kPad), 0.0f);
     for (int64_t ch = 0; ch < channels; ++ch) {
-      for (int64_t k = 0; k < K; ++k) weight[k * (channels + kLanes) + ch] = w[ch * K + k];
+      for (int64_t k = 0; k < K; ++k) weight[k * (channels + kPad) + ch] = w[ch * K + k];
     }
     if (b != nullptr) {
-      bias.assign(channels + kLanes, 0.0f);
+      bias.assign(channels + kPad, 0.0f);
       std::copy(b, b + channels, bias.begin());
     }
     lane_channel.assign(period * kLanes, 0);
@@ -118,7 +121,7 @@ struct RunView {
 
   explicit RunView(const Run& r)
       : kernel(r.kernel), length(r.length), period(r.period), period_channels(r.period_channels),
-        weight_stride(r.channels + kLanes), weight(r.weight.data()),
+        weight_stride(r.channels + kPad), weight(r.weight.data()),
         bias(r.bias.empty() ? nullptr : r.bias.data()), lane_channel(r.lane_channel.data()), first(r.first.data()) {
     for (int64_t k = 0; k < r.kernel; ++k) {
       off[k] = r.off[k];
@@ -190,32 +193,81 @@ inline __m512 activate_grad(__m512 g, __m512 pre) {
   }
 }
 
-// bias + sum_k w_k * x[i + off_k] over the live lanes of chunk c (x: the run's start).
+// The tap weights (and bias) of channels [base, base + 32) held in registers.  A chunk's
+// lanes span at most 16 channels from its first channel ch, so while ch < base + 16 a
+// two-source permute of the window gives every lane its weight with no memory access;
+// consecutive chunks mostly share their channels, so the window is reloaded only every
+// 16 channels.  (Loading 16 weights at ch for every chunk and tap, as per_lane does, is
+// an unaligned load that splits a cache line, and the loads were the loop's bottleneck.)
 template <int KT>
-inline __m512 pre_activation(const RunView& v, const float* x, int64_t c, const ChunkCursor& at, __mmask16 live) {
-  const int64_t K = KT > 0 ? KT : v.kernel;
-  const int64_t i = c * kLanes, ch = at.channel(v);
-  const __m512i lanes = at.lanes(v);
-  __m512 acc = v.bias == nullptr ? _mm512_setzero_ps() : per_lane(v.bias, ch, lanes);
-  for (int64_t k = 0; k < K; ++k) {
-    const __m512 xv = _mm512_maskz_loadu_ps(v.fwd[k][at.q] & live, x + i + v.off[k]);
-    acc = _mm512_fmadd_ps(per_lane(v.weight + k * v.weight_stride, ch, lanes), xv, acc);
+struct WeightWindow {
+  static_assert(KT > 0, "the window needs a compile-time tap count");
+  __m512 lo[KT], hi[KT], bias_lo, bias_hi;
+  int64_t base = std::numeric_limits<int64_t>::min() / 2;
+
+  // Makes the window cover channel ch's chunk; returns the lanes' indices into it.
+  inline __m512i cover(const RunView& v, int64_t ch, __m512i lanes) {
+    if (ch >= base + kLanes || ch < base) {
+      base = ch & ~(kLanes - 1);
+      for (int k = 0; k < KT; ++k) {
+        lo[k] = _mm512_loadu_ps(v.weight + k * v.weight_stride + base);
+        hi[k] = _mm512_loadu_ps(v.weight + k * v.weight_stride + base + kLanes);
+      }
+      if (v.bias != nullptr) {
+        bias_lo = _mm512_loadu_ps(v.bias + base);
+        bias_hi = _mm512_loadu_ps(v.bias + base + kLanes);
+      }
+    }
+    return _mm512_add_epi32(lanes, _mm512_set1_epi32(static_cast<int32_t>(ch - base)));
   }
-  return acc;
-}
+  inline __m512 weight(int k, __m512i index) const { return _mm512_permutex2var_ps(lo[k], index, hi[k]); }
+  inline __m512 bias(__m512i index) const { return _mm512_permutex2var_ps(bias_lo, index, bias_hi); }
+};
+
+// bias + sum_k w_k * x[i + off_k] over the live lanes of chunk c (x: the run's start).
+// KT > 0: weights from the register window; KT == 0 (other tap counts): from memory.
+template <int KT>
+struct PreActivation {
+  WeightWindow<KT> window;
+  inline __m512 operator()(const RunView& v, const float* x, int64_t c, const ChunkCursor& at, __mmask16 live) {
+    const int64_t i = c * kLanes;
+    const __m512i index = window.cover(v, at.channel(v), at.lanes(v));
+    __m512 acc = v.bias == nullptr ? _mm512_setzero_ps() : window.bias(index);
+    for (int k = 0; k < KT; ++k) {
+      const __m512 xv = _mm512_maskz_loadu_ps(v.fwd[k][at.q] & live, x + i + v.off[k]);
+      acc = _mm512_fmadd_ps(window.weight(k, index), xv, acc);
+    }
+    return acc;
+  }
+};
+
+template <>
+struct PreActivation<0> {
+  inline __m512 operator()(const RunView& v, const float* x, int64_t c, const ChunkCursor& at, __mmask16 live) {
+    const int64_t i = c * kLanes, ch = at.channel(v);
+    const __m512i lanes = at.lanes(v);
+    __m512 acc = v.bias == nullptr ? _mm512_setzero_ps() : per_lane(v.bias, ch, lanes);
+    for (int64_t k = 0; k < v.kernel; ++k) {
+      const __m512 xv = _mm512_maskz_loadu_ps(v.fwd[k][at.q] & live, x + i + v.off[k]);
+      acc = _mm512_fmadd_ps(per_lane(v.weight + k * v.weight_stride, ch, lanes), xv, acc);
+    }
+    return acc;
+  }
+};
 
 template <int KT, RunAct A>
 void forward_chunks(const Run& r, const float* x, float* out, int64_t c0, int64_t c1) {
   const RunView v(r);
   ChunkCursor at(v, c0);
+  PreActivation<KT> pre;
   const int64_t full_end = std::min(c1, v.length / kLanes);  // chunks with all 16 lanes live
   int64_t c = c0;
   for (; c < full_end; ++c, at.next(v)) {
-    _mm512_storeu_ps(out + c * kLanes, activate<A>(pre_activation<KT>(v, x, c, at, 0xFFFF)));
+    _mm512_storeu_ps(out + c * kLanes, activate<A>(pre(v, x, c, at, 0xFFFF)));
   }
   for (; c < c1; ++c, at.next(v)) {
     const __mmask16 live = v.tail(c);
-    _mm512_mask_storeu_ps(out + c * kLanes, live, activate<A>(pre_activation<KT>(v, x, c, at, live)));
+    _mm512_mask_storeu_ps(out + c * kLanes, live, activate<A>(pre(v, x, c, at, live)));
   }
 }
 
@@ -309,6 +361,7 @@ void backward_segment(const RunView& v, int64_t chunks, const float* go, const f
   const int64_t K = KT > 0 ? KT : v.kernel;
   const int64_t e0 = std::max<int64_t>(0, c0 - halo), e1 = std::min(chunks, c1 + halo);
   ChunkCursor at(v, e0);
+  PreActivation<KT> pre;
   for (int64_t c = e0; c < e1; ++c, at.next(v)) {
     const int64_t i = c * kLanes;
     const __mmask16 live = v.tail(c);
@@ -317,7 +370,7 @@ void backward_segment(const RunView& v, int64_t chunks, const float* go, const f
     if constexpr (A == RunAct::None) {
       gpv = g;
     } else {
-      gpv = activate_grad<A>(g, pre_activation<KT>(v, x, c, at, live));
+      gpv = activate_grad<A>(g, pre(v, x, c, at, live));
     }
     _mm512_storeu_ps(gp + (c - e0) * kLanes, gpv);
     if (c >= c0 && c < c1) {
@@ -335,14 +388,23 @@ void backward_segment(const RunView& v, int64_t chunks, const float* go, const f
   // (that output is in j's plane, so it has j's channel's weights).
   const float* gp_run = gp - e0 * kLanes;  // indexed by position in the run
   ChunkCursor at_x(v, c0);
+  [[maybe_unused]] std::conditional_t<(KT > 0), WeightWindow<(KT > 0 ? KT : 1)>, int> window{};
   for (int64_t c = c0; c < c1; ++c, at_x.next(v)) {
     const int64_t j = c * kLanes, ch = at_x.channel(v);
     const __m512i lanes = at_x.lanes(v);
     const __mmask16 live = v.tail(c);
     __m512 acc = accumulate ? _mm512_maskz_loadu_ps(live, gx + j) : _mm512_setzero_ps();
-    for (int64_t k = 0; k < K; ++k) {
-      const __m512 gv = _mm512_maskz_loadu_ps(v.bwd[k][at_x.q] & live, gp_run + j - v.off[k]);
-      acc = _mm512_fmadd_ps(per_lane(v.weight + k * v.weight_stride, ch, lanes), gv, acc);
+    if constexpr (KT > 0) {
+      const __m512i index = window.cover(v, ch, lanes);
+      for (int k = 0; k < KT; ++k) {
+        const __m512 gv = _mm512_maskz_loadu_ps(v.bwd[k][at_x.q] & live, gp_run + j - v.off[k]);
+        acc = _mm512_fmadd_ps(window.weight(k, index), gv, acc);
+      }
+    } else {
+      for (int64_t k = 0; k < K; ++k) {
+        const __m512 gv = _mm512_maskz_loadu_ps(v.bwd[k][at_x.q] & live, gp_run + j - v.off[k]);
+        acc = _mm512_fmadd_ps(per_lane(v.weight + k * v.weight_stride, ch, lanes), gv, acc);
+      }
     }
     _mm512_mask_storeu_ps(gx + j, live, acc);
   }
