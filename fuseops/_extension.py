@@ -27,8 +27,13 @@ def load() -> tuple[bool, str]:
     return True, ""
 
 
+_present: set[str] = set()  # kernels found once stay found: every op call asks (see backends.resolve)
+
+
 def has_kernel(name: str) -> tuple[bool, str]:
     """Whether ``torch.ops.fuseops_ext.<name>`` exists, loading the extension first."""
+    if name in _present:
+        return True, ""
     loaded, reason = load()
     if not loaded:
         return False, reason
@@ -36,6 +41,7 @@ def has_kernel(name: str) -> tuple[bool, str]:
 
     if not hasattr(torch.ops.fuseops_ext, name):
         return False, f"fuseops._C was built without the kernel `{name}`; rebuild the extension"
+    _present.add(name)
     return True, ""
 
 

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 import torch
 
+from fuseops import _extension
 from fuseops.autotune import TuneRequest
 
 BACKENDS: tuple[str, ...] = ("reference", "cpu", "cuda", "triton")
@@ -172,11 +173,9 @@ def cpu_probe_for(kernel: str) -> Callable[[torch.device | None], Availability]:
     """Probe for a C++ CPU kernel ``torch.ops.fuseops_ext.<kernel>``."""
 
     def probe(device: torch.device | None) -> Availability:
-        from fuseops._extension import has_kernel
-
         if device is not None and device.type != "cpu":
             return Availability(False, f"the cpu backend runs CPU tensors only, got {device.type}")
-        ok, reason = has_kernel(kernel)
+        ok, reason = _extension.has_kernel(kernel)
         return Availability(ok, reason)
 
     return probe

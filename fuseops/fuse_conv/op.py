@@ -57,10 +57,14 @@ class _ReferenceBackend:
     backward = staticmethod(fuse_conv2d_reference_backward)
 
 
+_launchers: dict[str, object] = {"reference": _ReferenceBackend}
+
+
 def _backend_module(name: str):
-    if name == "reference":
-        return _ReferenceBackend
-    return importlib.import_module(f"fuseops.fuse_conv.{name}_impl")
+    module = _launchers.get(name)
+    if module is None:  # imported on first use: triton_impl imports triton
+        module = _launchers[name] = importlib.import_module(f"fuseops.fuse_conv.{name}_impl")
+    return module
 
 
 def _tune_request(function: str, args: tuple) -> TuneRequest | None:
