@@ -271,6 +271,34 @@ void forward_chunks(const Run& r, const float* x, float* out, int64_t c0, int64_
   }
 }
 
+// The full variant: both parts read the same x run and have the same channel layout,
+// so one loop walks one cursor and one lane index for both, and each iteration carries
+// two independent FMA chains (the single-part loop is bound by its one chain's latency).
+template <int KT, RunAct A>
+void forward_pair_chunks(const Run& row, const Run& col, const float* x, float* out_row, float* out_col, int64_t c0,
+                         int64_t c1) {
+  const RunView vr(row), vc(col);
+  ChunkCursor at(vr, c0);
+  WeightWindow<KT> wr, wc;
+  const int64_t full_end = std::min(c1, vr.length / kLanes);
+  for (int64_t c = c0; c < c1; ++c, at.next(vr)) {
+    const __mmask16 live = c < full_end ? __mmask16(0xFFFF) : vr.tail(c);
+    const int64_t i = c * kLanes, ch = at.channel(vr);
+    const __m512i lanes = at.lanes(vr);
+    const __m512i index_row = wr.cover(vr, ch, lanes), index_col = wc.cover(vc, ch, lanes);
+    __m512 acc_row = vr.bias == nullptr ? _mm512_setzero_ps() : wr.bias(index_row);
+    __m512 acc_col = vc.bias == nullptr ? _mm512_setzero_ps() : wc.bias(index_col);
+    for (int k = 0; k < KT; ++k) {
+      const __m512 xr = _mm512_maskz_loadu_ps(vr.fwd[k][at.q] & live, x + i + vr.off[k]);
+      const __m512 xc = _mm512_maskz_loadu_ps(vc.fwd[k][at.q] & live, x + i + vc.off[k]);
+      acc_row = _mm512_fmadd_ps(wr.weight(k, index_row), xr, acc_row);
+      acc_col = _mm512_fmadd_ps(wc.weight(k, index_col), xc, acc_col);
+    }
+    _mm512_mask_storeu_ps(out_row + i, live, activate<A>(acc_row));
+    _mm512_mask_storeu_ps(out_col + i, live, activate<A>(acc_col));
+  }
+}
+
 int64_t segments_of(const Run& r) { return (r.chunks + kSegmentChunks - 1) / kSegmentChunks; }
 
 template <typename F>
@@ -333,8 +361,14 @@ void forward_runs(const float* x, const float* w_row, const float* w_col, const 
         for (int64_t item = begin; item < end; ++item) {
           const int64_t n = item / per_sample, s = item % per_sample;
           if (g.full) {
-            run_segment(parts.row, n, s);  // the segment's x is in L1 for the column part
-            run_segment(parts.col, n, s);
+            if constexpr (KT > 0) {
+              const int64_t c0 = s * kSegmentChunks, c1 = std::min(parts.row.chunks, c0 + kSegmentChunks);
+              forward_pair_chunks<KT, A>(parts.row, parts.col, x + n * x_sample, out + n * out_sample,
+                                         out + n * out_sample + parts.col.out_offset, c0, c1);
+            } else {
+              run_segment(parts.row, n, s);  // the segment's x is in L1 for the column part
+              run_segment(parts.col, n, s);
+            }
           } else if (s < seg_row) {
             run_segment(parts.row, n, s);
           } else {
