@@ -977,11 +977,11 @@ void dispatch_activation(Act act, F&& f) {
 
 // The run path (fuse_conv_cpu_runs.h) takes float32 calls on small stride-1 "same" planes
 // when the build has AVX-512; it returns the geometry it needs, or nothing.
-std::optional<runs::RunGeometry> run_geometry(const at::Tensor& x, const Geometry& g) {
+std::optional<runs::RunGeometry> run_geometry(const at::Tensor& x, const Geometry& g, bool backward) {
   if (x.scalar_type() != at::kFloat || !flat_plane(g)) return std::nullopt;
   const runs::RunGeometry rg{g.batch, g.channels, g.height,  g.width,    g.kernel,
                              g.c_row, g.c_col,    g.padding, g.dilation, g.full};
-  if (!runs::run_path_applies(rg)) return std::nullopt;
+  if (!runs::run_path_applies(rg, backward)) return std::nullopt;
   return rg;
 }
 
@@ -1004,7 +1004,7 @@ at::Tensor fuse_conv2d_forward_cpu(const at::Tensor& x, const at::Tensor& weight
       check_inputs("fuse_conv2d_forward", x, weight_row, weight_col, bias, full, stride, padding, dilation);
   at::Tensor out = at::empty({g.batch, g.out_channels(), g.out_height, g.out_width}, x.options());
   if (out.numel() == 0) return out;
-  if (const auto rg = run_geometry(x, g)) {
+  if (const auto rg = run_geometry(x, g, /*backward=*/false)) {
     runs::forward_runs(x.data_ptr<float>(), weight_row.data_ptr<float>(), weight_col.data_ptr<float>(),
                        bias.has_value() ? bias->data_ptr<float>() : nullptr, out.data_ptr<float>(), *rg,
                        run_act(act));
@@ -1037,7 +1037,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> fuse_conv2d_backward_
   at::Tensor grad_wc = at::empty_like(weight_col, at::MemoryFormat::Contiguous);
   at::Tensor grad_b = at::empty({g.out_channels()}, x.options());
   if (x.numel() > 0 && grad_out.numel() > 0) {
-    if (const auto rg = run_geometry(x, g)) {
+    if (const auto rg = run_geometry(x, g, /*backward=*/true)) {
       runs::backward_runs(grad_out.data_ptr<float>(), x.data_ptr<float>(), weight_row.data_ptr<float>(),
                           weight_col.data_ptr<float>(), bias.has_value() ? bias->data_ptr<float>() : nullptr,
                           grad_x.data_ptr<float>(), grad_wr.data_ptr<float>(), grad_wc.data_ptr<float>(),

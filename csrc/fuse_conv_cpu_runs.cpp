@@ -28,8 +28,12 @@ namespace fuseops::runs {
 namespace {
 
 constexpr int64_t kLanes = 16;
-// Planes up to this many elements take the run path (measured: see docs/perf-notes.md).
-constexpr int64_t kMaxPlane = 256;
+// Planes up to these sizes take the run path (measured, docs/perf-notes.md "v8"): the
+// forward gains or ties up to 56x56; the backward only up to 16x16, because above that
+// its halo recomputation and per-position sums cost more than the per-plane kernel's
+// padded copies.
+constexpr int64_t kMaxPlaneForward = 4096;
+constexpr int64_t kMaxPlaneBackward = 256;
 // Work items are segments of this many chunks (1024 floats) of one run, over every sample.
 constexpr int64_t kSegmentChunks = 64;
 // Filters longer than this take the per-plane kernels.
@@ -337,9 +341,9 @@ struct Parts {
 
 }  // namespace
 
-bool run_path_applies(const RunGeometry& g) {
+bool run_path_applies(const RunGeometry& g, bool backward) {
   // Stride 1 and the "same" output shape are checked by the caller.
-  return g.height * g.width <= kMaxPlane && g.kernel <= kMaxTaps;
+  return g.height * g.width <= (backward ? kMaxPlaneBackward : kMaxPlaneForward) && g.kernel <= kMaxTaps;
 }
 
 void forward_runs(const float* x, const float* w_row, const float* w_col, const float* bias, float* out,
@@ -521,7 +525,7 @@ void backward_runs(const float* grad_out, const float* x, const float* w_row, co
 
 #else  // no AVX-512 in this build: the per-plane kernels of fuse_conv_cpu.cpp run instead
 
-bool run_path_applies(const RunGeometry&) { return false; }
+bool run_path_applies(const RunGeometry&, bool) { return false; }
 
 void forward_runs(const float*, const float*, const float*, const float*, float*, const RunGeometry&, RunAct) {
   TORCH_CHECK(false, "fuse_conv2d: the run path needs a build with AVX-512");

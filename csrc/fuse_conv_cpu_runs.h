@@ -1,4 +1,4 @@
-// FuSe convolution on small planes, float32, AVX-512: the "run" path.
+// FuSe convolution, float32, AVX-512, stride 1 and "same" padding: the "run" path.
 //
 // With stride 1 and "same" padding every output plane has its input plane's shape, and
 // in NCHW the planes of one part (the row part's channels, or the column part's) of one
@@ -8,13 +8,15 @@
 // no remainder per plane: a 7x7 plane is 49 floats, so a per-plane loop spends a quarter
 // of its vectors on a 1-lane remainder, and its set-up costs as much as the plane's work.
 //
-// Across planes a chunk's lanes belong to different channels, so each lane needs its own
-// weight: the weights (and bias) are expanded once per call to one value per position of
-// the run (K * channels * H * W floats, reused by every sample of the batch), and each
-// tap carries a 16-bit lane mask per chunk that is set where the tap reads inside the
-// lane's own plane.  Masked-off lanes are never loaded (AVX-512 masked loads do not
-// fault and give 0), so values outside the plane, in the next plane or past the tensor,
-// never reach the sum, not even an inf or a NaN.
+// Across planes a chunk's lanes belong to different channels (at most 16), so each lane
+// needs its own weight: the taps' weights of 32 consecutive channels sit in registers and
+// a two-source permute hands every lane its own.  Which channel a lane has, and which
+// taps read inside its plane, depend only on where the chunk starts inside a plane, so
+// they repeat with a short period and are tabulated once per call: one 16-bit lane mask
+// per tap and chunk phase, set where the tap reads inside the lane's own plane.
+// Masked-off lanes are never loaded (AVX-512 masked loads do not fault and give 0), so
+// values outside the plane, in the next plane or past the tensor, never reach the sum,
+// not even an inf or a NaN.
 //
 // Used by fuse_conv_cpu.cpp when run_path_applies() says so; the other cases keep that
 // file's per-plane kernels.
@@ -33,9 +35,10 @@ struct RunGeometry {
 
 enum class RunAct { None, Relu, Relu6, Hardswish };
 
-// Whether this build has the run path (compiled with AVX-512) and it applies to a
-// stride-1 "same"-shaped float32 call of this geometry.
-bool run_path_applies(const RunGeometry& g);
+// Whether this build has the run path (compiled with AVX-512) and it applies to the
+// forward (backward == false) or the backward of a stride-1 "same"-shaped float32 call
+// of this geometry.
+bool run_path_applies(const RunGeometry& g, bool backward);
 
 // out: (N, C_out, H, W) contiguous; x: (N, C, H, W) contiguous; w_row (c_row, K),
 // w_col (c_col, K), bias (C_out) or nullptr.

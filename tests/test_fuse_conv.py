@@ -295,12 +295,13 @@ def test_cpu_kernels_are_deterministic():
         assert torch.equal(a, s)  # bit-identical whatever the thread count
 
 
+@pytest.mark.parametrize("plane", [(7, 7), (20, 13), (56, 56)])
 @pytest.mark.parametrize("variant", ["half", "full"])
-def test_cpu_small_planes_do_not_leak_between_planes(variant):
-    # Small planes (<= 256 elements) read their neighbours' memory and discard it with a
-    # select; an inf in one plane must not reach any other plane's output or gradients.
+def test_cpu_small_planes_do_not_leak_between_planes(variant, plane):
+    # Small planes read their neighbours' memory and discard it (a masked load or a
+    # select); an inf in one plane must not reach any other plane's output or gradients.
     require_backend(OP, "cpu")
-    x, wr, wc, b = make_inputs(2, 6, 7, 7, 3, variant, bias=True, dtype=torch.float32, requires_grad=False)
+    x, wr, wc, b = make_inputs(2, 6, *plane, 3, variant, bias=True, dtype=torch.float32, requires_grad=False)
     x[0, 2] = float("inf")
     x[1, 3, 0, 0] = float("nan")
     full = variant == "full"
@@ -319,12 +320,14 @@ def test_cpu_small_planes_do_not_leak_between_planes(variant):
 
 @st.composite
 def run_path_cases(draw):
-    """float32, stride 1, "same" padding, planes of at most 256 elements: the cases the C++
-    backend hands to its AVX-512 run path (csrc/fuse_conv_cpu_runs.cpp) when built with it."""
+    """float32, stride 1, "same" padding: the cases the C++ backend hands to its AVX-512 run
+    path (csrc/fuse_conv_cpu_runs.cpp) when built with it: the forward for planes of up to
+    4096 elements, the backward up to 256 (larger ones check the per-plane backward)."""
     variant = draw(st.sampled_from(["half", "full"]))
-    c = draw(st.integers(1, 40))
-    h = draw(st.integers(1, 16))
-    w = draw(st.integers(1, 256 // h))
+    small = draw(st.booleans())
+    c = draw(st.integers(1, 40 if small else 6))
+    h = draw(st.integers(1, 16 if small else 64))
+    w = draw(st.integers(1, (256 if small else 4096) // h))
     return dict(
         n=draw(st.integers(1, 4)), c=c, h=h, w=w, k=draw(st.sampled_from([1, 3, 5, 7, 9])), variant=variant,
         split=draw(st.integers(0, c)) if variant == "half" else None, dilation=draw(st.integers(1, 2)),
