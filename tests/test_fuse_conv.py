@@ -434,6 +434,21 @@ def test_bad_input_names_the_argument(overrides, error, match):
         call(**overrides)
 
 
+def test_validated_calls_still_reject_lookalike_arguments():
+    """Checks are skipped for metadata seen before (fuse_conv.api._validated); values that
+    compare equal to a valid one (True == 1, 1.0 == 1) or another dtype must still fail."""
+    x, wr, wc, b = make_inputs(1, 4, 6, 6, 3, "half", bias=True, requires_grad=False)
+    fuse_conv2d(x, wr, wc, b, stride=1, dilation=1)  # now cached as valid
+    with pytest.raises(TypeError, match="stride must be an int"):
+        fuse_conv2d(x, wr, wc, b, stride=True)
+    with pytest.raises(TypeError, match="dilation must be an int"):
+        fuse_conv2d(x, wr, wc, b, dilation=1.0)
+    with pytest.raises(TypeError, match="weight_row has dtype"):
+        fuse_conv2d(x, wr.float(), wc, b)
+    with pytest.raises(ValueError, match="bias must have shape"):
+        fuse_conv2d(x, wr, wc, b[:3])
+
+
 def test_too_small_input_raises():
     with pytest.raises(ValueError, match="too small"):
         fuse_conv2d(torch.randn(1, 2, 2, 2), torch.randn(2, 1, 1, 5), torch.randn(0, 1, 5, 1), padding=0)

@@ -20,38 +20,9 @@ def resolve_padding(padding: int | None, kernel: int, dilation: int) -> int:
     return _checks.integer("padding", padding, minimum=0)
 
 
-def fuse_conv2d(
-    x: torch.Tensor,
-    weight_row: torch.Tensor,
-    weight_col: torch.Tensor,
-    bias: torch.Tensor | None = None,
-    *,
-    variant: str = "half",
-    stride: int = 1,
-    padding: int | None = None,
-    dilation: int = 1,
-    activation: str | None = None,
-) -> torch.Tensor:
-    """FuSe convolution: 1xK and Kx1 depthwise convs whose outputs are concatenated.
-
-    Args:
-        x: (N, C, H, W) input.
-        weight_row: the 1xK filters, (C_r, 1, 1, K).  Half: the first C_r channels of x;
-            full: C_r == C.
-        weight_col: the Kx1 filters, (C_c, 1, K, 1).  Half: the remaining C_c = C - C_r
-            channels; full: C_c == C.
-        bias: optional (C_out,), added before the activation.
-        variant: "half" (C_out = C) or "full" (C_out = 2C).
-        stride: stride in both directions (>= 1).
-        padding: zero padding along each part's conv axis (none across it); None means
-            "same", dilation*(K-1)//2.
-        dilation: dilation along the conv axis (>= 1).
-        activation: None, "relu", "relu6" or "hardswish", fused into the epilogue.
-
-    Returns:
-        (N, C_out, H_out, W_out): the row part's channels, then the column part's.
-        Contiguous, same dtype and device as x.
-    """
+def _validate(x, weight_row, weight_col, bias, variant, stride, padding, dilation, activation
+              ) -> tuple[bool, int, int, int, str]:
+    """Every argument check of :func:`fuse_conv2d`; returns (full, stride, padding, dilation, act)."""
     _checks.tensor("x", x, ndim=4)
     _checks.floating_input("x", x)
     _checks.tensor("weight_row", weight_row, ndim=4)
@@ -95,6 +66,74 @@ def fuse_conv2d(
         _checks.same_dtype_device("bias", bias, "x", x)
         if bias.shape[0] != geo.out_channels:
             raise ValueError(f"bias must have shape ({geo.out_channels},), got {tuple(bias.shape)}")
+    return full, stride, padding, dilation, act
+
+
+# Argument checks depend only on the arguments' metadata (types, shapes, dtypes, devices)
+# and the options, so a call whose metadata was validated before skips them: on small maps
+# the checks cost about as much as the kernel (docs/perf-notes.md).  The key holds every
+# option's type as well as its value, because True == 1 and 1.0 == 1 hash alike.
+_VALIDATED_MAX = 4096
+_validated: dict[tuple, tuple[bool, int, int, int, str]] = {}
+
+
+def _tensor_key(t) -> tuple:
+    if t is None:
+        return (None,)
+    return (type(t), t.shape, t.dtype, t.device)
+
+
+def _checked(x, weight_row, weight_col, bias, variant, stride, padding, dilation, activation):
+    if torch.compiler.is_compiling():  # traced once per graph; a global cache would only add guards
+        return _validate(x, weight_row, weight_col, bias, variant, stride, padding, dilation, activation)
+    options = (variant, stride, padding, dilation, activation)
+    try:
+        key = (_tensor_key(x), _tensor_key(weight_row), _tensor_key(weight_col), _tensor_key(bias),
+               options, tuple(map(type, options)))
+        hit = _validated.get(key)
+    except (AttributeError, TypeError):  # not tensors, or unhashable options: let the checks say why
+        key, hit = None, None
+    if hit is None:
+        hit = _validate(x, weight_row, weight_col, bias, variant, stride, padding, dilation, activation)
+        if key is not None and len(_validated) < _VALIDATED_MAX:
+            _validated[key] = hit
+    return hit
+
+
+def fuse_conv2d(
+    x: torch.Tensor,
+    weight_row: torch.Tensor,
+    weight_col: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    *,
+    variant: str = "half",
+    stride: int = 1,
+    padding: int | None = None,
+    dilation: int = 1,
+    activation: str | None = None,
+) -> torch.Tensor:
+    """FuSe convolution: 1xK and Kx1 depthwise convs whose outputs are concatenated.
+
+    Args:
+        x: (N, C, H, W) input.
+        weight_row: the 1xK filters, (C_r, 1, 1, K).  Half: the first C_r channels of x;
+            full: C_r == C.
+        weight_col: the Kx1 filters, (C_c, 1, K, 1).  Half: the remaining C_c = C - C_r
+            channels; full: C_c == C.
+        bias: optional (C_out,), added before the activation.
+        variant: "half" (C_out = C) or "full" (C_out = 2C).
+        stride: stride in both directions (>= 1).
+        padding: zero padding along each part's conv axis (none across it); None means
+            "same", dilation*(K-1)//2.
+        dilation: dilation along the conv axis (>= 1).
+        activation: None, "relu", "relu6" or "hardswish", fused into the epilogue.
+
+    Returns:
+        (N, C_out, H_out, W_out): the row part's channels, then the column part's.
+        Contiguous, same dtype and device as x.
+    """
+    full, stride, padding, dilation, act = _checked(x, weight_row, weight_col, bias, variant, stride, padding,
+                                                    dilation, activation)
     args = (x, weight_row, weight_col, bias, full, stride, padding, dilation, act)
     if _eager.dispatcher_bypass_allowed(x, weight_row, weight_col, bias):
         return fuse_conv2d_eager(*args)  # the same backends, without the custom op's Python layers
