@@ -11,8 +11,13 @@ machinery that needs the registered op is active.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import torch
 from torch.utils._python_dispatch import _get_current_dispatch_mode
+
+from fuseops import backends
 
 
 def dispatcher_bypass_allowed(*tensors: torch.Tensor | None) -> bool:
@@ -25,3 +30,41 @@ def dispatcher_bypass_allowed(*tensors: torch.Tensor | None) -> bool:
         return False  # e.g. FlopCounterMode, FakeTensorMode: they must see the registered op
     # Subclasses (FakeTensor, DTensor, ...) dispatch through the op; exact torch.Tensor only.
     return all(t is None or type(t) is torch.Tensor or type(t) is torch.nn.Parameter for t in tensors)
+
+
+def eager_op(select_impl: Callable[[str, tuple], Any], tensor_count: int) -> Callable[..., torch.Tensor]:
+    """An op's eager entry point: its backend launchers behind a ``torch.autograd.Function``.
+
+    ``select_impl(function, args)`` returns the launcher module of the backend selected now
+    for ``function`` ("forward" or "backward") on ``args``; it is the same selection the
+    registered custom op makes.  The op's arguments are ``tensor_count`` tensors (the last
+    may be an optional bias, None) followed by non-tensor options; the launchers'
+    ``backward(grad_out, *tensors, *options)`` returns one gradient per tensor.  As in the
+    custom ops' autograd, the backward runs on the backend selection that was in force at
+    the forward, and there is no double backward.
+    """
+
+    class EagerFunction(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, *args):
+            ctx.selection = backends.current_backend()
+            ctx.save_for_backward(*args[:tensor_count])
+            ctx.options = args[tensor_count:]
+            return select_impl("forward", args).forward(*args)
+
+        @staticmethod
+        @torch.autograd.function.once_differentiable
+        def backward(ctx, grad_out):
+            saved = ctx.saved_tensors
+            args = (grad_out.contiguous(), *saved, *ctx.options)
+            with backends.use_backend(ctx.selection):
+                grads = select_impl("backward", args).backward(*args)
+            grads = tuple(g if t is not None else None for g, t in zip(grads, saved))
+            return grads + (None,) * len(ctx.options)
+
+    def call(*args) -> torch.Tensor:
+        if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in args[:tensor_count]):
+            return EagerFunction.apply(*args)
+        return select_impl("forward", args).forward(*args)
+
+    return call

@@ -349,6 +349,37 @@ def test_torch_compile_fullgraph(backend):
     torch.testing.assert_close(x.grad, eager_grad)
 
 
+def test_eager_path_and_registered_op_agree():
+    """Plain eager calls skip the custom op (fuseops._eager); both give the same results,
+    and a dispatch mode sees the registered op."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    rows, cols = block_grid(10, 8, (4, 3), "fixed")
+    x = torch.randn(2, 4, 10, 8, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(6, 2, 3, 3, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(6, dtype=torch.float64, requires_grad=True)
+    grad_out = torch.randn(2, 6, 10, 8, dtype=torch.float64)
+    eager = fuseops.block_conv2d(x, weight, bias, padding=1, groups=2, block_size=(4, 3), padding_mode="reflect")
+    eager_grads = torch.autograd.grad(eager, (x, weight, bias), grad_out)
+    args = (x, weight, bias, [1, 1], [1, 1], [1, 1], 2, spans_to_bounds(rows), spans_to_bounds(cols), "reflect")
+    op = torch.ops.fuseops.block_conv2d(*args)
+    op_grads = torch.autograd.grad(op, (x, weight, bias), grad_out)
+    assert torch.equal(eager, op)
+    for e, o in zip(eager_grads, op_grads):
+        assert torch.equal(e, o)
+
+    seen = []
+
+    class Recorder(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            seen.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    with Recorder(), torch.no_grad():
+        fuseops.block_conv2d(x, weight, bias, padding=1, groups=2, block_size=(4, 3))
+    assert "fuseops.block_conv2d.default" in seen
+
+
 @pytest.mark.parametrize("groups", [1, 5], ids=["dense", "depthwise"])
 def test_cpu_backward_is_deterministic(groups):
     require_backend("block_conv2d", "cpu")

@@ -515,6 +515,50 @@ def test_use_backend_and_environment_variable(monkeypatch, spy_backends):
         assert spy_backends[-1] == "cpu"  # auto prefers the C++ kernels on CPU tensors
 
 
+def test_backward_runs_on_the_forwards_backend(spy_backends):
+    """The eager path (and the op) remember the forward's selection for the backward."""
+    require_backend(OP, "cpu")
+    x, wr, wc, b = make_inputs(2, 4, 5, 5, 3, "half", bias=True)
+    with fuseops.use_backend("reference"):
+        out = fuse_conv2d(x, wr, wc, b)
+    with fuseops.use_backend("cpu"):
+        out.sum().backward()
+    assert spy_backends[-2:] == ["reference", "reference"]
+
+
+def test_eager_path_and_registered_op_agree():
+    """Plain eager calls skip the custom op (fuseops._eager); both give the same results."""
+    x, wr, wc, b = make_inputs(2, 5, 6, 7, 3, "full", bias=True)
+    grad_out = torch.randn(2, 10, 6, 7, dtype=torch.float64)
+    eager = fuse_conv2d(x, wr, wc, b, variant="full", activation="hardswish")
+    eager_grads = torch.autograd.grad(eager, (x, wr, wc, b), grad_out)
+    op = torch.ops.fuseops.fuse_conv2d(x, wr, wc, b, True, 1, 1, 1, "hardswish")
+    op_grads = torch.autograd.grad(op, (x, wr, wc, b), grad_out)
+    assert torch.equal(eager, op)
+    for e, o in zip(eager_grads, op_grads):
+        assert torch.equal(e, o)
+
+
+def test_dispatch_modes_see_the_registered_op():
+    """Under a TorchDispatchMode (FlopCounterMode, fake tensors...) the custom op is called."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    seen = []
+
+    class Recorder(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            seen.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    x, wr, wc, b = make_inputs(1, 4, 5, 5, 3, "half", bias=True, requires_grad=False)
+    with Recorder():
+        fuse_conv2d(x, wr, wc, b)
+    assert "fuseops.fuse_conv2d.default" in seen
+    seen.clear()
+    fuse_conv2d(x, wr, wc, b)
+    assert seen == []
+
+
 # ----------------------------------------------------------------------------- layers
 def test_fuseconv2d_repr_and_state_dict_round_trip():
     layer = FuSeConv2d(7, 5, 2, variant="half", split=3, bias=True, activation="relu6").double()

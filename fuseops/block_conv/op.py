@@ -11,7 +11,8 @@ Each provides ``forward(x, weight, bias, stride, padding, dilation, groups,
 row_bounds, col_bounds, padding_mode) -> out`` and ``backward(grad_out, x, weight,
 bias, <same>) -> (grad_x, grad_weight, grad_bias)``.  ``stride``, ``padding`` and
 ``dilation`` are [h, w] lists; the bounds are block edges (``spans_to_bounds``).
-The op always runs a true strided conv: the "pool" stride mode is composed outside
+Plain eager calls reach the same launchers through :data:`block_conv2d_eager` (see
+:mod:`fuseops._eager`).  The op always runs a true strided conv: the "pool" stride mode is composed outside
 it (fuseops.block_conv.api).  Outputs are contiguous NCHW; grad_bias is (C_out,).
 """
 
@@ -21,7 +22,7 @@ import importlib
 
 import torch
 
-from fuseops import backends
+from fuseops import _eager, backends
 from fuseops.block_conv.grid import block_out_size, bounds_to_spans
 from fuseops.block_conv.reference import block_conv2d_reference, block_conv2d_reference_backward
 
@@ -47,10 +48,19 @@ class _ReferenceBackend:
     backward = staticmethod(block_conv2d_reference_backward)
 
 
+_launchers: dict[str, object] = {"reference": _ReferenceBackend}
+
+
 def _backend_module(name: str):
-    if name == "reference":
-        return _ReferenceBackend
-    return importlib.import_module(f"fuseops.block_conv.{name}_impl")
+    module = _launchers.get(name)
+    if module is None:  # imported on first use: triton_impl imports triton
+        module = _launchers[name] = importlib.import_module(f"fuseops.block_conv.{name}_impl")
+    return module
+
+
+def _selected_impl(function: str, args: tuple):
+    """The launcher module of the backend selected now (x is args[0] forward, args[1] backward)."""
+    return _backend_module(backends.resolve(OP_NAME, args[1 if function == "backward" else 0].device))
 
 
 def output_size(bounds: list[int], kernel: int, stride: int, padding: int, dilation: int) -> int:
@@ -71,8 +81,8 @@ def block_conv2d_op(
     col_bounds: list[int],
     padding_mode: str,
 ) -> torch.Tensor:
-    impl = _backend_module(backends.resolve(OP_NAME, x.device))
-    return impl.forward(x, weight, bias, stride, padding, dilation, groups, row_bounds, col_bounds, padding_mode)
+    args = (x, weight, bias, stride, padding, dilation, groups, row_bounds, col_bounds, padding_mode)
+    return _selected_impl("forward", args).forward(*args)
 
 
 @block_conv2d_op.register_fake
@@ -97,9 +107,8 @@ def block_conv2d_backward_op(
     col_bounds: list[int],
     padding_mode: str,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    impl = _backend_module(backends.resolve(OP_NAME, x.device))
-    return impl.backward(grad_out, x, weight, bias, stride, padding, dilation, groups, row_bounds, col_bounds,
-                         padding_mode)
+    args = (grad_out, x, weight, bias, stride, padding, dilation, groups, row_bounds, col_bounds, padding_mode)
+    return _selected_impl("backward", args).backward(*args)
 
 
 @block_conv2d_backward_op.register_fake
@@ -130,3 +139,8 @@ def _backward(ctx, grad_out):
 
 
 block_conv2d_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+#: block_conv2d in plain eager mode (the caller checks fuseops._eager.dispatcher_bypass_allowed),
+#: with the op's arguments: the registered op's Python dispatch layers skipped.
+block_conv2d_eager = _eager.eager_op(_selected_impl, tensor_count=3)

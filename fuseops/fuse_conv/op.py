@@ -31,7 +31,7 @@ import importlib
 
 import torch
 
-from fuseops import backends
+from fuseops import _eager, backends
 from fuseops.autotune import TuneRequest, signature
 from fuseops.fuse_conv.geometry import fuse_geometry
 from fuseops.fuse_conv.reference import fuse_conv2d_reference, fuse_conv2d_reference_backward
@@ -162,30 +162,6 @@ def _backward(ctx, grad_out):
 fuse_conv2d_op.register_autograd(_backward, setup_context=_setup_context)
 
 
-class _EagerFuseConv2d(torch.autograd.Function):
-    """The same forward and backward as the custom op, without the dispatcher's layers."""
-
-    @staticmethod
-    def forward(ctx, x, weight_row, weight_col, bias, full, stride, padding, dilation, activation):
-        args = (x, weight_row, weight_col, bias, full, stride, padding, dilation, activation)
-        ctx.backend = backends.current_backend()  # as _setup_context: backward uses the forward's selection
-        ctx.save_for_backward(x, weight_row, weight_col, bias)
-        ctx.config = (full, stride, padding, dilation, activation)
-        return _selected_impl("forward", args).forward(*args)
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable  # like the op: no double backward
-    def backward(ctx, grad_out):
-        x, weight_row, weight_col, bias = ctx.saved_tensors
-        args = (grad_out.contiguous(), x, weight_row, weight_col, bias, *ctx.config)
-        with backends.use_backend(ctx.backend):
-            grad_x, grad_wr, grad_wc, grad_b = _selected_impl("backward", args).backward(*args)
-        return grad_x, grad_wr, grad_wc, (grad_b if bias is not None else None), None, None, None, None, None
-
-
-def fuse_conv2d_eager(x, weight_row, weight_col, bias, full, stride, padding, dilation, activation):
-    """fuse_conv2d in plain eager mode (the caller checks :func:`fuseops._eager.dispatcher_bypass_allowed`)."""
-    args = (x, weight_row, weight_col, bias, full, stride, padding, dilation, activation)
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in args[:4]):
-        return _EagerFuseConv2d.apply(*args)
-    return _selected_impl("forward", args).forward(*args)
+#: fuse_conv2d in plain eager mode (the caller checks fuseops._eager.dispatcher_bypass_allowed):
+#: fuse_conv2d_eager(x, weight_row, weight_col, bias, full, stride, padding, dilation, activation).
+fuse_conv2d_eager = _eager.eager_op(_selected_impl, tensor_count=4)
