@@ -56,7 +56,7 @@ Act parse_activation(const std::string& name) {
 template <Act A, typename T>
 inline T activate(T v) {
   if constexpr (A == Act::Relu) {
-    return v > T(0) ? v : T(0);
+    return v < T(0) ? T(0) : v;  // a NaN stays NaN, as in torch.relu
   } else if constexpr (A == Act::Relu6) {
     return std::min(std::max(v, T(0)), T(6));
   } else if constexpr (A == Act::Hardswish) {

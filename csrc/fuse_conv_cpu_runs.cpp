@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <numeric>
 #include <cstdint>
+#include <cstdlib>
 #include <limits>
 #include <memory>
 #include <type_traits>
@@ -34,6 +35,10 @@ constexpr int64_t kLanes = 16;
 // padded copies.
 constexpr int64_t kMaxPlaneForward = 4096;
 constexpr int64_t kMaxPlaneBackward = 256;
+// The per-call tables have one entry per chunk phase: `period` = plane / gcd(plane, 16)
+// phases (49 for 7x7, 14x14 and 28x28; 196 for 56x56).  Odd planes such as 17x17 have one
+// phase per position, and for them the per-plane kernels are cheaper than the tables.
+constexpr int64_t kMaxPeriod = 256;
 // Work items are segments of this many chunks (1024 floats) of one run, over every sample.
 constexpr int64_t kSegmentChunks = 64;
 // Filters longer than this take the per-plane kernels.
@@ -60,7 +65,8 @@ struct Run {
   std::vector<uint16_t> fwd_mask;           // [k * period + q] lanes whose tap k reads inside their plane
   std::vector<uint16_t> bwd_mask;           // [k * period + q] lanes j read by tap k of an output
 
-  Run(const RunGeometry& g, bool row_part, int64_t part_channels, const float* w, const float* b) {
+  // The tables cost O(K * (plane + period)) once per call; `backward` also builds bwd_mask.
+  Run(const RunGeometry& g, bool row_part, int64_t part_channels, const float* w, const float* b, bool backward) {
     const int64_t H = g.height, W = g.width, K = g.kernel;
     kernel = K;
     plane = H * W;
@@ -70,17 +76,27 @@ struct Run {
     period = plane / std::gcd(plane, kLanes);
     period_channels = period * kLanes / plane;
     off.resize(K);
-    // fwd[k][pos]: output pos's tap k reads inside the plane; bwd[k][pos]: input pos is
-    // read by tap k of an output (the output pos - off[k] exists and its tap is valid).
-    std::vector<uint8_t> fwd(K * plane), bwd(K * plane);
+    // fwd[k][pos] (0x80 or 0): output pos's tap k reads inside the plane; bwd[k][pos]: input
+    // pos is read by tap k of an output of its plane.  Both repeat with the plane and are
+    // extended by 16 positions, so the 16 lanes of a chunk starting at any pos0 < plane are
+    // one 16-byte load, turned into a lane mask by movemask.
+    const int64_t ext = plane + kLanes;
+    std::vector<uint8_t> fwd(K * ext), bwd(backward ? K * ext : 0);
     for (int64_t k = 0; k < K; ++k) {
-      const int64_t t = k * g.dilation - g.padding;
+      const int64_t t = k * g.dilation - g.padding, extent = row_part ? W : H;
       off[k] = row_part ? t : t * W;
-      reach = std::max(reach, std::abs(off[k]));
-      for (int64_t pos = 0; pos < plane; ++pos) {
-        const int64_t coord = row_part ? pos % W : pos / W, extent = row_part ? W : H;
-        fwd[k * plane + pos] = coord + t >= 0 && coord + t < extent;
-        bwd[k * plane + pos] = coord - t >= 0 && coord - t < extent;
+      // A tap that reaches a whole plane side or more is masked everywhere: it bounds no halo.
+      if (std::abs(t) < extent) reach = std::max(reach, std::abs(off[k]));
+      for (int64_t h = 0, pos = 0; h < H; ++h) {
+        for (int64_t col = 0; col < W; ++col, ++pos) {
+          const int64_t coord = row_part ? col : h;
+          fwd[k * ext + pos] = coord + t >= 0 && coord + t < extent ? 0x80 : 0;
+          if (backward) bwd[k * ext + pos] = coord - t >= 0 && coord - t < extent ? 0x80 : 0;
+        }
+      }
+      for (int64_t pos = plane; pos < ext; ++pos) {
+        fwd[k * ext + pos] = fwd[k * ext + pos % plane];
+        if (backward) bwd[k * ext + pos] = bwd[k * ext + pos % plane];
       }
     }
     weight.assign(K * (channels + kPad), 0.0f);
@@ -94,16 +110,23 @@ struct Run {
     lane_channel.assign(period * kLanes, 0);
     first.assign(period, 0);
     fwd_mask.assign(K * period, 0);
-    bwd_mask.assign(K * period, 0);
+    bwd_mask.assign(backward ? K * period : 0, 0);
+    int64_t pos0 = 0, channel0 = 0;  // chunk q starts at position pos0 of channel channel0
     for (int64_t q = 0; q < period; ++q) {
-      first[q] = q * kLanes / plane;
-      for (int64_t l = 0; l < kLanes; ++l) {
-        const int64_t i = q * kLanes + l, pos = i % plane;
-        lane_channel[q * kLanes + l] = static_cast<int32_t>(i / plane - first[q]);
-        for (int64_t k = 0; k < K; ++k) {
-          if (fwd[k * plane + pos]) fwd_mask[k * period + q] |= uint16_t(1u << l);
-          if (bwd[k * plane + pos]) bwd_mask[k * period + q] |= uint16_t(1u << l);
-        }
+      first[q] = channel0;
+      for (int64_t l = 0; l < kLanes; ++l) lane_channel[q * kLanes + l] = static_cast<int32_t>((pos0 + l) / plane);
+      for (int64_t k = 0; k < K; ++k) {
+        const auto lanes_of = [&](const std::vector<uint8_t>& table) {
+          return static_cast<uint16_t>(_mm_movemask_epi8(
+              _mm_loadu_si128(reinterpret_cast<const __m128i*>(table.data() + k * ext + pos0))));
+        };
+        fwd_mask[k * period + q] = lanes_of(fwd);
+        if (backward) bwd_mask[k * period + q] = lanes_of(bwd);
+      }
+      pos0 += kLanes;
+      while (pos0 >= plane) {
+        pos0 -= plane;
+        ++channel0;
       }
     }
   }
@@ -327,8 +350,9 @@ void dispatch_act(RunAct act, F&& f) {
 
 struct Parts {
   Run row, col;
-  Parts(const RunGeometry& g, const float* w_row, const float* w_col, const float* bias)
-      : row(g, true, g.c_row, w_row, bias), col(g, false, g.c_col, w_col, bias ? bias + g.c_row : nullptr) {
+  Parts(const RunGeometry& g, const float* w_row, const float* w_col, const float* bias, bool backward)
+      : row(g, true, g.c_row, w_row, bias, backward),
+        col(g, false, g.c_col, w_col, bias ? bias + g.c_row : nullptr, backward) {
     const int64_t plane = g.height * g.width;
     row.x_offset = 0;
     row.out_offset = 0;
@@ -343,12 +367,14 @@ struct Parts {
 
 bool run_path_applies(const RunGeometry& g, bool backward) {
   // Stride 1 and the "same" output shape are checked by the caller.
-  return g.height * g.width <= (backward ? kMaxPlaneBackward : kMaxPlaneForward) && g.kernel <= kMaxTaps;
+  const int64_t plane = g.height * g.width;
+  return plane <= (backward ? kMaxPlaneBackward : kMaxPlaneForward) && g.kernel <= kMaxTaps &&
+         plane / std::gcd(plane, kLanes) <= kMaxPeriod;
 }
 
 void forward_runs(const float* x, const float* w_row, const float* w_col, const float* bias, float* out,
                   const RunGeometry& g, RunAct act) {
-  const Parts parts(g, w_row, w_col, bias);
+  const Parts parts(g, w_row, w_col, bias, /*backward=*/false);
   const int64_t plane = g.height * g.width;
   const int64_t x_sample = g.channels * plane, out_sample = (g.c_row + g.c_col) * plane;
   const int64_t seg_row = segments_of(parts.row), seg_col = segments_of(parts.col);
@@ -475,7 +501,7 @@ void reduce_channels(const Run& r, int64_t padded, const float* sums_all, float*
 void backward_runs(const float* grad_out, const float* x, const float* w_row, const float* w_col,
                    const float* bias, float* grad_x, float* grad_w_row, float* grad_w_col, float* grad_bias,
                    const RunGeometry& g, RunAct act) {
-  const Parts parts(g, w_row, w_col, bias);
+  const Parts parts(g, w_row, w_col, bias, /*backward=*/true);
   const int64_t plane = g.height * g.width, K = g.kernel;
   const int64_t x_sample = g.channels * plane, out_sample = (g.c_row + g.c_col) * plane;
   const int64_t seg_row = segments_of(parts.row), seg_col = segments_of(parts.col);
@@ -493,7 +519,8 @@ void backward_runs(const float* grad_out, const float* x, const float* w_row, co
       constexpr int KT = decltype(kt)::value;
       constexpr RunAct A = decltype(a)::value;
       at::parallel_for(0, items, 1, [&](int64_t begin, int64_t end) {
-        std::vector<float> gp((kSegmentChunks + 2 * halo) * kLanes);
+        std::vector<float> gp((std::min(kSegmentChunks, std::max(parts.row.chunks, parts.col.chunks)) + 2 * halo) *
+                              kLanes);
         auto run_item = [&](const Run& r, int64_t s, bool accumulate, float* sums_all) {
           const int64_t padded = r.chunks * kLanes;
           const int64_t c0 = s * kSegmentChunks, c1 = std::min(r.chunks, c0 + kSegmentChunks);

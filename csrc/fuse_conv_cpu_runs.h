@@ -14,9 +14,9 @@
 // taps read inside its plane, depend only on where the chunk starts inside a plane, so
 // they repeat with a short period and are tabulated once per call: one 16-bit lane mask
 // per tap and chunk phase, set where the tap reads inside the lane's own plane.
-// Masked-off lanes are never loaded (AVX-512 masked loads do not fault and give 0), so
-// values outside the plane, in the next plane or past the tensor, never reach the sum,
-// not even an inf or a NaN.
+// Masked-off lanes of x are never loaded (AVX-512 masked loads do not fault and give 0),
+// so values of x outside the plane, in the next plane or past the tensor, never reach the
+// sum, not even an inf or a NaN (the padding zeros still meet the weights, as in F.conv2d).
 //
 // Used by fuse_conv_cpu.cpp when run_path_applies() says so; the other cases keep that
 // file's per-plane kernels.
