@@ -326,6 +326,99 @@ void move_blocks(at::Tensor& blocks, const at::Tensor& full, const SizeClass& ro
   });
 }
 
+// Stride-1 depthwise blocks with a compile-time tap count (3x3 and 5x5, any dilation):
+// every tap of an output accumulates in a register, instead of one pass over the block's
+// accumulator per tap (9 loads and stores of the accumulator per output for 3x3).  The
+// loops run to a multiple of kSpanStep so they have no scalar remainder (a 14x14 block's
+// span of 222 would leave 14 scalar iterations of all taps); the buffers carry kSpanStep
+// elements of zero slack for the extra reads, whose results are dropped.
+constexpr int64_t kSpanStep = 16;
+
+inline int64_t round_up_span(int64_t span) { return (span + kSpanStep - 1) / kSpanStep * kSpanStep; }
+
+template <int KH, int KW>
+struct FixedTaps {
+  static constexpr int kH = KH, kW = KW;
+};
+
+// acc[q] = b0 + sum_t w[t] * padded[q + off[t]] for q < round_up_span(span).
+template <int KH, int KW, typename acc_t>
+inline void depthwise_span_fixed(acc_t* __restrict acc, const acc_t* __restrict padded, int64_t span, int64_t pitch,
+                                 int64_t dh, int64_t dw, const acc_t* w, acc_t b0) {
+  constexpr int T = KH * KW;
+  int64_t off[T];
+  acc_t wl[T];
+  for (int a = 0; a < KH; ++a) {
+    for (int b = 0; b < KW; ++b) {
+      off[a * KW + b] = a * dh * pitch + b * dw;
+      wl[a * KW + b] = w[a * KW + b];
+    }
+  }
+  const int64_t end = round_up_span(span);
+#pragma omp simd
+  for (int64_t q = 0; q < end; ++q) {
+    acc_t sum = b0;
+    for (int t = 0; t < T; ++t) sum += wl[t] * padded[q + off[t]];
+    acc[q] = sum;
+  }
+}
+
+// The backward of one block with a compile-time tap count.  gf: the output-gradient block
+// at the padded row pitch (zeros past each row's outputs) with `guard` zeros before it and
+// guard + kSpanStep after; padded: the padded input block (+ kSpanStep slack).
+//   gp[q] = sum_t w[t] * gf[q - off[t]]  for q < round_up_span(ph * pitch)  (transposed conv)
+//   wgrad[t] += sum_q gf[q] * padded[q + off[t]]  over q < round_up_span(span)
+// The weight sums keep kSpanStep fixed lanes per tap and add them in a fixed order, so
+// they vectorise without reassociation and are deterministic.
+template <int KH, int KW, typename acc_t>
+inline void depthwise_block_backward_fixed(acc_t* __restrict gp, acc_t* __restrict wgrad, const acc_t* __restrict gf,
+                                           const acc_t* __restrict padded, int64_t span, int64_t padded_area,
+                                           int64_t pitch, int64_t dh, int64_t dw, const acc_t* w) {
+  constexpr int T = KH * KW;
+  int64_t off[T];
+  acc_t wl[T];
+  for (int a = 0; a < KH; ++a) {
+    for (int b = 0; b < KW; ++b) {
+      off[a * KW + b] = a * dh * pitch + b * dw;
+      wl[a * KW + b] = w[a * KW + b];
+    }
+  }
+  const int64_t gp_end = round_up_span(padded_area);
+#pragma omp simd
+  for (int64_t q = 0; q < gp_end; ++q) {
+    acc_t sum = 0;
+    for (int t = 0; t < T; ++t) sum += wl[t] * gf[q - off[t]];
+    gp[q] = sum;
+  }
+  acc_t lanes[T][kSpanStep] = {};
+  const int64_t end = round_up_span(span);
+  for (int64_t q = 0; q < end; q += kSpanStep) {
+    for (int t = 0; t < T; ++t) {
+#pragma omp simd
+      for (int64_t l = 0; l < kSpanStep; ++l) lanes[t][l] += gf[q + l] * padded[q + l + off[t]];
+    }
+  }
+  for (int t = 0; t < T; ++t) {
+    acc_t dot = 0;
+    for (int64_t l = 0; l < kSpanStep; ++l) dot += lanes[t][l];
+    wgrad[t] += dot;
+  }
+}
+
+// Calls f(FixedTaps<KH, KW>{}) for the specialised filter sizes, else returns false.
+template <typename F>
+bool dispatch_fixed_taps(int64_t kh, int64_t kw, F&& f) {
+  if (kh == 3 && kw == 3) {
+    f(FixedTaps<3, 3>{});
+    return true;
+  }
+  if (kh == 5 && kw == 5) {
+    f(FixedTaps<5, 5>{});
+    return true;
+  }
+  return false;
+}
+
 // Depthwise (groups == C_in == C_out) forward without the gather/conv/stitch passes: a
 // depthwise conv is memory-bound, so the extra passes would dominate.  Per (n, c) plane
 // and block, the padded block is built in a small cache-resident buffer and convolved
@@ -351,7 +444,8 @@ void depthwise_direct(const at::Tensor& x, const at::Tensor& weight, const c10::
   const scalar_t* bias_ptr = bias.has_value() && bias->defined() ? bias->const_data_ptr<scalar_t>() : nullptr;
   scalar_t* dst = out.mutable_data_ptr<scalar_t>();
   at::parallel_for(0, n_batch * channels, 1, [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> padded(max_ph * max_pw), full_acc(max_ph * max_pw), row(max_ow), w(kh * kw);
+    std::vector<acc_t> padded(max_ph * max_pw + kSpanStep), full_acc(max_ph * max_pw + kSpanStep), row(max_ow),
+        w(kh * kw);
     for (int64_t plane = begin; plane < end; ++plane) {
       const int64_t c = plane % channels;
       const scalar_t* in = src + plane * height * width;
@@ -389,12 +483,18 @@ void depthwise_direct(const at::Tensor& x, const at::Tensor& weight, const c10::
                 // columns past each output row are computed and dropped.
                 const int64_t span = (oh - 1) * pw_total + ow;
                 acc_t* __restrict acc = full_acc.data();
-                for (int64_t q = 0; q < span; ++q) acc[q] = b0;
-                for (int64_t a = 0; a < kh; ++a) {
-                  for (int64_t bcol = 0; bcol < kw; ++bcol) {
-                    const acc_t wv = w[a * kw + bcol];
-                    const acc_t* __restrict p0 = padded.data() + a * dh * pw_total + bcol * dw;
-                    for (int64_t q = 0; q < span; ++q) acc[q] += wv * p0[q];
+                const bool fixed = dispatch_fixed_taps(kh, kw, [&](auto taps) {
+                  using Taps = decltype(taps);
+                  depthwise_span_fixed<Taps::kH, Taps::kW>(acc, padded.data(), span, pw_total, dh, dw, w.data(), b0);
+                });
+                if (!fixed) {
+                  for (int64_t q = 0; q < span; ++q) acc[q] = b0;
+                  for (int64_t a = 0; a < kh; ++a) {
+                    for (int64_t bcol = 0; bcol < kw; ++bcol) {
+                      const acc_t wv = w[a * kw + bcol];
+                      const acc_t* __restrict p0 = padded.data() + a * dh * pw_total + bcol * dw;
+                      for (int64_t q = 0; q < span; ++q) acc[q] += wv * p0[q];
+                    }
                   }
                 }
                 for (int64_t r = 0; r < oh; ++r) {
@@ -455,7 +555,11 @@ void depthwise_direct_backward(const at::Tensor& grad_out, const at::Tensor& x, 
   scalar_t* gx = grad_x.mutable_data_ptr<scalar_t>();
   at::parallel_for(0, n_batch * channels, 1, [&](int64_t begin, int64_t end) {
     const int64_t area = max_ph * max_pw;
-    std::vector<acc_t> padded(area), gfull(area), gpad(area), w(taps);
+    // gf sits `guard` zeros into gfull so that the transposed conv of the fixed-tap path
+    // reads zeros before the block; every buffer has kSpanStep elements of slack.
+    const int64_t guard = (kh - 1) * dh * max_pw + (kw - 1) * dw;
+    std::vector<acc_t> padded(area + kSpanStep), gfull(guard + area + guard + kSpanStep), gpad(area + kSpanStep),
+        w(taps);
     for (int64_t plane = begin; plane < end; ++plane) {
       const int64_t c = plane % channels;
       const scalar_t* in = src + plane * height * width;
@@ -490,15 +594,20 @@ void depthwise_direct_backward(const at::Tensor& grad_out, const at::Tensor& x, 
                 }
               }
               // The output-gradient block laid out with the padded block's row pitch.
-              acc_t* __restrict gf = gfull.data();
-              for (int64_t q = 0; q < span; ++q) gf[q] = acc_t(0);
+              acc_t* __restrict gf = gfull.data() + guard;
+              for (int64_t q = 0; q < ph_total * pw_total + kSpanStep; ++q) gf[q] = acc_t(0);
               for (int64_t r = 0; r < oh; ++r) {
                 const scalar_t* grow = g + (rows.out_starts[i] + r) * out_w + cols.out_starts[j];
                 for (int64_t u = 0; u < ow; ++u) gf[r * pw_total + u] = static_cast<acc_t>(grow[u]);
               }
               acc_t* __restrict gp = gpad.data();
-              for (int64_t q = 0; q < ph_total * pw_total; ++q) gp[q] = acc_t(0);
-              for (int64_t a = 0; a < kh; ++a) {
+              const bool fixed = dispatch_fixed_taps(kh, kw, [&](auto fixed_taps) {
+                using Taps = decltype(fixed_taps);
+                depthwise_block_backward_fixed<Taps::kH, Taps::kW>(gp, wgrad, gf, padded.data(), span,
+                                                                   ph_total * pw_total, pw_total, dh, dw, w.data());
+              });
+              if (!fixed) for (int64_t q = 0; q < ph_total * pw_total; ++q) gp[q] = acc_t(0);
+              for (int64_t a = 0; a < kh && !fixed; ++a) {
                 for (int64_t bcol = 0; bcol < kw; ++bcol) {
                   const int64_t off = a * dh * pw_total + bcol * dw;
                   const acc_t* __restrict p0 = padded.data() + off;

@@ -85,23 +85,31 @@ def providers(case: Case, compiled_composition: Callable | None) -> dict[str, Ca
     return result
 
 
-def _timed(fn: Callable, case: Case, backward: bool) -> float:
+#: Seconds of calls per provider per round: a single 2 ms call is at the mercy of one
+#: scheduler tick, so each round times enough calls to fill this and reports their mean.
+ROUND_SECONDS = 0.03
+
+
+def _timed(fn: Callable, case: Case, backward: bool, repeats: int = 1) -> float:
+    """Mean seconds of ``repeats`` calls (forward, or forward + backward)."""
     if backward:
         x = case.x.detach().requires_grad_()
         w = case.weight.detach().requires_grad_()
         b = case.bias.detach().requires_grad_()
         start = time.perf_counter()
-        fn(x, w, b).sum().backward()
+        for _ in range(repeats):
+            fn(x, w, b).sum().backward()
     else:
         x, w, b = case.x, case.weight, case.bias
         start = time.perf_counter()
         with torch.no_grad():
-            fn(x, w, b)
-    return time.perf_counter() - start
+            for _ in range(repeats):
+                fn(x, w, b)
+    return (time.perf_counter() - start) / repeats
 
 
 def measure(case: Case, fns: dict[str, Callable | None], backward: bool, rounds: int) -> dict[str, float | str | None]:
-    """Best-of-``rounds`` seconds per provider, providers interleaved in every round."""
+    """Best-of-``rounds`` mean seconds per provider, providers interleaved in every round."""
     live = {name: fn for name, fn in fns.items() if fn is not None}
     failed = {}
     for name, fn in list(live.items()):  # warm-up (and compilation)
@@ -115,10 +123,11 @@ def measure(case: Case, fns: dict[str, Callable | None], backward: bool, rounds:
                 raise
             failed[name] = f"{COMPILE_FAILED} ({type(exc).__name__})"
             del live[name]
+    repeats = {name: max(1, int(ROUND_SECONDS / max(_timed(fn, case, backward), 1e-6))) for name, fn in live.items()}
     best = {name: float("inf") for name in live}
     for _ in range(rounds):
         for name, fn in live.items():
-            best[name] = min(best[name], _timed(fn, case, backward))
+            best[name] = min(best[name], _timed(fn, case, backward, repeats[name]))
     return {name: failed.get(name, best.get(name)) for name in fns}
 
 
