@@ -419,6 +419,83 @@ bool dispatch_fixed_taps(int64_t kh, int64_t kw, F&& f) {
   return false;
 }
 
+// Stride-1 depthwise forward with a compile-time tap count, one block *row* at a time:
+// the padded blocks of a block row are laid side by side in one strip (each keeps its own
+// padding), so one long register-accumulating loop convolves the whole strip, and the
+// per-block costs (loop set-up, the partial vector at the end of a block) are paid once
+// per strip.  A block's outputs only read its own padded columns: output column u of a
+// block of padded width pw reads columns u .. u + (kw-1)*dw < pw.
+template <int KH, int KW, typename scalar_t>
+void depthwise_direct_strips(const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
+                             at::Tensor& out, const std::vector<SizeClass>& row_classes,
+                             const std::vector<SizeClass>& col_classes, int64_t dh, int64_t dw) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t n_batch = x.size(0), channels = x.size(1), height = x.size(2), width = x.size(3);
+  const int64_t out_h = out.size(2), out_w = out.size(3);
+  struct ColumnBlock {
+    int64_t offset, pw, pad, size, in_start, out_start, ow;
+    const int64_t* table;
+  };
+  std::vector<ColumnBlock> blocks;
+  int64_t strip_w = 0, max_ph = 0;
+  for (const auto& cols : col_classes) {
+    const int64_t pw = cols.table.size();
+    for (size_t j = 0; j < cols.in_starts.size(); ++j) {
+      blocks.push_back({strip_w, pw, (pw - cols.size) / 2, cols.size, cols.in_starts[j], cols.out_starts[j],
+                        pw - dw * (KW - 1), cols.table.data()});
+      strip_w += pw;
+    }
+  }
+  for (const auto& r : row_classes) max_ph = std::max<int64_t>(max_ph, r.table.size());
+  const scalar_t* src = x.const_data_ptr<scalar_t>();
+  const scalar_t* wts = weight.const_data_ptr<scalar_t>();
+  const scalar_t* bias_ptr = bias.has_value() && bias->defined() ? bias->const_data_ptr<scalar_t>() : nullptr;
+  scalar_t* dst = out.mutable_data_ptr<scalar_t>();
+  at::parallel_for(0, n_batch * channels, 1, [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> strip(max_ph * strip_w + kSpanStep), acc(max_ph * strip_w + kSpanStep), w(KH * KW);
+    for (int64_t plane = begin; plane < end; ++plane) {
+      const int64_t c = plane % channels;
+      const scalar_t* in = src + plane * height * width;
+      scalar_t* o = dst + plane * out_h * out_w;
+      for (int64_t q = 0; q < KH * KW; ++q) w[q] = static_cast<acc_t>(wts[c * KH * KW + q]);
+      const acc_t b0 = bias_ptr ? static_cast<acc_t>(bias_ptr[c]) : acc_t(0);
+      for (const auto& rows : row_classes) {
+        const int64_t ph = rows.table.size(), oh = ph - dh * (KH - 1);
+        for (size_t i = 0; i < rows.in_starts.size(); ++i) {
+          for (int64_t t = 0; t < ph; ++t) {
+            acc_t* prow = strip.data() + t * strip_w;
+            const int64_t sr = rows.table[t];
+            if (sr < 0) {
+              std::fill(prow, prow + strip_w, acc_t(0));
+              continue;
+            }
+            const scalar_t* line = in + (rows.in_starts[i] + sr) * width;
+            for (const auto& b : blocks) {
+              acc_t* dstb = prow + b.offset;
+              const scalar_t* srcb = line + b.in_start;
+              for (int64_t u = 0; u < b.size; ++u) dstb[b.pad + u] = static_cast<acc_t>(srcb[u]);
+              for (int64_t u = 0; u < b.pad; ++u) {
+                const int64_t left = b.table[u], right = b.table[b.pad + b.size + u];
+                dstb[u] = left < 0 ? acc_t(0) : static_cast<acc_t>(srcb[left]);
+                dstb[b.pad + b.size + u] = right < 0 ? acc_t(0) : static_cast<acc_t>(srcb[right]);
+              }
+            }
+          }
+          const int64_t span = (oh - 1) * strip_w + strip_w - dw * (KW - 1);
+          depthwise_span_fixed<KH, KW>(acc.data(), strip.data(), span, strip_w, dh, dw, w.data(), b0);
+          for (int64_t r = 0; r < oh; ++r) {
+            scalar_t* orow = o + (rows.out_starts[i] + r) * out_w;
+            const acc_t* arow = acc.data() + r * strip_w;
+            for (const auto& b : blocks) {
+              for (int64_t u = 0; u < b.ow; ++u) orow[b.out_start + u] = static_cast<scalar_t>(arow[b.offset + u]);
+            }
+          }
+        }
+      }
+    }
+  });
+}
+
 // Depthwise (groups == C_in == C_out) forward without the gather/conv/stitch passes: a
 // depthwise conv is memory-bound, so the extra passes would dominate.  Per (n, c) plane
 // and block, the padded block is built in a small cache-resident buffer and convolved
@@ -729,7 +806,13 @@ at::Tensor block_conv2d_forward(const at::Tensor& x, const at::Tensor& weight, c
     const at::Tensor xc = x.contiguous();
     const at::Tensor wc = weight.contiguous();
     AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, x.scalar_type(), "block_depthwise_direct", [&] {
-      depthwise_direct<scalar_t>(xc, wc, bias, out, g.rows, g.cols, stride, dilation);
+      const bool strips = stride[0] == 1 && stride[1] == 1 &&
+                          dispatch_fixed_taps(wc.size(2), wc.size(3), [&](auto taps) {
+                            using Taps = decltype(taps);
+                            depthwise_direct_strips<Taps::kH, Taps::kW, scalar_t>(xc, wc, bias, out, g.rows, g.cols,
+                                                                                   dilation[0], dilation[1]);
+                          });
+      if (!strips) depthwise_direct<scalar_t>(xc, wc, bias, out, g.rows, g.cols, stride, dilation);
     });
     return out;
   }
