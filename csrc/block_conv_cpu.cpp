@@ -341,24 +341,34 @@ struct FixedTaps {
   static constexpr int kH = KH, kW = KW;
 };
 
+// The taps of a kh x kw filter over a padded block of row pitch `pitch`: each tap's offset
+// in the block and its weight, in locals the compiler keeps in registers.
+template <int KH, int KW, typename acc_t>
+struct TapTable {
+  static constexpr int T = KH * KW;
+  int64_t off[T];
+  acc_t w[T];
+  TapTable(const acc_t* weights, int64_t pitch, int64_t dh, int64_t dw) {
+    for (int a = 0; a < KH; ++a) {
+      for (int b = 0; b < KW; ++b) {
+        off[a * KW + b] = a * dh * pitch + b * dw;
+        w[a * KW + b] = weights[a * KW + b];
+      }
+    }
+  }
+};
+
 // acc[q] = b0 + sum_t w[t] * padded[q + off[t]] for q < round_up_span(span).
 template <int KH, int KW, typename acc_t>
 inline void depthwise_span_fixed(acc_t* __restrict acc, const acc_t* __restrict padded, int64_t span, int64_t pitch,
                                  int64_t dh, int64_t dw, const acc_t* w, acc_t b0) {
   constexpr int T = KH * KW;
-  int64_t off[T];
-  acc_t wl[T];
-  for (int a = 0; a < KH; ++a) {
-    for (int b = 0; b < KW; ++b) {
-      off[a * KW + b] = a * dh * pitch + b * dw;
-      wl[a * KW + b] = w[a * KW + b];
-    }
-  }
+  const TapTable<KH, KW, acc_t> taps(w, pitch, dh, dw);
   const int64_t end = round_up_span(span);
 #pragma omp simd
   for (int64_t q = 0; q < end; ++q) {
     acc_t sum = b0;
-    for (int t = 0; t < T; ++t) sum += wl[t] * padded[q + off[t]];
+    for (int t = 0; t < T; ++t) sum += taps.w[t] * padded[q + taps.off[t]];
     acc[q] = sum;
   }
 }
@@ -375,19 +385,12 @@ inline void depthwise_block_backward_fixed(acc_t* __restrict gp, acc_t* __restri
                                            const acc_t* __restrict padded, int64_t span, int64_t padded_area,
                                            int64_t pitch, int64_t dh, int64_t dw, const acc_t* w) {
   constexpr int T = KH * KW;
-  int64_t off[T];
-  acc_t wl[T];
-  for (int a = 0; a < KH; ++a) {
-    for (int b = 0; b < KW; ++b) {
-      off[a * KW + b] = a * dh * pitch + b * dw;
-      wl[a * KW + b] = w[a * KW + b];
-    }
-  }
+  const TapTable<KH, KW, acc_t> taps(w, pitch, dh, dw);
   const int64_t gp_end = round_up_span(padded_area);
 #pragma omp simd
   for (int64_t q = 0; q < gp_end; ++q) {
     acc_t sum = 0;
-    for (int t = 0; t < T; ++t) sum += wl[t] * gf[q - off[t]];
+    for (int t = 0; t < T; ++t) sum += taps.w[t] * gf[q - taps.off[t]];
     gp[q] = sum;
   }
   acc_t lanes[T][kSpanStep] = {};
@@ -395,7 +398,7 @@ inline void depthwise_block_backward_fixed(acc_t* __restrict gp, acc_t* __restri
   for (int64_t q = 0; q < end; q += kSpanStep) {
     for (int t = 0; t < T; ++t) {
 #pragma omp simd
-      for (int64_t l = 0; l < kSpanStep; ++l) lanes[t][l] += gf[q + l] * padded[q + l + off[t]];
+      for (int64_t l = 0; l < kSpanStep; ++l) lanes[t][l] += gf[q + l] * padded[q + l + taps.off[t]];
     }
   }
   for (int t = 0; t < T; ++t) {
