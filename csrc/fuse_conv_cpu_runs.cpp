@@ -326,6 +326,49 @@ void forward_pair_chunks(const Run& row, const Run& col, const float* x, float* 
   }
 }
 
+// The full variant with dilation 1 and "same" padding (every FuSe network's case): the
+// row taps' offsets are the compile-time -KT/2 .. KT/2, so their addresses are immediate
+// displacements; the column taps' are multiples of W; the centre tap is one load shared by
+// both parts; and both parts' masks of a chunk phase sit side by side in one table.  In
+// forward_pair_chunks the 2K tap pointers and mask tables did not fit in the general
+// registers next to the two weight windows, and their spills cost load slots, the loop's
+// bottleneck.
+template <int KT, RunAct A>
+void forward_pair_same(const Run& row, const Run& col, const uint16_t* pair_masks, int64_t width, const float* x,
+                       float* out_row, float* out_col, int64_t c0, int64_t c1) {
+  static_assert(KT % 2 == 1, "same padding with dilation 1 needs an odd tap count");
+  constexpr int kHalf = KT / 2;
+  const RunView vr(row), vc(col);
+  ChunkCursor at(vr, c0);
+  WeightWindow<KT> wr, wc;
+  const int64_t full_end = std::min(c1, vr.length / kLanes);
+  for (int64_t c = c0; c < c1; ++c, at.next(vr)) {
+    const __mmask16 live = c < full_end ? __mmask16(0xFFFF) : vr.tail(c);
+    const int64_t i = c * kLanes, ch = at.channel(vr);
+    const __m512i lanes = at.lanes(vr);
+    const __m512i index_row = wr.cover(vr, ch, lanes), index_col = wc.cover(vc, ch, lanes);
+    const uint16_t* m = pair_masks + at.q * 2 * KT;
+    const float* xi = x + i;
+    __m512 acc_row = vr.bias == nullptr ? _mm512_setzero_ps() : wr.bias(index_row);
+    __m512 acc_col = vc.bias == nullptr ? _mm512_setzero_ps() : wc.bias(index_col);
+    const __m512 centre = _mm512_maskz_loadu_ps(live, xi);
+    for (int k = 0; k < KT; ++k) {
+      const int t = k - kHalf;
+      if (t == 0) {
+        acc_row = _mm512_fmadd_ps(wr.weight(k, index_row), centre, acc_row);
+        acc_col = _mm512_fmadd_ps(wc.weight(k, index_col), centre, acc_col);
+        continue;
+      }
+      const __m512 xr = _mm512_maskz_loadu_ps(m[k] & live, xi + t);
+      const __m512 xc = _mm512_maskz_loadu_ps(m[KT + k] & live, xi + t * width);
+      acc_row = _mm512_fmadd_ps(wr.weight(k, index_row), xr, acc_row);
+      acc_col = _mm512_fmadd_ps(wc.weight(k, index_col), xc, acc_col);
+    }
+    _mm512_mask_storeu_ps(out_row + i, live, activate<A>(acc_row));
+    _mm512_mask_storeu_ps(out_col + i, live, activate<A>(acc_col));
+  }
+}
+
 int64_t segments_of(const Run& r) { return (r.chunks + kSegmentChunks - 1) / kSegmentChunks; }
 
 template <typename F>
@@ -350,6 +393,9 @@ void dispatch_act(RunAct act, F&& f) {
 
 struct Parts {
   Run row, col;
+  // Full variant, dilation 1, "same" padding: [q * 2K + k] row part's masks, then the
+  // column part's (forward_pair_same); empty otherwise.
+  std::vector<uint16_t> pair_masks;
   Parts(const RunGeometry& g, const float* w_row, const float* w_col, const float* bias, bool backward)
       : row(g, true, g.c_row, w_row, bias, backward),
         col(g, false, g.c_col, w_col, bias ? bias + g.c_row : nullptr, backward) {
@@ -360,6 +406,16 @@ struct Parts {
     col.x_offset = g.full ? 0 : g.c_row * plane;
     col.out_offset = g.c_row * plane;
     col.out_channel = g.c_row;
+    if (g.full && g.dilation == 1 && g.kernel % 2 == 1 && 2 * g.padding == g.kernel - 1) {
+      const int64_t K = g.kernel, period = row.period;
+      pair_masks.resize(period * 2 * K);
+      for (int64_t q = 0; q < period; ++q) {
+        for (int64_t k = 0; k < K; ++k) {
+          pair_masks[q * 2 * K + k] = row.fwd_mask[k * period + q];
+          pair_masks[q * 2 * K + K + k] = col.fwd_mask[k * period + q];
+        }
+      }
+    }
   }
 };
 
@@ -393,6 +449,13 @@ void forward_runs(const float* x, const float* w_row, const float* w_col, const 
           if (g.full) {
             if constexpr (KT > 0) {
               const int64_t c0 = s * kSegmentChunks, c1 = std::min(parts.row.chunks, c0 + kSegmentChunks);
+              if constexpr (KT % 2 == 1) {
+                if (!parts.pair_masks.empty()) {
+                  forward_pair_same<KT, A>(parts.row, parts.col, parts.pair_masks.data(), g.width, x + n * x_sample,
+                                           out + n * out_sample, out + n * out_sample + parts.col.out_offset, c0, c1);
+                  continue;
+                }
+              }
               forward_pair_chunks<KT, A>(parts.row, parts.col, x + n * x_sample, out + n * out_sample,
                                          out + n * out_sample + parts.col.out_offset, c0, c1);
             } else {
