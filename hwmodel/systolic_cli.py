@@ -148,11 +148,9 @@ def write_csv(rows: list[dict], path: str) -> None:
 
 def plot_speedup(rows: list[dict], networks, variants, path: str) -> None:
     """Speedup against array size, one panel per variant, one line per network."""
-    import matplotlib
+    from hwmodel._plotting import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     ncols = min(2, len(variants))
     nrows = -(-len(variants) // ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(6 * ncols, 4 * nrows), squeeze=False, sharey=True)

@@ -143,6 +143,7 @@ def systolic(settings: Settings) -> Section:
 def fpga(settings: Settings) -> Section:
     from fuseops.models import get_model
     from hwmodel.fpga import estimate
+    from hwmodel.fpga.cli import plot_traffic
     from hwmodel.trace import trace
 
     networks = ("resnet18", "vgg16") if settings.quick else BLOCK_NETWORKS
@@ -150,18 +151,19 @@ def fpga(settings: Settings) -> Section:
     if settings.tiny:
         networks, shape = ("resnet18",), (1, 3, 64, 64)
     schedules = ("layer", "block-fused", "tiled-fused")
-    rows, traffic = [], {}
+    rows, traffic, estimates = [], {}, {}
     for net in _bar(networks, settings, "fpga"):
         layers = trace(get_model(net, variant="block"), shape)
         for schedule in schedules:
             est = estimate(layers, device="zc706", bits=16, schedule=schedule)
+            estimates.setdefault(net, {})[schedule] = est
             mb = {k: v / 1e6 for k, v in est.dram_bytes.items()}
             traffic[net, schedule] = mb
             rows.append((net, schedule, f"{est.latency_s * 1e3:.1f}", f"{est.fps:.2f}", f"{est.gops:.1f}",
                          f"{mb['input']:.2f}", f"{mb['weights']:.2f}", f"{mb['output']:.3f}",
                          f"{mb['intermediate']:.2f}", f"{est.buffer_bytes / 1e6:.2f}", "yes" if est.fits else "NO"))
     plot = "fpga_traffic.png"
-    _plot_traffic(traffic, networks, schedules, os.path.join(settings.out_dir, plot))
+    plot_traffic(estimates, os.path.join(settings.out_dir, plot))
     body = (f"Block networks (F28; ResNet-50 F56) at input {shape} on a ZC706, 16-bit fixed point, engine chosen "
             "for the DSP budget. "
             "`layer` sends every intermediate map through DRAM; `block-fused` runs groups of layers block by block "
@@ -172,29 +174,6 @@ def fpga(settings: Settings) -> Section:
              for net in networks]
     return Section("FPGA (block convolution)", body, images=[(plot, "DRAM traffic per schedule, by kind")],
                    summary=saved)
-
-
-def _plot_traffic(traffic, networks, schedules, path: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    kinds = ("input", "weights", "output", "intermediate")
-    fig, axes = plt.subplots(1, len(networks), figsize=(3.6 * len(networks), 3.6))
-    for ax, net in zip(list(axes) if len(networks) > 1 else [axes], networks):
-        bottom = [0.0] * len(schedules)
-        for kind in kinds:
-            values = [traffic[net, s][kind] for s in schedules]
-            ax.bar(schedules, values, bottom=bottom, label=kind)
-            bottom = [b + v for b, v in zip(bottom, values)]
-        ax.set_title(net)
-        ax.set_ylabel("DRAM MB per image")
-        ax.tick_params(axis="x", labelsize=7)
-    axes[-1].legend(fontsize=7) if len(networks) > 1 else axes.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 # ----------------------------------------------------------------------------- 6. measured vs predicted
@@ -250,10 +229,9 @@ def _predicted_for(module: str, predicted: dict[str, float]) -> float | None:
 
 
 def _plot_scatter(measured, predicted, title: str, predictor: str, path: str) -> None:
-    import matplotlib
+    from hwmodel._plotting import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(5, 4))
     ax.scatter(predicted, measured * 1e3, s=14)

@@ -106,7 +106,7 @@ def report(layers: list[Layer], args: argparse.Namespace) -> int:
           f"{r.extra_macs / 1e6:.0f}"] for s, r in results.items()],
     )
     if not args.no_plot:
-        plot_traffic(results, args.plot, f"{args.model} ({args.variant}) on {args.device}, {args.bits}-bit")
+        plot_traffic({f"{args.model} ({args.variant}) on {args.device}, {args.bits}-bit": results}, args.plot)
         print(f"wrote {args.plot}")
     return 0
 
@@ -119,25 +119,27 @@ def _cell(value: object) -> str:
     return str(value)
 
 
-def plot_traffic(results: dict[str, FpgaEstimate], path: str, title: str) -> None:
-    """A stacked bar per schedule: DRAM megabytes by kind."""
-    import matplotlib
+def plot_traffic(panels: dict[str, dict[str, FpgaEstimate]], path: str) -> None:
+    """One panel per title: a stacked bar per schedule of DRAM megabytes by kind, with fps."""
+    from hwmodel._plotting import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    names = list(results)
-    bottom = [0.0] * len(names)
-    for kind in KIND_ORDER:
-        values = [results[s].dram_bytes[kind] / 1e6 for s in names]
-        ax.bar(names, values, bottom=bottom, label=kind)
-        bottom = [b + v for b, v in zip(bottom, values)]
-    for x, (s, top) in enumerate(zip(names, bottom)):
-        ax.annotate(f"{results[s].fps:.1f} fps", (x, top), ha="center", va="bottom", fontsize=8)
-    ax.set_ylabel("DRAM traffic per batch (MB)")
-    ax.set_title(title, fontsize=10)
-    ax.legend()
+    plt = pyplot()
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 if len(panels) == 1 else 3.8 * len(panels), 4),
+                             squeeze=False)
+    for ax, (title, results) in zip(axes.flat, panels.items()):
+        names = list(results)
+        bottom = [0.0] * len(names)
+        for kind in KIND_ORDER:
+            values = [results[s].dram_bytes[kind] / 1e6 for s in names]
+            ax.bar(names, values, bottom=bottom, label=kind)
+            bottom = [b + v for b, v in zip(bottom, values)]
+        for x, (s, top) in enumerate(zip(names, bottom)):
+            ax.annotate(f"{results[s].fps:.1f} fps", (x, top), ha="center", va="bottom", fontsize=8)
+        ax.set_ylabel("DRAM traffic per batch (MB)")
+        ax.set_title(title, fontsize=10)
+        ax.tick_params(axis="x", labelsize=8)
+        ax.margins(y=0.08)  # room for the fps labels
+    axes.flat[-1].legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
