@@ -380,6 +380,49 @@ def test_eager_path_and_registered_op_agree():
     assert "fuseops.block_conv2d.default" in seen
 
 
+def test_cpu_scratch_buffers_are_per_thread_and_releasable():
+    """The C++ backend reuses per-thread scratch buffers between calls (csrc/block_conv_cpu.cpp,
+    `workspace`): calls from concurrent threads, of changing sizes, stay exact."""
+    import threading
+
+    require_backend("block_conv2d", "cpu")
+    cases = []
+    for size in (12, 9, 13):
+        x = torch.randn(2, 4, size, size, dtype=torch.float64, requires_grad=True)
+        weight = torch.randn(4, 4, 3, 3, dtype=torch.float64, requires_grad=True)
+        grad_out = torch.randn(2, 4, size, size, dtype=torch.float64)
+        kw = dict(padding=1, block_size=5, padding_mode="reflect")
+        with use_backend("reference"):
+            want = fuseops.block_conv2d(x, weight, **kw)
+            want_grads = torch.autograd.grad(want, (x, weight), grad_out)
+        cases.append((x, weight, grad_out, kw, want, want_grads))
+    errors = []
+
+    def work():
+        try:
+            with use_backend("cpu"):
+                for _ in range(5):
+                    for x, weight, grad_out, kw, want, want_grads in cases:
+                        got = fuseops.block_conv2d(x, weight, **kw)
+                        grads = torch.autograd.grad(got, (x, weight), grad_out)
+                        torch.testing.assert_close(got, want)
+                        for g, w in zip(grads, want_grads):
+                            torch.testing.assert_close(g, w)
+        except Exception as exc:  # noqa: BLE001 - reported below, from the main thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors[0]
+    torch.ops.fuseops_ext.block_conv2d_release_workspace()
+    x, weight, _, kw, want, _ = cases[0]
+    with use_backend("cpu"):
+        torch.testing.assert_close(fuseops.block_conv2d(x, weight, **kw), want)
+
+
 @pytest.mark.parametrize("groups", [1, 5], ids=["dense", "depthwise"])
 def test_cpu_backward_is_deterministic(groups):
     require_backend("block_conv2d", "cpu")
