@@ -56,3 +56,26 @@ def test_write_results(tmp_path):
     data = json.load(open(json_path))
     assert data["environment"]["torch"] and len(data["results"]) == 7
     assert open(csv_path).read().count("\n") == 8  # header + 7 rows
+
+
+def test_block_bench_reports_the_median_over_sweeps(monkeypatch):
+    """`bench block --sweeps N`: each provider's time is the median of its per-sweep best rounds
+    (hand-made measurements, no timing); a provider that failed in a sweep stays failed."""
+    from fuseops.benchmarking import block as bb
+
+    plain_by_sweep = iter([1.0, 4.0, 2.0] * 1000)
+
+    def fake_measure(case, fns, backward, rounds):
+        plain = next(plain_by_sweep)
+        return {"plain": plain, "block_conv2d": 2 * plain, "composition": None,
+                "compiled": "torch.compile failed (AssertionError)"}
+
+    monkeypatch.setattr(bb, "measure", fake_measure)
+    rows = bb.run(quick=True, compile_composition=False, progress=False, sweeps=3)
+    assert len(rows) == 4 * 2 * 2  # shapes x (F14, H4x4) x (fwd, fwd+bwd), constant padding
+    for row in rows:
+        row = dict(zip(bb.COLUMNS, row))
+        assert row["plain ms"] == "2000.0"  # the median of 1, 4 and 2 seconds
+        assert row["block_conv2d"] == "2.00x"
+        assert row["composition"] == "n/a"
+        assert row["compiled"].startswith("torch.compile failed")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import platform
+import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -132,11 +133,14 @@ def measure(case: Case, fns: dict[str, Callable | None], backward: bool, rounds:
 
 
 def run(quick: bool = False, rounds: int | None = None, threads: int | None = 2, compile_composition: bool = True,
-        progress: bool = True) -> list[tuple]:
+        progress: bool = True, sweeps: int = 1) -> list[tuple]:
     """Measure the cases; return rows under :data:`COLUMNS` (ratios are times over plain F.conv2d,
     and "block vs composition" is how many times faster the op is than the composition).
 
-    ``quick``: the F14 and H4x4 blockings with constant padding only.
+    ``quick``: the F14 and H4x4 blockings with constant padding only.  ``sweeps``: how many
+    times the whole set of cases is measured, one after the other; each provider's time is
+    the median over the sweeps of its best round.  On the shared VM the plain conv's own
+    time drifts by 10-20% over minutes, and a single sweep catches each case at one moment.
     """
     if threads:  # None or 0: leave torch's default
         torch.set_num_threads(threads)
@@ -150,13 +154,21 @@ def run(quick: bool = False, rounds: int | None = None, threads: int | None = 2,
         try:
             from tqdm import tqdm
 
-            bar = tqdm(total=len(cases), desc="block conv", unit="case")
+            bar = tqdm(total=len(cases) * sweeps, desc="block conv", unit="case")
         except ImportError:
             bar = None
+    measured: list[list[dict]] = [[] for _ in cases]
+    for _ in range(sweeps):
+        for index, (shape, blocking, mode, backward) in enumerate(cases):
+            case = make_case(shape, blocking, mode)
+            measured[index].append(measure(case, providers(case, compiled), backward, rounds))
+            if bar is not None:
+                bar.update(1)
+    if bar is not None:
+        bar.close()
     rows = []
-    for shape, blocking, mode, backward in cases:
-        case = make_case(shape, blocking, mode)
-        times = measure(case, providers(case, compiled), backward, rounds)
+    for (shape, blocking, mode, backward), sweep_times in zip(cases, measured):
+        times = {name: _median_over_sweeps([t[name] for t in sweep_times]) for name in sweep_times[0]}
         plain = times["plain"]
 
         def ratio(name, times=times, plain=plain):
@@ -168,11 +180,15 @@ def run(quick: bool = False, rounds: int | None = None, threads: int | None = 2,
               else f"{times['composition'] / times['block_conv2d']:.2f}x")
         rows.append((shape[0], blocking[0], mode, "fwd+bwd" if backward else "fwd", f"{plain * 1e3:.1f}",
                      ratio("block_conv2d"), ratio("composition"), ratio("compiled"), vs))
-        if bar is not None:
-            bar.update(1)
-    if bar is not None:
-        bar.close()
     return rows
+
+
+def _median_over_sweeps(values: list[float | str | None]) -> float | str | None:
+    """The median of a provider's per-sweep times; a failure or absence in any sweep wins."""
+    for value in values:
+        if value is None or isinstance(value, str):
+            return value
+    return statistics.median(values)
 
 
 def environment() -> str:
@@ -183,14 +199,14 @@ def environment() -> str:
 
 def main(quick: bool = False, threads: int | None = 2, min_time: float | None = None, out_dir: str | None = None,
          markdown: bool = False, progress: bool = True, rounds: int | None = None,
-         compile_composition: bool = True) -> int:
+         compile_composition: bool = True, sweeps: int = 1) -> int:
     """The ``fuseops bench block`` target: measure, print the table (and markdown), return 0.
 
     ``min_time`` is accepted for the shared bench interface (this target times
     best-of-``rounds``); with ``out_dir`` the rows are also written to ``out_dir/block.csv``.
     """
     rows = run(quick=quick, rounds=rounds, threads=threads, compile_composition=compile_composition,
-               progress=progress)
+               progress=progress, sweeps=sweeps)
     from fuseops.cli.table import markdown_table, print_table
 
     print_table(f"block conv, N={BATCH}, 3x3 stride 1 padding 1 ({environment()})", COLUMNS, rows)
@@ -217,6 +233,8 @@ def cli_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")
     parser.add_argument("--no-compile", action="store_true", help="skip torch.compile of the composition")
     parser.add_argument("--markdown", action="store_true", help="also print a markdown table")
+    parser.add_argument("--sweeps", type=int, default=1,
+                        help="measure every case this many times, one sweep after the other; report medians")
     args = parser.parse_args(argv)
     return main(quick=args.quick, threads=args.threads, markdown=args.markdown, rounds=args.rounds,
-                compile_composition=not args.no_compile)
+                compile_composition=not args.no_compile, sweeps=args.sweeps)
