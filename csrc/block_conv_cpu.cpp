@@ -453,7 +453,9 @@ void depthwise_direct_strips(const at::Tensor& x, const at::Tensor& weight, cons
   for (const auto& r : row_classes) max_ph = std::max<int64_t>(max_ph, r.table.size());
   const scalar_t* src = x.const_data_ptr<scalar_t>();
   const scalar_t* wts = weight.const_data_ptr<scalar_t>();
-  const scalar_t* bias_ptr = bias.has_value() && bias->defined() ? bias->const_data_ptr<scalar_t>() : nullptr;
+  // The bias may be a strided view (e.g. b[::2]): read a contiguous copy.
+  const at::Tensor bias_c = bias.has_value() && bias->defined() ? bias->contiguous() : at::Tensor();
+  const scalar_t* bias_ptr = bias_c.defined() ? bias_c.const_data_ptr<scalar_t>() : nullptr;
   scalar_t* dst = out.mutable_data_ptr<scalar_t>();
   at::parallel_for(0, n_batch * channels, 1, [&](int64_t begin, int64_t end) {
     std::vector<acc_t> strip(max_ph * strip_w + kSpanStep), acc(max_ph * strip_w + kSpanStep), w(KH * KW);
@@ -522,7 +524,9 @@ void depthwise_direct(const at::Tensor& x, const at::Tensor& weight, const c10::
   }
   const scalar_t* src = x.const_data_ptr<scalar_t>();
   const scalar_t* wts = weight.const_data_ptr<scalar_t>();
-  const scalar_t* bias_ptr = bias.has_value() && bias->defined() ? bias->const_data_ptr<scalar_t>() : nullptr;
+  // The bias may be a strided view (e.g. b[::2]): read a contiguous copy.
+  const at::Tensor bias_c = bias.has_value() && bias->defined() ? bias->contiguous() : at::Tensor();
+  const scalar_t* bias_ptr = bias_c.defined() ? bias_c.const_data_ptr<scalar_t>() : nullptr;
   scalar_t* dst = out.mutable_data_ptr<scalar_t>();
   at::parallel_for(0, n_batch * channels, 1, [&](int64_t begin, int64_t end) {
     std::vector<acc_t> padded(max_ph * max_pw + kSpanStep), full_acc(max_ph * max_pw + kSpanStep), row(max_ow),
@@ -564,18 +568,13 @@ void depthwise_direct(const at::Tensor& x, const at::Tensor& weight, const c10::
                 // columns past each output row are computed and dropped.
                 const int64_t span = (oh - 1) * pw_total + ow;
                 acc_t* __restrict acc = full_acc.data();
-                const bool fixed = dispatch_fixed_taps(kh, kw, [&](auto taps) {
-                  using Taps = decltype(taps);
-                  depthwise_span_fixed<Taps::kH, Taps::kW>(acc, padded.data(), span, pw_total, dh, dw, w.data(), b0);
-                });
-                if (!fixed) {
-                  for (int64_t q = 0; q < span; ++q) acc[q] = b0;
-                  for (int64_t a = 0; a < kh; ++a) {
-                    for (int64_t bcol = 0; bcol < kw; ++bcol) {
-                      const acc_t wv = w[a * kw + bcol];
-                      const acc_t* __restrict p0 = padded.data() + a * dh * pw_total + bcol * dw;
-                      for (int64_t q = 0; q < span; ++q) acc[q] += wv * p0[q];
-                    }
+                // (3x3 and 5x5 at stride 1 take depthwise_direct_strips instead.)
+                for (int64_t q = 0; q < span; ++q) acc[q] = b0;
+                for (int64_t a = 0; a < kh; ++a) {
+                  for (int64_t bcol = 0; bcol < kw; ++bcol) {
+                    const acc_t wv = w[a * kw + bcol];
+                    const acc_t* __restrict p0 = padded.data() + a * dh * pw_total + bcol * dw;
+                    for (int64_t q = 0; q < span; ++q) acc[q] += wv * p0[q];
                   }
                 }
                 for (int64_t r = 0; r < oh; ++r) {
@@ -674,6 +673,11 @@ void depthwise_direct_backward(const at::Tensor& grad_out, const at::Tensor& x, 
                   prow[pad_w + cols.size + u] = right < 0 ? acc_t(0) : static_cast<acc_t>(line[right]);
                 }
               }
+              // The fixed-tap weight sums read kSpanStep elements past the padded block, against
+              // zero output gradients; a previous (larger) block's values there could be inf,
+              // and 0 * inf would put a NaN into this channel's weight gradient.
+              std::fill(padded.data() + ph_total * pw_total, padded.data() + ph_total * pw_total + kSpanStep,
+                        acc_t(0));
               // The output-gradient block laid out with the padded block's row pitch.
               acc_t* __restrict gf = gfull.data() + guard;
               for (int64_t q = 0; q < ph_total * pw_total + kSpanStep; ++q) gf[q] = acc_t(0);

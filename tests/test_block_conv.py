@@ -380,6 +380,41 @@ def test_eager_path_and_registered_op_agree():
     assert "fuseops.block_conv2d.default" in seen
 
 
+@pytest.mark.parametrize("stride", [1, 2])
+def test_cpu_depthwise_reads_a_strided_bias(stride):
+    """The direct depthwise kernels read the bias themselves: a strided view must work."""
+    require_backend("block_conv2d", "cpu")
+    x = torch.randn(2, 3, 11, 9, dtype=torch.float64)
+    weight = torch.randn(3, 1, 3, 3, dtype=torch.float64)
+    bias = torch.randn(6, dtype=torch.float64)[::2]
+    kw = dict(stride=stride, padding=1, groups=3, block_size=(4, 5), padding_mode="replicate")
+    with use_backend("reference"):
+        want = fuseops.block_conv2d(x, weight, bias, **kw)
+    with use_backend("cpu"):
+        got = fuseops.block_conv2d(x, weight, bias, **kw)
+    torch.testing.assert_close(got, want)
+
+
+def test_cpu_depthwise_backward_keeps_an_inf_in_its_channel():
+    """An inf in one channel's x must not reach another channel's weight gradient (the
+    fixed-tap backward reads past each padded block, where an earlier block's values sat)."""
+    require_backend("block_conv2d", "cpu")
+    rows, cols = [0, 4, 11], [0, 4, 9]  # a 7x5 block class followed by smaller ones
+    x = torch.randn(1, 2, 11, 9, dtype=torch.float64)
+    x[0, 0, 9, 6] = float("inf")
+    weight = torch.randn(2, 1, 3, 3, dtype=torch.float64)
+    grad_out = torch.randn(1, 2, 11, 9, dtype=torch.float64)
+    args = ([1, 1], [1, 1], [1, 1], 2, rows, cols, "constant")
+    for threads in (1, 2):
+        previous = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            _, grad_weight, _ = torch.ops.fuseops_ext.block_conv2d_backward(grad_out, x, weight, None, *args)
+        finally:
+            torch.set_num_threads(previous)
+        assert torch.isfinite(grad_weight[1]).all()
+
+
 def test_cpu_scratch_buffers_are_per_thread_and_releasable():
     """The C++ backend reuses per-thread scratch buffers between calls (csrc/block_conv_cpu.cpp,
     `workspace`): calls from concurrent threads, of changing sizes, stay exact."""
