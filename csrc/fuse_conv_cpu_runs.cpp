@@ -342,30 +342,50 @@ void forward_pair_same(const Run& row, const Run& col, const uint16_t* pair_mask
   ChunkCursor at(vr, c0);
   WeightWindow<KT> wr, wc;
   const int64_t full_end = std::min(c1, vr.length / kLanes);
-  for (int64_t c = c0; c < c1; ++c, at.next(vr)) {
-    const __mmask16 live = c < full_end ? __mmask16(0xFFFF) : vr.tail(c);
-    const int64_t i = c * kLanes, ch = at.channel(vr);
-    const __m512i lanes = at.lanes(vr);
-    const __m512i index_row = wr.cover(vr, ch, lanes), index_col = wc.cover(vc, ch, lanes);
+  // The chunk's two FMA chains, with weights (and bias) from `weight_row/col(k)`.
+  const auto chunk = [&](int64_t c, __mmask16 live, auto&& weight_row, auto&& weight_col, __m512 acc_row,
+                         __m512 acc_col) {
+    const int64_t i = c * kLanes;
     const uint16_t* m = pair_masks + at.q * 2 * KT;
     const float* xi = x + i;
-    __m512 acc_row = vr.bias == nullptr ? _mm512_setzero_ps() : wr.bias(index_row);
-    __m512 acc_col = vc.bias == nullptr ? _mm512_setzero_ps() : wc.bias(index_col);
     const __m512 centre = _mm512_maskz_loadu_ps(live, xi);
     for (int k = 0; k < KT; ++k) {
       const int t = k - kHalf;
       if (t == 0) {
-        acc_row = _mm512_fmadd_ps(wr.weight(k, index_row), centre, acc_row);
-        acc_col = _mm512_fmadd_ps(wc.weight(k, index_col), centre, acc_col);
+        acc_row = _mm512_fmadd_ps(weight_row(k), centre, acc_row);
+        acc_col = _mm512_fmadd_ps(weight_col(k), centre, acc_col);
         continue;
       }
       const __m512 xr = _mm512_maskz_loadu_ps(m[k] & live, xi + t);
       const __m512 xc = _mm512_maskz_loadu_ps(m[KT + k] & live, xi + t * width);
-      acc_row = _mm512_fmadd_ps(wr.weight(k, index_row), xr, acc_row);
-      acc_col = _mm512_fmadd_ps(wc.weight(k, index_col), xc, acc_col);
+      acc_row = _mm512_fmadd_ps(weight_row(k), xr, acc_row);
+      acc_col = _mm512_fmadd_ps(weight_col(k), xc, acc_col);
     }
     _mm512_mask_storeu_ps(out_row + i, live, activate<A>(acc_row));
     _mm512_mask_storeu_ps(out_col + i, live, activate<A>(acc_col));
+  };
+  for (int64_t c = c0; c < c1; ++c, at.next(vr)) {
+    const __mmask16 live = c < full_end ? __mmask16(0xFFFF) : vr.tail(c);
+    const int64_t ch = at.channel(vr);
+    if (vr.lane_channel[at.q * kLanes + kLanes - 1] == 0) {
+      // Every lane in channel ch (most chunks once planes are 14x14 or larger): broadcast
+      // the weights straight from memory (load ports) instead of permuting the register
+      // window (port 5, which the FMAs share).  Measured 5-23% faster (perf-notes v13).
+      const float* w_row = vr.weight + ch;
+      const float* w_col = vc.weight + ch;
+      chunk(
+          c, live, [&](int k) { return _mm512_set1_ps(w_row[k * vr.weight_stride]); },
+          [&](int k) { return _mm512_set1_ps(w_col[k * vc.weight_stride]); },
+          vr.bias == nullptr ? _mm512_setzero_ps() : _mm512_set1_ps(vr.bias[ch]),
+          vc.bias == nullptr ? _mm512_setzero_ps() : _mm512_set1_ps(vc.bias[ch]));
+      continue;
+    }
+    const __m512i lanes = at.lanes(vr);
+    const __m512i index_row = wr.cover(vr, ch, lanes), index_col = wc.cover(vc, ch, lanes);
+    chunk(
+        c, live, [&](int k) { return wr.weight(k, index_row); }, [&](int k) { return wc.weight(k, index_col); },
+        vr.bias == nullptr ? _mm512_setzero_ps() : wr.bias(index_row),
+        vc.bias == nullptr ? _mm512_setzero_ps() : wc.bias(index_col));
   }
 }
 
