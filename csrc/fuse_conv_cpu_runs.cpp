@@ -3,6 +3,7 @@
 #include "fuse_conv_cpu_runs.h"
 
 #include <ATen/Parallel.h>
+#include <torch/library.h>
 #include <c10/util/Exception.h>
 
 #include <algorithm>
@@ -11,6 +12,7 @@
 #include <cstdlib>
 #include <limits>
 #include <memory>
+#include <string>
 #include <type_traits>
 #include <vector>
 
@@ -649,3 +651,16 @@ void backward_runs(const float*, const float*, const float*, const float*, const
 #endif
 
 }  // namespace fuseops::runs
+
+// What `python -m fuseops info` reports about this build's FuSe CPU kernels.
+namespace {
+std::string fuse_conv2d_cpu_features() {
+#if defined(__AVX512F__)
+  return "AVX-512 run path for float32 stride-1 'same' planes";
+#else
+  return "no AVX-512 run path (built without AVX-512; per-plane kernels only)";
+#endif
+}
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(fuseops_ext, m) { m.def("fuse_conv2d_cpu_features() -> str", &fuse_conv2d_cpu_features); }

@@ -77,8 +77,20 @@ def test_cli_help_lists_commands(capsys):
 def test_cli_info_reports_every_backend(capsys):
     assert main(["info"]) == 0
     out = capsys.readouterr().out
-    for word in ("torch", "fuse_conv2d", "block_conv2d", "reference", "triton"):
+    for word in ("torch", "fuse_conv2d", "block_conv2d", "reference", "triton", "fuse_conv2d cpu kernels"):
         assert word in out
+
+
+def test_cli_info_says_whether_the_run_path_was_built(capsys):
+    """info prints what the built extension reports about its AVX-512 run path (present only
+    when the compiler targeted AVX-512), in either case."""
+    from backend_helpers import require_backend
+
+    require_backend("fuse_conv2d", "cpu")
+    features = torch.ops.fuseops_ext.fuse_conv2d_cpu_features()
+    assert features.startswith(("AVX-512 run path", "no AVX-512 run path")), features
+    assert main(["info"]) == 0
+    assert features in capsys.readouterr().out
 
 
 def test_python_dash_m_entry_point():

@@ -31,6 +31,12 @@ def backend_rows() -> list[tuple[str, str, str, str, str]]:
     return rows
 
 
+def _cpu_features() -> str:
+    """What the built C++ FuSe kernels include (the AVX-512 run path, or not)."""
+    ok, reason = _extension.has_kernel("fuse_conv2d_cpu_features")
+    return torch.ops.fuseops_ext.fuse_conv2d_cpu_features() if ok else f"none ({reason})"
+
+
 def run(args) -> int:
     import fuseops
 
@@ -42,6 +48,7 @@ def run(args) -> int:
         ("numpy", _version("numpy")),
         ("cuda device", torch.cuda.get_device_name() if torch.cuda.is_available() else "none"),
         ("fuseops._C", _extension.build_note()),
+        ("fuse_conv2d cpu kernels", _cpu_features()),
         ("selected backend", backends.current_backend()),
     ]
     print_table("fuseops environment", ("component", "version"), versions)
