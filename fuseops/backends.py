@@ -50,6 +50,11 @@ class Availability:
 _probes: dict[str, dict[str, Callable[[torch.device | None], Availability]]] = {}
 # op name -> device type -> backends in order of preference for "auto"
 _auto_order: dict[str, dict[str, tuple[str, ...]]] = {}
+# Resolutions that succeeded, per (op, selection, device type) and the inputs the probes
+# read: the extension (the has_kernel function, so a test's stand-in starts afresh) and
+# TRITON_INTERPRET.  Every op call resolves its backend, and with the caches cold (a model
+# between calls) the probes took 30-40 us per call on the 2-core CPU (docs/perf-notes.md).
+_resolved: dict[tuple, str] = {}
 
 
 def _check_name(name: str) -> str:
@@ -68,6 +73,7 @@ def register_op(
     """Declare which backends ``op`` has and the order "auto" tries them per device type."""
     _probes[op] = dict(probes)
     _auto_order[op] = dict(auto_order)
+    _resolved.clear()
 
 
 def registered_ops() -> tuple[str, ...]:
@@ -118,6 +124,14 @@ def resolve(op: str, device: torch.device, tune: TuneRequest | None = None) -> s
     name = current_backend()
     if name == "auto" and device.type == "cuda" and tune is not None:
         return _auto_measured(op, device, tune)
+    key = (op, name, device.type, os.environ.get("TRITON_INTERPRET"), _extension.has_kernel)
+    hit = _resolved.get(key)
+    if hit is None:
+        hit = _resolved[key] = _resolve_uncached(op, name, device)  # raises when nothing can run it
+    return hit
+
+
+def _resolve_uncached(op: str, name: str, device: torch.device) -> str:
     if name == "auto":
         reasons = []
         for candidate in _auto_order[op].get(device.type, ()):
