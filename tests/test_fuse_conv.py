@@ -477,6 +477,27 @@ def test_unavailable_cpu_backend_gives_the_reason(monkeypatch):
         call()
 
 
+def test_remembered_resolutions_follow_what_the_probes_read(monkeypatch):
+    """backends.resolve remembers successful resolutions; a change of what the probes
+    depend on (TRITON_INTERPRET, the extension) must still be seen."""
+    require_backend(OP, "triton")
+    cpu = torch.device("cpu")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    with fuseops.use_backend("triton"):
+        assert backends.resolve(OP, cpu) == "triton"
+        monkeypatch.setenv("TRITON_INTERPRET", "0")
+        with pytest.raises(BackendUnavailableError, match="TRITON_INTERPRET"):
+            backends.resolve(OP, cpu)
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    if "cpu" in available_backends(OP, CPU_BACKENDS):
+        with fuseops.use_backend("auto"):
+            assert backends.resolve(OP, cpu) == "cpu"
+            from fuseops import _extension
+
+            monkeypatch.setattr(_extension, "has_kernel", lambda name: (False, "gone (test)"))
+            assert backends.resolve(OP, cpu) == "reference"
+
+
 @pytest.fixture
 def spy_backends(monkeypatch):
     """Record which backend module each forward call reached."""
