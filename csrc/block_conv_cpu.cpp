@@ -409,6 +409,12 @@ inline void depthwise_block_backward_fixed(acc_t* __restrict gp, acc_t* __restri
   }
 }
 
+// The bias as a contiguous tensor (undefined without one): the direct depthwise kernels
+// index it themselves, and it may be a strided view such as b[::2].
+inline at::Tensor contiguous_bias(const c10::optional<at::Tensor>& bias) {
+  return bias.has_value() && bias->defined() ? bias->contiguous() : at::Tensor();
+}
+
 // Calls f(FixedTaps<KH, KW>{}) for the specialised filter sizes, else returns false.
 template <typename F>
 bool dispatch_fixed_taps(int64_t kh, int64_t kw, F&& f) {
@@ -453,8 +459,7 @@ void depthwise_direct_strips(const at::Tensor& x, const at::Tensor& weight, cons
   for (const auto& r : row_classes) max_ph = std::max<int64_t>(max_ph, r.table.size());
   const scalar_t* src = x.const_data_ptr<scalar_t>();
   const scalar_t* wts = weight.const_data_ptr<scalar_t>();
-  // The bias may be a strided view (e.g. b[::2]): read a contiguous copy.
-  const at::Tensor bias_c = bias.has_value() && bias->defined() ? bias->contiguous() : at::Tensor();
+  const at::Tensor bias_c = contiguous_bias(bias);
   const scalar_t* bias_ptr = bias_c.defined() ? bias_c.const_data_ptr<scalar_t>() : nullptr;
   scalar_t* dst = out.mutable_data_ptr<scalar_t>();
   at::parallel_for(0, n_batch * channels, 1, [&](int64_t begin, int64_t end) {
@@ -524,8 +529,7 @@ void depthwise_direct(const at::Tensor& x, const at::Tensor& weight, const c10::
   }
   const scalar_t* src = x.const_data_ptr<scalar_t>();
   const scalar_t* wts = weight.const_data_ptr<scalar_t>();
-  // The bias may be a strided view (e.g. b[::2]): read a contiguous copy.
-  const at::Tensor bias_c = bias.has_value() && bias->defined() ? bias->contiguous() : at::Tensor();
+  const at::Tensor bias_c = contiguous_bias(bias);
   const scalar_t* bias_ptr = bias_c.defined() ? bias_c.const_data_ptr<scalar_t>() : nullptr;
   scalar_t* dst = out.mutable_data_ptr<scalar_t>();
   at::parallel_for(0, n_batch * channels, 1, [&](int64_t begin, int64_t end) {
