@@ -41,7 +41,7 @@
 namespace fuseops {
 namespace {
 
-enum class Act { None, Relu, Relu6, Hardswish };
+using Act = runs::RunAct;  // none, relu, relu6, hardswish (fuse_conv_cpu_runs.h)
 
 Act parse_activation(const std::string& name) {
   if (name == "none") return Act::None;
@@ -965,15 +965,6 @@ void backward_kernel(const at::Tensor& grad_out, const at::Tensor& x, const at::
   }
 }
 
-template <typename F>
-void dispatch_activation(Act act, F&& f) {
-  switch (act) {
-    case Act::None: f(std::integral_constant<Act, Act::None>{}); break;
-    case Act::Relu: f(std::integral_constant<Act, Act::Relu>{}); break;
-    case Act::Relu6: f(std::integral_constant<Act, Act::Relu6>{}); break;
-    case Act::Hardswish: f(std::integral_constant<Act, Act::Hardswish>{}); break;
-  }
-}
 
 // The run path (fuse_conv_cpu_runs.h) takes float32 calls on small stride-1 "same" planes
 // when the build has AVX-512; it returns the geometry it needs, or nothing.
@@ -985,15 +976,6 @@ std::optional<runs::RunGeometry> run_geometry(const at::Tensor& x, const Geometr
   return rg;
 }
 
-runs::RunAct run_act(Act act) {
-  switch (act) {
-    case Act::Relu: return runs::RunAct::Relu;
-    case Act::Relu6: return runs::RunAct::Relu6;
-    case Act::Hardswish: return runs::RunAct::Hardswish;
-    case Act::None: break;
-  }
-  return runs::RunAct::None;
-}
 
 at::Tensor fuse_conv2d_forward_cpu(const at::Tensor& x, const at::Tensor& weight_row,
                                    const at::Tensor& weight_col, const c10::optional<at::Tensor>& bias,
@@ -1007,7 +989,7 @@ at::Tensor fuse_conv2d_forward_cpu(const at::Tensor& x, const at::Tensor& weight
   if (const auto rg = run_geometry(x, g, /*backward=*/false)) {
     runs::forward_runs(x.data_ptr<float>(), weight_row.data_ptr<float>(), weight_col.data_ptr<float>(),
                        bias.has_value() ? bias->data_ptr<float>() : nullptr, out.data_ptr<float>(), *rg,
-                       run_act(act));
+                       act);
     return out;
   }
   AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, x.scalar_type(), "fuse_conv2d_forward", [&] {
@@ -1041,7 +1023,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> fuse_conv2d_backward_
       runs::backward_runs(grad_out.data_ptr<float>(), x.data_ptr<float>(), weight_row.data_ptr<float>(),
                           weight_col.data_ptr<float>(), bias.has_value() ? bias->data_ptr<float>() : nullptr,
                           grad_x.data_ptr<float>(), grad_wr.data_ptr<float>(), grad_wc.data_ptr<float>(),
-                          grad_b.data_ptr<float>(), *rg, run_act(act));
+                          grad_b.data_ptr<float>(), *rg, act);
       return {grad_x, grad_wr, grad_wc, grad_b};
     }
   }

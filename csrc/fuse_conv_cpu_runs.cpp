@@ -403,15 +403,6 @@ void dispatch_kernel(int64_t kernel, F&& f) {
   }
 }
 
-template <typename F>
-void dispatch_act(RunAct act, F&& f) {
-  switch (act) {
-    case RunAct::None: f(std::integral_constant<RunAct, RunAct::None>{}); break;
-    case RunAct::Relu: f(std::integral_constant<RunAct, RunAct::Relu>{}); break;
-    case RunAct::Relu6: f(std::integral_constant<RunAct, RunAct::Relu6>{}); break;
-    case RunAct::Hardswish: f(std::integral_constant<RunAct, RunAct::Hardswish>{}); break;
-  }
-}
 
 struct Parts {
   Run row, col;
@@ -458,7 +449,7 @@ void forward_runs(const float* x, const float* w_row, const float* w_col, const 
   const int64_t seg_row = segments_of(parts.row), seg_col = segments_of(parts.col);
   const int64_t per_sample = g.full ? seg_row : seg_row + seg_col;
   dispatch_kernel(g.kernel, [&](auto kt) {
-    dispatch_act(act, [&](auto a) {
+    dispatch_activation(act, [&](auto a) {
       constexpr int KT = decltype(kt)::value;
       constexpr RunAct A = decltype(a)::value;
       auto run_segment = [&](const Run& r, int64_t n, int64_t s) {
@@ -600,7 +591,7 @@ void backward_runs(const float* grad_out, const float* x, const float* w_row, co
   std::unique_ptr<float[]> sums_row(new float[(K + 1) * padded_row]), sums_col(new float[(K + 1) * padded_col]);
 
   dispatch_kernel(g.kernel, [&](auto kt) {
-    dispatch_act(act, [&](auto a) {
+    dispatch_activation(act, [&](auto a) {
       constexpr int KT = decltype(kt)::value;
       constexpr RunAct A = decltype(a)::value;
       at::parallel_for(0, items, 1, [&](int64_t begin, int64_t end) {

@@ -23,6 +23,7 @@
 #pragma once
 
 #include <cstdint>
+#include <type_traits>
 
 namespace fuseops::runs {
 
@@ -33,7 +34,19 @@ struct RunGeometry {
   bool full;
 };
 
+// The fused activations (also the enum of fuse_conv_cpu.cpp's kernels).
 enum class RunAct { None, Relu, Relu6, Hardswish };
+
+// Calls f(std::integral_constant<RunAct, act>{}): the activation as a template argument.
+template <typename F>
+void dispatch_activation(RunAct act, F&& f) {
+  switch (act) {
+    case RunAct::None: f(std::integral_constant<RunAct, RunAct::None>{}); break;
+    case RunAct::Relu: f(std::integral_constant<RunAct, RunAct::Relu>{}); break;
+    case RunAct::Relu6: f(std::integral_constant<RunAct, RunAct::Relu6>{}); break;
+    case RunAct::Hardswish: f(std::integral_constant<RunAct, RunAct::Hardswish>{}); break;
+  }
+}
 
 // Whether this build has the run path (compiled with AVX-512) and it applies to the
 // forward (backward == false) or the backward of a stride-1 "same"-shaped float32 call
