@@ -327,6 +327,35 @@ void move_blocks(at::Tensor& blocks, const at::Tensor& full, const SizeClass& ro
   });
 }
 
+// One padded row of a block in opmath: the block's `size` pixels of `src` at dst[pad ..],
+// and the pad columns either side from the block's own pixels (table: padded column ->
+// source offset in the block, -1 for a zero).
+template <typename scalar_t, typename acc_t>
+inline void pad_block_row(acc_t* dst, const scalar_t* src, int64_t size, int64_t pad, const int64_t* table) {
+  for (int64_t u = 0; u < size; ++u) dst[pad + u] = static_cast<acc_t>(src[u]);
+  for (int64_t u = 0; u < pad; ++u) {
+    const int64_t left = table[u], right = table[pad + size + u];
+    dst[u] = left < 0 ? acc_t(0) : static_cast<acc_t>(src[left]);
+    dst[pad + size + u] = right < 0 ? acc_t(0) : static_cast<acc_t>(src[right]);
+  }
+}
+
+// The padded block (ph x pw, row pitch pw) of the block starting at (r0, c0) of one plane.
+template <typename scalar_t, typename acc_t>
+inline void pad_block(acc_t* padded, const scalar_t* plane, int64_t width, const SizeClass& rows,
+                      const SizeClass& cols, int64_t r0, int64_t c0) {
+  const int64_t ph = rows.table.size(), pw = cols.table.size();
+  for (int64_t t = 0; t < ph; ++t) {
+    acc_t* prow = padded + t * pw;
+    const int64_t sr = rows.table[t];
+    if (sr < 0) {
+      std::fill(prow, prow + pw, acc_t(0));
+      continue;
+    }
+    pad_block_row(prow, plane + (r0 + sr) * width + c0, cols.size, (pw - cols.size) / 2, cols.table.data());
+  }
+}
+
 // Stride-1 depthwise blocks with a compile-time tap count (3x3 and 5x5, any dilation):
 // every tap of an output accumulates in a register, instead of one pass over the block's
 // accumulator per tap (9 loads and stores of the accumulator per output for 3x3).  The
@@ -481,16 +510,7 @@ void depthwise_direct_strips(const at::Tensor& x, const at::Tensor& weight, cons
               continue;
             }
             const scalar_t* line = in + (rows.in_starts[i] + sr) * width;
-            for (const auto& b : blocks) {
-              acc_t* dstb = prow + b.offset;
-              const scalar_t* srcb = line + b.in_start;
-              for (int64_t u = 0; u < b.size; ++u) dstb[b.pad + u] = static_cast<acc_t>(srcb[u]);
-              for (int64_t u = 0; u < b.pad; ++u) {
-                const int64_t left = b.table[u], right = b.table[b.pad + b.size + u];
-                dstb[u] = left < 0 ? acc_t(0) : static_cast<acc_t>(srcb[left]);
-                dstb[b.pad + b.size + u] = right < 0 ? acc_t(0) : static_cast<acc_t>(srcb[right]);
-              }
-            }
+            for (const auto& b : blocks) pad_block_row(prow + b.offset, line + b.in_start, b.size, b.pad, b.table);
           }
           const int64_t span = (oh - 1) * strip_w + strip_w - dw * (KW - 1);
           depthwise_span_fixed<KH, KW>(acc.data(), strip.data(), span, strip_w, dh, dw, w.data(), b0);
@@ -550,22 +570,7 @@ void depthwise_direct(const at::Tensor& x, const at::Tensor& weight, const c10::
           for (size_t i = 0; i < rows.in_starts.size(); ++i) {
             for (size_t j = 0; j < cols.in_starts.size(); ++j) {
               const int64_t r0 = rows.in_starts[i], c0 = cols.in_starts[j];
-              for (int64_t t = 0; t < ph_total; ++t) {
-                const int64_t sr = rows.table[t];
-                acc_t* prow = padded.data() + t * pw_total;
-                if (sr < 0) {
-                  std::fill(prow, prow + pw_total, acc_t(0));
-                  continue;
-                }
-                const scalar_t* line = in + (r0 + sr) * width + c0;
-                const int64_t pad_w = (pw_total - cols.size) / 2;
-                for (int64_t u = 0; u < cols.size; ++u) prow[pad_w + u] = static_cast<acc_t>(line[u]);
-                for (int64_t u = 0; u < pad_w; ++u) {
-                  const int64_t left = cols.table[u], right = cols.table[pad_w + cols.size + u];
-                  prow[u] = left < 0 ? acc_t(0) : static_cast<acc_t>(line[left]);
-                  prow[pad_w + cols.size + u] = right < 0 ? acc_t(0) : static_cast<acc_t>(line[right]);
-                }
-              }
+              pad_block(padded.data(), in, width, rows, cols, r0, c0);
               if (sh == 1 && sw == 1) {
                 // Stride 1: accumulate over the padded block's full width, so each of the
                 // kh*kw taps is one long contiguous (vectorised) loop; the (pw_total - ow)
@@ -661,22 +666,7 @@ void depthwise_direct_backward(const at::Tensor& grad_out, const at::Tensor& x, 
           for (size_t i = 0; i < rows.in_starts.size(); ++i) {
             for (size_t j = 0; j < cols.in_starts.size(); ++j) {
               const int64_t r0 = rows.in_starts[i], c0 = cols.in_starts[j];
-              for (int64_t t = 0; t < ph_total; ++t) {
-                const int64_t sr = rows.table[t];
-                acc_t* prow = padded.data() + t * pw_total;
-                if (sr < 0) {
-                  std::fill(prow, prow + pw_total, acc_t(0));
-                  continue;
-                }
-                const scalar_t* line = in + (r0 + sr) * width + c0;
-                const int64_t pad_w = (pw_total - cols.size) / 2;
-                for (int64_t u = 0; u < cols.size; ++u) prow[pad_w + u] = static_cast<acc_t>(line[u]);
-                for (int64_t u = 0; u < pad_w; ++u) {
-                  const int64_t left = cols.table[u], right = cols.table[pad_w + cols.size + u];
-                  prow[u] = left < 0 ? acc_t(0) : static_cast<acc_t>(line[left]);
-                  prow[pad_w + cols.size + u] = right < 0 ? acc_t(0) : static_cast<acc_t>(line[right]);
-                }
-              }
+              pad_block(padded.data(), in, width, rows, cols, r0, c0);
               // The fixed-tap weight sums read kSpanStep elements past the padded block, against
               // zero output gradients; a previous (larger) block's values there could be inf,
               // and 0 * inf would put a NaN into this channel's weight gradient.
