@@ -46,3 +46,28 @@ def available_backends(op: str, candidates: tuple[str, ...], device: torch.devic
         elif in_ci() and name in CI_REQUIRED:
             pytest.fail(f"backend {name!r} cannot run {op}: {avail.reason} (CI=true requires it)")
     return found
+
+
+class DispatchRecorder:
+    """A TorchDispatchMode that records the name of every op it sees (``.seen``): ops called
+    under it must go through the registered custom ops (fuseops._eager)."""
+
+    def __init__(self) -> None:
+        from torch.utils._python_dispatch import TorchDispatchMode
+
+        seen: list[str] = []
+
+        class Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                seen.append(str(func))
+                return func(*args, **(kwargs or {}))
+
+        self.seen = seen
+        self._mode = Mode()
+
+    def __enter__(self) -> DispatchRecorder:
+        self._mode.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._mode.__exit__(*exc)

@@ -13,7 +13,7 @@ import random
 import pytest
 import torch
 import torch.nn.functional as F
-from backend_helpers import require_backend
+from backend_helpers import DispatchRecorder, require_backend
 from hypothesis import given
 from hypothesis import strategies as st
 from torch import nn
@@ -352,7 +352,6 @@ def test_torch_compile_fullgraph(backend):
 def test_eager_path_and_registered_op_agree():
     """Plain eager calls skip the custom op (fuseops._eager); both give the same results,
     and a dispatch mode sees the registered op."""
-    from torch.utils._python_dispatch import TorchDispatchMode
 
     rows, cols = block_grid(10, 8, (4, 3), "fixed")
     x = torch.randn(2, 4, 10, 8, dtype=torch.float64, requires_grad=True)
@@ -368,16 +367,9 @@ def test_eager_path_and_registered_op_agree():
     for e, o in zip(eager_grads, op_grads):
         assert torch.equal(e, o)
 
-    seen = []
-
-    class Recorder(TorchDispatchMode):
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            seen.append(str(func))
-            return func(*args, **(kwargs or {}))
-
-    with Recorder(), torch.no_grad():
+    with DispatchRecorder() as recorder, torch.no_grad():
         fuseops.block_conv2d(x, weight, bias, padding=1, groups=2, block_size=(4, 3))
-    assert "fuseops.block_conv2d.default" in seen
+    assert "fuseops.block_conv2d.default" in recorder.seen
 
 
 @pytest.mark.parametrize("stride", [1, 2])
