@@ -406,8 +406,8 @@ void dispatch_kernel(int64_t kernel, F&& f) {
 
 struct Parts {
   Run row, col;
-  // Full variant, dilation 1, "same" padding: [q * 2K + k] row part's masks, then the
-  // column part's (forward_pair_same); empty otherwise.
+  // Forward of the full variant, dilation 1, "same" padding: [q * 2K + k] row part's
+  // masks, then the column part's (forward_pair_same); empty otherwise.
   std::vector<uint16_t> pair_masks;
   Parts(const RunGeometry& g, const float* w_row, const float* w_col, const float* bias, bool backward)
       : row(g, true, g.c_row, w_row, bias, backward),
@@ -419,7 +419,7 @@ struct Parts {
     col.x_offset = g.full ? 0 : g.c_row * plane;
     col.out_offset = g.c_row * plane;
     col.out_channel = g.c_row;
-    if (g.full && g.dilation == 1 && g.kernel % 2 == 1 && 2 * g.padding == g.kernel - 1) {
+    if (!backward && g.full && g.dilation == 1 && g.kernel % 2 == 1 && 2 * g.padding == g.kernel - 1) {
       const int64_t K = g.kernel, period = row.period;
       pair_masks.resize(period * 2 * K);
       for (int64_t q = 0; q < period; ++q) {
