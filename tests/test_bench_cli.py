@@ -79,3 +79,15 @@ def test_block_bench_reports_the_median_over_sweeps(monkeypatch):
         assert row["block_conv2d"] == "2.00x"
         assert row["composition"] == "n/a"
         assert row["compiled"].startswith("torch.compile failed")
+
+
+def test_block_bench_rejects_fewer_than_one_sweep(capsys):
+    from fuseops.benchmarking import block as bb
+
+    for bad in (0, -1, True, 1.5):
+        with pytest.raises(ValueError, match="sweeps must be an int >= 1"):
+            bb.run(quick=True, compile_composition=False, progress=False, sweeps=bad)
+    with pytest.raises(SystemExit) as exc:
+        bb.cli_main(["--sweeps", "0"])
+    assert exc.value.code == 2
+    assert "--sweeps: must be >= 1" in capsys.readouterr().err

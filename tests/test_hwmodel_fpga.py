@@ -367,3 +367,10 @@ def test_batch_scales_work_and_fps():
     assert e4.macs == 4 * e1.macs
     assert e4.fps == pytest.approx(4 / e4.latency_s)
     assert e4.dram_bytes["input"] >= 4 * e1.dram_bytes["input"] * 0.99
+
+
+def test_plot_traffic_needs_a_panel(tmp_path):
+    from hwmodel.fpga.cli import plot_traffic
+
+    with pytest.raises(ValueError, match="at least one panel"):
+        plot_traffic({}, str(tmp_path / "empty.png"))

@@ -142,6 +142,8 @@ def run(quick: bool = False, rounds: int | None = None, threads: int | None = 2,
     the median over the sweeps of its best round.  On the shared VM the plain conv's own
     time drifts by 10-20% over minutes, and a single sweep catches each case at one moment.
     """
+    if isinstance(sweeps, bool) or not isinstance(sweeps, int) or sweeps < 1:
+        raise ValueError(f"sweeps must be an int >= 1, got {sweeps!r}")
     if threads:  # None or 0: leave torch's default
         torch.set_num_threads(threads)
     rounds = rounds or (3 if quick else 5)
@@ -226,6 +228,13 @@ def main(quick: bool = False, threads: int | None = 2, min_time: float | None = 
     return 0
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
 def cli_main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Block conv timings against the composition and plain F.conv2d.")
     parser.add_argument("--quick", action="store_true", help="F14 and H4x4, constant padding only")
@@ -233,7 +242,7 @@ def cli_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")
     parser.add_argument("--no-compile", action="store_true", help="skip torch.compile of the composition")
     parser.add_argument("--markdown", action="store_true", help="also print a markdown table")
-    parser.add_argument("--sweeps", type=int, default=1,
+    parser.add_argument("--sweeps", type=_positive_int, default=1,
                         help="measure every case this many times, one sweep after the other; report medians")
     args = parser.parse_args(argv)
     return main(quick=args.quick, threads=args.threads, markdown=args.markdown, rounds=args.rounds,

@@ -121,6 +121,8 @@ def _cell(value: object) -> str:
 
 def plot_traffic(panels: dict[str, dict[str, FpgaEstimate]], path: str) -> None:
     """One panel per title: a stacked bar per schedule of DRAM megabytes by kind, with fps."""
+    if not panels:
+        raise ValueError("plot_traffic needs at least one panel (title -> {schedule: FpgaEstimate})")
     from hwmodel._plotting import pyplot
 
     plt = pyplot()
