@@ -407,13 +407,19 @@ inline void depthwise_span_fixed(acc_t* __restrict acc, const acc_t* __restrict 
 // at the padded row pitch (zeros past each row's outputs) with `guard` zeros before it and
 // guard + kSpanStep after; padded: the padded input block (+ kSpanStep slack).
 //   gp[q] = sum_t w[t] * gf[q - off[t]]  for q < round_up_span(ph * pitch)  (transposed conv)
-//   wgrad[t] += sum_q gf[q] * padded[q + off[t]]  over q < round_up_span(span)
+//   wgrad[t] += sum_q gf[q] * padded[q + off[t]]  over the output positions q (keep[q] != 0)
+// With kMasked, keep (see output_positions) drops the columns past each row's outputs and
+// the rounding slack: their gradient is zero, but 0 * inf = NaN if the padded block holds
+// an inf there.  The select made the whole backward markedly slower (about 1.5x in a
+// noisy A/B), so planes that are all finite (checked once per plane, see all_finite) run
+// unmasked: there every dropped product is an exact zero.
 // The weight sums keep kSpanStep fixed lanes per tap and add them in a fixed order, so
 // they vectorise without reassociation and are deterministic.
-template <int KH, int KW, typename acc_t>
+template <int KH, int KW, bool kMasked, typename acc_t>
 inline void depthwise_block_backward_fixed(acc_t* __restrict gp, acc_t* __restrict wgrad, const acc_t* __restrict gf,
-                                           const acc_t* __restrict padded, int64_t span, int64_t padded_area,
-                                           int64_t pitch, int64_t dh, int64_t dw, const acc_t* w) {
+                                           const acc_t* __restrict padded, const uint8_t* __restrict keep,
+                                           int64_t span, int64_t padded_area, int64_t pitch, int64_t dh, int64_t dw,
+                                           const acc_t* w) {
   constexpr int T = KH * KW;
   const TapTable<KH, KW, acc_t> taps(w, pitch, dh, dw);
   const int64_t gp_end = round_up_span(padded_area);
@@ -428,7 +434,14 @@ inline void depthwise_block_backward_fixed(acc_t* __restrict gp, acc_t* __restri
   for (int64_t q = 0; q < end; q += kSpanStep) {
     for (int t = 0; t < T; ++t) {
 #pragma omp simd
-      for (int64_t l = 0; l < kSpanStep; ++l) lanes[t][l] += gf[q + l] * padded[q + l + taps.off[t]];
+      for (int64_t l = 0; l < kSpanStep; ++l) {
+        const acc_t product = gf[q + l] * padded[q + l + taps.off[t]];
+        if constexpr (kMasked) {
+          lanes[t][l] += keep[q + l] ? product : acc_t(0);
+        } else {
+          lanes[t][l] += product;
+        }
+      }
     }
   }
   for (int t = 0; t < T; ++t) {
@@ -436,6 +449,23 @@ inline void depthwise_block_backward_fixed(acc_t* __restrict gp, acc_t* __restri
     for (int64_t l = 0; l < kSpanStep; ++l) dot += lanes[t][l];
     wgrad[t] += dot;
   }
+}
+
+// keep[q] = 1 where q (< round_up_span(span)) is an output position of a block walked at
+// the padded row pitch: q < span and q % pitch < ow.
+inline void output_positions(std::vector<uint8_t>& keep, int64_t span, int64_t pitch, int64_t ow) {
+  keep.assign(round_up_span(span), 0);
+  for (int64_t q = 0; q < span; ++q) keep[q] = q % pitch < ow ? 1 : 0;
+}
+
+// Whether n values are all finite: x * 0 is NaN exactly for inf and NaN.
+template <typename scalar_t>
+bool all_finite(const scalar_t* values, int64_t n) {
+  using acc_t = at::opmath_type<scalar_t>;
+  acc_t probe = 0;
+#pragma omp simd reduction(+ : probe)
+  for (int64_t i = 0; i < n; ++i) probe += static_cast<acc_t>(values[i]) * acc_t(0);
+  return probe == acc_t(0);
 }
 
 // The bias as a contiguous tensor (undefined without one): the direct depthwise kernels
@@ -649,6 +679,7 @@ void depthwise_direct_backward(const at::Tensor& grad_out, const at::Tensor& x, 
     const int64_t guard = (kh - 1) * dh * max_pw + (kw - 1) * dw;
     std::vector<acc_t> padded(area + kSpanStep), gfull(guard + area + guard + kSpanStep), gpad(area + kSpanStep),
         w(taps);
+    std::vector<uint8_t> keep;
     for (int64_t plane = begin; plane < end; ++plane) {
       const int64_t c = plane % channels;
       const scalar_t* in = src + plane * height * width;
@@ -656,6 +687,7 @@ void depthwise_direct_backward(const at::Tensor& grad_out, const at::Tensor& x, 
       scalar_t* gxp = gx + plane * height * width;
       acc_t* wgrad = partial.data() + plane * taps;
       for (int64_t q = 0; q < taps; ++q) w[q] = static_cast<acc_t>(wts[c * taps + q]);
+      const bool finite_plane = all_finite(in, height * width);
       for (const auto& rows : row_classes) {
         const int64_t ph_total = rows.table.size();
         const int64_t oh = ph_total - dh * (kh - 1);
@@ -663,13 +695,14 @@ void depthwise_direct_backward(const at::Tensor& grad_out, const at::Tensor& x, 
           const int64_t pw_total = cols.table.size();
           const int64_t ow = pw_total - dw * (kw - 1);
           const int64_t span = (oh - 1) * pw_total + ow;
+          output_positions(keep, span, pw_total, ow);
           for (size_t i = 0; i < rows.in_starts.size(); ++i) {
             for (size_t j = 0; j < cols.in_starts.size(); ++j) {
               const int64_t r0 = rows.in_starts[i], c0 = cols.in_starts[j];
               pad_block(padded.data(), in, width, rows, cols, r0, c0);
-              // The fixed-tap weight sums read kSpanStep elements past the padded block, against
-              // zero output gradients; a previous (larger) block's values there could be inf,
-              // and 0 * inf would put a NaN into this channel's weight gradient.
+              // The unmasked weight sums read kSpanStep elements past the padded block, against
+              // zero output gradients; a previous (larger) block's values there, from another
+              // plane too, could be inf, and 0 * inf would put a NaN into this channel's sums.
               std::fill(padded.data() + ph_total * pw_total, padded.data() + ph_total * pw_total + kSpanStep,
                         acc_t(0));
               // The output-gradient block laid out with the padded block's row pitch.
@@ -682,8 +715,13 @@ void depthwise_direct_backward(const at::Tensor& grad_out, const at::Tensor& x, 
               acc_t* __restrict gp = gpad.data();
               const bool fixed = dispatch_fixed_taps(kh, kw, [&](auto fixed_taps) {
                 using Taps = decltype(fixed_taps);
-                depthwise_block_backward_fixed<Taps::kH, Taps::kW>(gp, wgrad, gf, padded.data(), span,
-                                                                   ph_total * pw_total, pw_total, dh, dw, w.data());
+                if (finite_plane) {
+                  depthwise_block_backward_fixed<Taps::kH, Taps::kW, false>(
+                      gp, wgrad, gf, padded.data(), keep.data(), span, ph_total * pw_total, pw_total, dh, dw, w.data());
+                } else {
+                  depthwise_block_backward_fixed<Taps::kH, Taps::kW, true>(
+                      gp, wgrad, gf, padded.data(), keep.data(), span, ph_total * pw_total, pw_total, dh, dw, w.data());
+                }
               });
               if (!fixed) for (int64_t q = 0; q < ph_total * pw_total; ++q) gp[q] = acc_t(0);
               for (int64_t a = 0; a < kh && !fixed; ++a) {
@@ -696,10 +734,14 @@ void depthwise_direct_backward(const at::Tensor& grad_out, const at::Tensor& x, 
                   // Eight fixed partial sums: vectorisable without reassociating (deterministic).
                   acc_t lanes[8] = {0, 0, 0, 0, 0, 0, 0, 0};
                   int64_t q = 0;
-                  for (; q + 8 <= span; q += 8)
-                    for (int64_t l = 0; l < 8; ++l) lanes[l] += gf[q + l] * p0[q + l];
+                  for (; q + 8 <= span; q += 8) {
+                    for (int64_t l = 0; l < 8; ++l) {
+                      const acc_t product = gf[q + l] * p0[q + l];
+                      lanes[l] += keep[q + l] ? product : acc_t(0);  // output positions only (see keep)
+                    }
+                  }
                   acc_t dot = 0;
-                  for (; q < span; ++q) dot += gf[q] * p0[q];
+                  for (; q < span; ++q) dot += keep[q] ? gf[q] * p0[q] : acc_t(0);
                   for (int64_t l = 0; l < 8; ++l) dot += lanes[l];
                   wgrad[a * kw + bcol] += dot;
                 }

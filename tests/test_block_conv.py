@@ -407,6 +407,32 @@ def test_cpu_depthwise_backward_keeps_an_inf_in_its_channel():
         assert torch.isfinite(grad_weight[1]).all()
 
 
+@pytest.mark.parametrize("mode", ["constant", "replicate", "reflect"])
+@pytest.mark.parametrize("kernel", [3, 5, 4])
+def test_cpu_depthwise_weight_grad_with_inf_matches_the_reference(mode, kernel):
+    """An inf in x makes exactly the weight-gradient taps that multiply it inf or NaN, as in
+    the reference.  The direct backward walks a block's rows at the padded pitch; the
+    columns past each row's outputs have zero gradient and must not be multiplied in
+    (0 * inf would turn a finite tap of the same channel into NaN)."""
+    require_backend("block_conv2d", "cpu")
+    x = torch.randn(2, 3, 13, 11, dtype=torch.float64)
+    for n, c, r, col in [(0, 0, 4, 0), (1, 1, 7, 5), (0, 2, 12, 10), (1, 0, 0, 6)]:
+        x[n, c, r, col] = float("inf")
+    weight = torch.randn(3, 1, kernel, kernel, dtype=torch.float64)
+    grad_out = None
+    grads = {}
+    for backend in ("reference", "cpu"):
+        w = weight.clone().requires_grad_(True)
+        with use_backend(backend):
+            y = fuseops.block_conv2d(x, w, padding=1, groups=3, block_size=(5, 6), padding_mode=mode)
+        if grad_out is None:
+            grad_out = torch.randn_like(y)
+        y.backward(grad_out)
+        grads[backend] = w.grad
+    assert not torch.isfinite(grads["reference"]).all()  # the case must reach an inf
+    torch.testing.assert_close(grads["cpu"], grads["reference"], equal_nan=True)
+
+
 def test_cpu_scratch_buffers_are_per_thread_and_releasable():
     """The C++ backend reuses per-thread scratch buffers between calls (csrc/block_conv_cpu.cpp,
     `workspace`): calls from concurrent threads, of changing sizes, stay exact."""
