@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from fuseops.benchmarking import TARGETS
 from fuseops.benchmarking import fuse as fb
@@ -91,3 +92,18 @@ def test_block_bench_rejects_fewer_than_one_sweep(capsys):
         bb.cli_main(["--sweeps", "0"])
     assert exc.value.code == 2
     assert "--sweeps: must be >= 1" in capsys.readouterr().err
+
+
+def test_fuse_bench_times_with_the_threads_it_was_given():
+    """The interleaved timer must run each statement under the caller's thread count
+    (torch.utils.benchmark.Timer defaults to one thread)."""
+    from fuseops.benchmarking.fuse import _interleaved
+
+    seen = []
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        _interleaved({"probe": lambda: seen.append(torch.get_num_threads())}, min_time=0.001, rounds=2)
+    finally:
+        torch.set_num_threads(previous)
+    assert seen and set(seen) == {2}

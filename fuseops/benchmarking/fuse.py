@@ -171,7 +171,9 @@ def _interleaved(stmts: dict[str, Callable[[], object]], min_time: float, rounds
     timers, numbers = {}, {}
     for name, stmt in stmts.items():
         stmt()  # warm-up (first-call allocation, compilation)
-        timers[name] = Timer("stmt()", globals={"stmt": stmt})
+        # Timer runs its statement with num_threads=1 unless told otherwise: pass the
+        # thread count the run was set to, or every provider is timed single-threaded.
+        timers[name] = Timer("stmt()", globals={"stmt": stmt}, num_threads=torch.get_num_threads())
         once = max(timers[name].timeit(1).mean, 1e-6)
         numbers[name] = max(1, int(min_time / rounds / once))  # ~min_time/rounds seconds per round
     samples: dict[str, list[float]] = {name: [] for name in stmts}
