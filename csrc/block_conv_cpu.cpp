@@ -453,9 +453,12 @@ inline void depthwise_block_backward_fixed(acc_t* __restrict gp, acc_t* __restri
 
 // keep[q] = 1 where q (< round_up_span(span)) is an output position of a block walked at
 // the padded row pitch: q < span and q % pitch < ow.
-inline void output_positions(std::vector<uint8_t>& keep, int64_t span, int64_t pitch, int64_t ow) {
-  keep.assign(round_up_span(span), 0);
-  for (int64_t q = 0; q < span; ++q) keep[q] = q % pitch < ow ? 1 : 0;
+inline std::vector<uint8_t> output_positions(int64_t span, int64_t pitch, int64_t ow) {
+  std::vector<uint8_t> keep(round_up_span(span), 0);
+  for (int64_t row = 0; row * pitch < span; ++row) {
+    std::fill_n(keep.begin() + row * pitch, std::min(ow, span - row * pitch), uint8_t(1));
+  }
+  return keep;
 }
 
 // Whether n values are all finite: x * 0 is NaN exactly for inf and NaN.
@@ -668,6 +671,16 @@ void depthwise_direct_backward(const at::Tensor& grad_out, const at::Tensor& x, 
   for (const auto& r : row_classes) max_ph = std::max<int64_t>(max_ph, r.table.size());
   for (const auto& c : col_classes) max_pw = std::max<int64_t>(max_pw, c.table.size());
   std::vector<acc_t> partial(n_batch * channels * taps, acc_t(0));
+  // The output positions of each (row class, column class) block shape, built once.
+  std::vector<std::vector<std::vector<uint8_t>>> keeps;
+  for (const auto& rows : row_classes) {
+    const int64_t oh = static_cast<int64_t>(rows.table.size()) - dh * (kh - 1);
+    keeps.emplace_back();
+    for (const auto& cols : col_classes) {
+      const int64_t pw_total = cols.table.size(), ow = pw_total - dw * (kw - 1);
+      keeps.back().push_back(output_positions((oh - 1) * pw_total + ow, pw_total, ow));
+    }
+  }
   const scalar_t* src = x.const_data_ptr<scalar_t>();
   const scalar_t* gsrc = grad_out.const_data_ptr<scalar_t>();
   const scalar_t* wts = weight.const_data_ptr<scalar_t>();
@@ -679,7 +692,6 @@ void depthwise_direct_backward(const at::Tensor& grad_out, const at::Tensor& x, 
     const int64_t guard = (kh - 1) * dh * max_pw + (kw - 1) * dw;
     std::vector<acc_t> padded(area + kSpanStep), gfull(guard + area + guard + kSpanStep), gpad(area + kSpanStep),
         w(taps);
-    std::vector<uint8_t> keep;
     for (int64_t plane = begin; plane < end; ++plane) {
       const int64_t c = plane % channels;
       const scalar_t* in = src + plane * height * width;
@@ -695,7 +707,7 @@ void depthwise_direct_backward(const at::Tensor& grad_out, const at::Tensor& x, 
           const int64_t pw_total = cols.table.size();
           const int64_t ow = pw_total - dw * (kw - 1);
           const int64_t span = (oh - 1) * pw_total + ow;
-          output_positions(keep, span, pw_total, ow);
+          const std::vector<uint8_t>& keep = keeps[&rows - row_classes.data()][&cols - col_classes.data()];
           for (size_t i = 0; i < rows.in_starts.size(); ++i) {
             for (size_t j = 0; j < cols.in_starts.size(); ++j) {
               const int64_t r0 = rows.in_starts[i], c0 = cols.in_starts[j];
