@@ -7,7 +7,7 @@ timed interleaved with a clone (as `fuseops bench fuse` times its providers), fu
 Layers, innermost first: the raw torch.ops.fuseops_ext op; the launcher
 (fuse_conv.cpu_impl.forward); backend resolution + raw op; the eager entry point
 (fuse_conv.op.fuse_conv2d_eager); the public fuseops.fuse_conv2d.  docs/perf-notes.md
-("Python with cold caches") quotes it.
+("Python layers") discusses it; it runs at 2 threads.
 """
 
 import torch
