@@ -41,8 +41,10 @@ constexpr int64_t kMaxPlaneBackward = 256;
 // phases (49 for 7x7, 14x14 and 28x28; 196 for 56x56).  Odd planes such as 17x17 have one
 // phase per position, and for them the per-plane kernels are cheaper than the tables.
 constexpr int64_t kMaxPeriod = 256;
-// Work items are segments of this many chunks (1024 floats) of one run, over every sample.
+// Work items are segments of this many chunks (1024 floats) of one run, over every sample
+// (the backward) or over a block of up to kSampleBlock samples (the forward).
 constexpr int64_t kSegmentChunks = 64;
+constexpr int64_t kSampleBlock = 8;
 // Filters longer than this take the per-plane kernels.
 constexpr int64_t kMaxTaps = 16;
 // Per-channel tables are padded so that a 32-channel window may start at any channel.
@@ -116,7 +118,15 @@ struct Run {
     int64_t pos0 = 0, channel0 = 0;  // chunk q starts at position pos0 of channel channel0
     for (int64_t q = 0; q < period; ++q) {
       first[q] = channel0;
-      for (int64_t l = 0; l < kLanes; ++l) lane_channel[q * kLanes + l] = static_cast<int32_t>((pos0 + l) / plane);
+      // (pos0 + l) / plane, without a division per lane: this table is rebuilt every call,
+      // and 64-bit divisions made it a third of a small call's time.
+      for (int64_t l = 0, pos = pos0, lane_ch = 0; l < kLanes; ++l) {
+        lane_channel[q * kLanes + l] = static_cast<int32_t>(lane_ch);
+        if (++pos == plane) {
+          pos = 0;
+          ++lane_ch;
+        }
+      }
       for (int64_t k = 0; k < K; ++k) {
         const auto lanes_of = [&](const std::vector<uint8_t>& table) {
           return static_cast<uint16_t>(_mm_movemask_epi8(
@@ -300,98 +310,102 @@ void forward_chunks(const Run& r, const float* x, float* out, int64_t c0, int64_
   }
 }
 
-// The full variant: both parts read the same x run and have the same channel layout,
-// so one loop walks one cursor and one lane index for both, and each iteration carries
-// two independent FMA chains (the single-part loop is bound by its one chain's latency).
+// The half variant's forward over a segment of chunks of one part, for every sample of
+// the batch: the chunk loop outside, the sample loop inside.  A chunk's lane weights, bias
+// and tap masks depend only on its place in the run, not on the sample, so they are
+// permuted out of the register window once per chunk and stay in registers while the
+// batch's samples run through them.  forward_chunks (sample outside) permutes them again
+// for every sample: K + 1 permutes and K mask moves per chunk, all on port 5, which the
+// FMAs share.  The sample loop walks 2N streams (x and out of each sample), which the
+// prefetchers follow.
 template <int KT, RunAct A>
-void forward_pair_chunks(const Run& row, const Run& col, const float* x, float* out_row, float* out_col, int64_t c0,
-                         int64_t c1) {
-  const RunView vr(row), vc(col);
-  ChunkCursor at(vr, c0);
-  WeightWindow<KT> wr, wc;
-  const int64_t full_end = std::min(c1, vr.length / kLanes);
-  for (int64_t c = c0; c < c1; ++c, at.next(vr)) {
-    const __mmask16 live = c < full_end ? __mmask16(0xFFFF) : vr.tail(c);
-    const int64_t i = c * kLanes, ch = at.channel(vr);
-    const __m512i lanes = at.lanes(vr);
-    const __m512i index_row = wr.cover(vr, ch, lanes), index_col = wc.cover(vc, ch, lanes);
-    __m512 acc_row = vr.bias == nullptr ? _mm512_setzero_ps() : wr.bias(index_row);
-    __m512 acc_col = vc.bias == nullptr ? _mm512_setzero_ps() : wc.bias(index_col);
+void forward_segment_batched(const Run& r, const float* x, float* out, int64_t x_sample, int64_t out_sample,
+                             int64_t batch, int64_t c0, int64_t c1) {
+  const RunView v(r);
+  ChunkCursor at(v, c0);
+  WeightWindow<KT> window;
+  const int64_t full_end = std::min(c1, v.length / kLanes);
+  int64_t off[KT];
+  for (int k = 0; k < KT; ++k) off[k] = v.off[k];
+  for (int64_t c = c0; c < c1; ++c, at.next(v)) {
+    const int64_t i = c * kLanes;
+    const __mmask16 live = c < full_end ? __mmask16(0xFFFF) : v.tail(c);
+    const __m512i index = window.cover(v, at.channel(v), at.lanes(v));
+    __m512 weight[KT];
+    __mmask16 mask[KT];
     for (int k = 0; k < KT; ++k) {
-      const __m512 xr = _mm512_maskz_loadu_ps(vr.fwd[k][at.q] & live, x + i + vr.off[k]);
-      const __m512 xc = _mm512_maskz_loadu_ps(vc.fwd[k][at.q] & live, x + i + vc.off[k]);
-      acc_row = _mm512_fmadd_ps(wr.weight(k, index_row), xr, acc_row);
-      acc_col = _mm512_fmadd_ps(wc.weight(k, index_col), xc, acc_col);
+      weight[k] = window.weight(k, index);
+      mask[k] = v.fwd[k][at.q] & live;
     }
-    _mm512_mask_storeu_ps(out_row + i, live, activate<A>(acc_row));
-    _mm512_mask_storeu_ps(out_col + i, live, activate<A>(acc_col));
+    const __m512 bias = v.bias == nullptr ? _mm512_setzero_ps() : window.bias(index);
+    const float* xn = x + i;
+    float* on = out + i;
+    for (int64_t n = 0; n < batch; ++n, xn += x_sample, on += out_sample) {
+      __m512 acc = bias;
+      for (int k = 0; k < KT; ++k) acc = _mm512_fmadd_ps(weight[k], _mm512_maskz_loadu_ps(mask[k], xn + off[k]), acc);
+      _mm512_mask_storeu_ps(on, live, activate<A>(acc));
+    }
   }
 }
 
-// The full variant with dilation 1 and "same" padding (every FuSe network's case): the
-// row taps' offsets are the compile-time -KT/2 .. KT/2, so their addresses are immediate
-// displacements; the column taps' are multiples of W; the centre tap is one load shared by
-// both parts; and both parts' masks of a chunk phase sit side by side in one table.  In
-// forward_pair_chunks the 2K tap pointers and mask tables did not fit in the general
-// registers next to the two weight windows, and their spills cost load slots, the loop's
-// bottleneck.
+// The full variant's forward_segment_batched: both parts read the same x run and have
+// the same channel layout, so one cursor and one lane index serve both, and each sample
+// carries two independent FMA chains.  Weights and masks of both parts stay in registers
+// over the batch.
 template <int KT, RunAct A>
-void forward_pair_same(const Run& row, const Run& col, const uint16_t* pair_masks, int64_t width, const float* x,
-                       float* out_row, float* out_col, int64_t c0, int64_t c1) {
-  static_assert(KT % 2 == 1, "same padding with dilation 1 needs an odd tap count");
-  constexpr int kHalf = KT / 2;
+void forward_pair_batched(const Run& row, const Run& col, const float* x, float* out_row, float* out_col,
+                          int64_t x_sample, int64_t out_sample, int64_t batch, int64_t c0, int64_t c1) {
   const RunView vr(row), vc(col);
   ChunkCursor at(vr, c0);
   WeightWindow<KT> wr, wc;
   const int64_t full_end = std::min(c1, vr.length / kLanes);
-  // The chunk's two FMA chains, with weights (and bias) from `weight_row/col(k)`.
-  const auto chunk = [&](int64_t c, __mmask16 live, auto&& weight_row, auto&& weight_col, __m512 acc_row,
-                         __m512 acc_col) {
-    const int64_t i = c * kLanes;
-    const uint16_t* m = pair_masks + at.q * 2 * KT;
-    const float* xi = x + i;
-    const __m512 centre = _mm512_maskz_loadu_ps(live, xi);
-    for (int k = 0; k < KT; ++k) {
-      const int t = k - kHalf;
-      if (t == 0) {
-        acc_row = _mm512_fmadd_ps(weight_row(k), centre, acc_row);
-        acc_col = _mm512_fmadd_ps(weight_col(k), centre, acc_col);
-        continue;
-      }
-      const __m512 xr = _mm512_maskz_loadu_ps(m[k] & live, xi + t);
-      const __m512 xc = _mm512_maskz_loadu_ps(m[KT + k] & live, xi + t * width);
-      acc_row = _mm512_fmadd_ps(weight_row(k), xr, acc_row);
-      acc_col = _mm512_fmadd_ps(weight_col(k), xc, acc_col);
-    }
-    _mm512_mask_storeu_ps(out_row + i, live, activate<A>(acc_row));
-    _mm512_mask_storeu_ps(out_col + i, live, activate<A>(acc_col));
-  };
+  int64_t off_row[KT], off_col[KT];
+  for (int k = 0; k < KT; ++k) {
+    off_row[k] = vr.off[k];
+    off_col[k] = vc.off[k];
+  }
   for (int64_t c = c0; c < c1; ++c, at.next(vr)) {
+    const int64_t i = c * kLanes;
     const __mmask16 live = c < full_end ? __mmask16(0xFFFF) : vr.tail(c);
     const int64_t ch = at.channel(vr);
-    if (vr.lane_channel[at.q * kLanes + kLanes - 1] == 0) {
-      // Every lane in channel ch (most chunks once planes are 14x14 or larger): broadcast
-      // the weights straight from memory (load ports) instead of permuting the register
-      // window (port 5, which the FMAs share).  Measured 5-23% faster (perf-notes v13).
-      const float* w_row = vr.weight + ch;
-      const float* w_col = vc.weight + ch;
-      chunk(
-          c, live, [&](int k) { return _mm512_set1_ps(w_row[k * vr.weight_stride]); },
-          [&](int k) { return _mm512_set1_ps(w_col[k * vc.weight_stride]); },
-          vr.bias == nullptr ? _mm512_setzero_ps() : _mm512_set1_ps(vr.bias[ch]),
-          vc.bias == nullptr ? _mm512_setzero_ps() : _mm512_set1_ps(vc.bias[ch]));
-      continue;
-    }
     const __m512i lanes = at.lanes(vr);
     const __m512i index_row = wr.cover(vr, ch, lanes), index_col = wc.cover(vc, ch, lanes);
-    chunk(
-        c, live, [&](int k) { return wr.weight(k, index_row); }, [&](int k) { return wc.weight(k, index_col); },
-        vr.bias == nullptr ? _mm512_setzero_ps() : wr.bias(index_row),
-        vc.bias == nullptr ? _mm512_setzero_ps() : wc.bias(index_col));
+    __m512 weight_row[KT], weight_col[KT];
+    __mmask16 mask_row[KT], mask_col[KT];
+    for (int k = 0; k < KT; ++k) {
+      weight_row[k] = wr.weight(k, index_row);
+      weight_col[k] = wc.weight(k, index_col);
+      mask_row[k] = vr.fwd[k][at.q] & live;
+      mask_col[k] = vc.fwd[k][at.q] & live;
+    }
+    const __m512 bias_row = vr.bias == nullptr ? _mm512_setzero_ps() : wr.bias(index_row);
+    const __m512 bias_col = vc.bias == nullptr ? _mm512_setzero_ps() : wc.bias(index_col);
+    const float* xn = x + i;
+    float* on_row = out_row + i;
+    float* on_col = out_col + i;
+    for (int64_t n = 0; n < batch; ++n, xn += x_sample, on_row += out_sample, on_col += out_sample) {
+      __m512 acc_row = bias_row, acc_col = bias_col;
+      for (int k = 0; k < KT; ++k) {
+        acc_row = _mm512_fmadd_ps(weight_row[k], _mm512_maskz_loadu_ps(mask_row[k], xn + off_row[k]), acc_row);
+        acc_col = _mm512_fmadd_ps(weight_col[k], _mm512_maskz_loadu_ps(mask_col[k], xn + off_col[k]), acc_col);
+      }
+      _mm512_mask_storeu_ps(on_row, live, activate<A>(acc_row));
+      _mm512_mask_storeu_ps(on_col, live, activate<A>(acc_col));
+    }
   }
 }
 
 int64_t segments_of(const Run& r) { return (r.chunks + kSegmentChunks - 1) / kSegmentChunks; }
+
+// Calls with fewer outputs than this per thread stay on one thread: at::parallel_for's
+// fork and join cost about 4 us on the 2-core CPU here (a 98-float call took 4.3 us on
+// one thread and 8.7 us on two), about what computing 16K outputs takes.
+constexpr int64_t kMinOutputsPerThread = 16384;
+
+// The grain (items per thread at least) for `items` work items that write `outputs` floats.
+int64_t grain_for(int64_t items, int64_t outputs) {
+  return std::max<int64_t>(1, kMinOutputsPerThread * items / std::max<int64_t>(outputs, 1));
+}
 
 template <typename F>
 void dispatch_kernel(int64_t kernel, F&& f) {
@@ -406,9 +420,6 @@ void dispatch_kernel(int64_t kernel, F&& f) {
 
 struct Parts {
   Run row, col;
-  // Forward of the full variant, dilation 1, "same" padding: [q * 2K + k] row part's
-  // masks, then the column part's (forward_pair_same); empty otherwise.
-  std::vector<uint16_t> pair_masks;
   Parts(const RunGeometry& g, const float* w_row, const float* w_col, const float* bias, bool backward)
       : row(g, true, g.c_row, w_row, bias, backward),
         col(g, false, g.c_col, w_col, bias ? bias + g.c_row : nullptr, backward) {
@@ -419,16 +430,6 @@ struct Parts {
     col.x_offset = g.full ? 0 : g.c_row * plane;
     col.out_offset = g.c_row * plane;
     col.out_channel = g.c_row;
-    if (!backward && g.full && g.dilation == 1 && g.kernel % 2 == 1 && 2 * g.padding == g.kernel - 1) {
-      const int64_t K = g.kernel, period = row.period;
-      pair_masks.resize(period * 2 * K);
-      for (int64_t q = 0; q < period; ++q) {
-        for (int64_t k = 0; k < K; ++k) {
-          pair_masks[q * 2 * K + k] = row.fwd_mask[k * period + q];
-          pair_masks[q * 2 * K + K + k] = col.fwd_mask[k * period + q];
-        }
-      }
-    }
   }
 };
 
@@ -456,25 +457,42 @@ void forward_runs(const float* x, const float* w_row, const float* w_col, const 
         const int64_t c0 = s * kSegmentChunks, c1 = std::min(r.chunks, c0 + kSegmentChunks);
         forward_chunks<KT, A>(r, x + n * x_sample + r.x_offset, out + n * out_sample + r.out_offset, c0, c1);
       };
-      at::parallel_for(0, g.batch * per_sample, 4, [&](int64_t begin, int64_t end) {
+      if constexpr (KT > 0) {
+        // Items are (segment, block of up to kSampleBlock samples) pairs, segment-major
+        // (forward_segment_batched): a block shares its chunks' permuted weights, and
+        // large batches of few channels still give every thread work.
+        const int64_t blocks = (g.batch + kSampleBlock - 1) / kSampleBlock, items = per_sample * blocks;
+        at::parallel_for(0, items, grain_for(items, g.batch * out_sample), [&](int64_t begin, int64_t end) {
+          for (int64_t item = begin; item < end; ++item) {
+            const int64_t s = item / blocks, n0 = (item % blocks) * kSampleBlock;
+            const int64_t samples = std::min(kSampleBlock, g.batch - n0);
+            const float* xb = x + n0 * x_sample;
+            float* ob = out + n0 * out_sample;
+            if (g.full) {
+              const int64_t c0 = s * kSegmentChunks, c1 = std::min(parts.row.chunks, c0 + kSegmentChunks);
+              forward_pair_batched<KT, A>(parts.row, parts.col, xb, ob, ob + parts.col.out_offset, x_sample,
+                                          out_sample, samples, c0, c1);
+            } else {
+              const bool row_part = s < seg_row;
+              const Run& r = row_part ? parts.row : parts.col;
+              const int64_t c0 = (row_part ? s : s - seg_row) * kSegmentChunks;
+              const int64_t c1 = std::min(r.chunks, c0 + kSegmentChunks);
+              forward_segment_batched<KT, A>(r, xb + r.x_offset, ob + r.out_offset, x_sample, out_sample, samples,
+                                             c0, c1);
+            }
+          }
+        });
+        return;
+      }
+      // Other tap counts (weights from memory, not a register window): items are
+      // (sample, segment) pairs.
+      at::parallel_for(0, g.batch * per_sample, grain_for(g.batch * per_sample, g.batch * out_sample),
+                       [&](int64_t begin, int64_t end) {
         for (int64_t item = begin; item < end; ++item) {
           const int64_t n = item / per_sample, s = item % per_sample;
           if (g.full) {
-            if constexpr (KT > 0) {
-              const int64_t c0 = s * kSegmentChunks, c1 = std::min(parts.row.chunks, c0 + kSegmentChunks);
-              if constexpr (KT % 2 == 1) {
-                if (!parts.pair_masks.empty()) {
-                  forward_pair_same<KT, A>(parts.row, parts.col, parts.pair_masks.data(), g.width, x + n * x_sample,
-                                           out + n * out_sample, out + n * out_sample + parts.col.out_offset, c0, c1);
-                  continue;
-                }
-              }
-              forward_pair_chunks<KT, A>(parts.row, parts.col, x + n * x_sample, out + n * out_sample,
-                                         out + n * out_sample + parts.col.out_offset, c0, c1);
-            } else {
-              run_segment(parts.row, n, s);  // the segment's x is in L1 for the column part
-              run_segment(parts.col, n, s);
-            }
+            run_segment(parts.row, n, s);  // the segment's x is in L1 for the column part
+            run_segment(parts.col, n, s);
           } else if (s < seg_row) {
             run_segment(parts.row, n, s);
           } else {
@@ -594,7 +612,7 @@ void backward_runs(const float* grad_out, const float* x, const float* w_row, co
     dispatch_activation(act, [&](auto a) {
       constexpr int KT = decltype(kt)::value;
       constexpr RunAct A = decltype(a)::value;
-      at::parallel_for(0, items, 1, [&](int64_t begin, int64_t end) {
+      at::parallel_for(0, items, grain_for(items, g.batch * out_sample), [&](int64_t begin, int64_t end) {
         std::vector<float> gp((std::min(kSegmentChunks, std::max(parts.row.chunks, parts.col.chunks)) + 2 * halo) *
                               kLanes);
         auto run_item = [&](const Run& r, int64_t s, bool accumulate, float* sums_all) {

@@ -330,6 +330,17 @@ def test_cpu_float32_small_planes_match_reference(case):
                             dilation=case["dilation"], activation=case["activation"])
 
 
+@pytest.mark.parametrize("variant", ["half", "full"])
+@pytest.mark.parametrize("k", [3, 5, 7])
+def test_cpu_forward_over_several_sample_blocks_matches_reference(variant, k):
+    """The run path's forward takes the batch in blocks of 8 samples per segment of chunks:
+    19 samples make two full blocks and a partial one; 7 channels of 5x5 leave a partial
+    last chunk in each part's run."""
+    require_backend(OP, "cpu")
+    x, wr, wc, b = make_inputs(19, 7, 5, 5, k, variant, bias=True, dtype=torch.float32)
+    check_against_reference("cpu", x, wr, wc, b, torch.float32, variant=variant, activation="relu6")
+
+
 @pytest.mark.parametrize(
     ("n", "c", "size", "k", "activation"),
     [(4, 8, 20, 5, "relu"), (3, 10, 7, 5, "hardswish")],  # per-plane path; small planes (run path)
