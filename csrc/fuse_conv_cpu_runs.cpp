@@ -568,6 +568,87 @@ void backward_segment(const RunView& v, int64_t chunks, const float* go, const f
   }
 }
 
+// backward_segment for a block of `samples` samples, chunks outside and samples inside (as
+// forward_segment_batched): the lane weights and masks of a chunk are permuted once for
+// the block, the x values loaded to recompute pre-activation also feed the tap sums, and
+// each position's tap and bias sums stay in registers over the block and are written
+// once (first block, `add_sums` false) or added to the earlier blocks' (later blocks).
+// gp holds grad_pre of chunks [e0, e1) for each sample: [n * gp_stride + (c - e0) * 16].
+template <int KT, RunAct A>
+void backward_segment_batched(const RunView& v, int64_t chunks, const float* go, const float* x, float* gx,
+                              int64_t x_sample, int64_t out_sample, int64_t samples, bool accumulate, bool add_sums,
+                              float* gp, int64_t gp_stride, float* sums, int64_t sums_stride, int64_t c0, int64_t c1,
+                              int64_t halo) {
+  const int64_t e0 = std::max<int64_t>(0, c0 - halo), e1 = std::min(chunks, c1 + halo);
+  int64_t off[KT];
+  for (int k = 0; k < KT; ++k) off[k] = v.off[k];
+  ChunkCursor at(v, e0);
+  WeightWindow<KT> window;
+  for (int64_t c = e0; c < e1; ++c, at.next(v)) {
+    const int64_t i = c * kLanes;
+    const __mmask16 live = v.tail(c);
+    const bool owned = c >= c0 && c < c1;
+    const __m512i index = window.cover(v, at.channel(v), at.lanes(v));
+    __m512 weight[KT], tap_sum[KT];
+    __mmask16 mask[KT];
+    for (int k = 0; k < KT; ++k) {
+      weight[k] = window.weight(k, index);
+      mask[k] = v.fwd[k][at.q] & live;
+      tap_sum[k] = _mm512_setzero_ps();
+    }
+    const __m512 bias = v.bias == nullptr ? _mm512_setzero_ps() : window.bias(index);
+    __m512 bias_sum = _mm512_setzero_ps();
+    for (int64_t n = 0; n < samples; ++n) {
+      const float* xn = x + n * x_sample + i;
+      const __m512 g = _mm512_maskz_loadu_ps(live, go + n * out_sample + i);
+      __m512 xv[KT];
+      if (A != RunAct::None || owned) {
+        for (int k = 0; k < KT; ++k) xv[k] = _mm512_maskz_loadu_ps(mask[k], xn + off[k]);
+      }
+      __m512 gpv = g;
+      if constexpr (A != RunAct::None) {
+        __m512 pre = bias;
+        for (int k = 0; k < KT; ++k) pre = _mm512_fmadd_ps(weight[k], xv[k], pre);
+        gpv = activate_grad<A>(g, pre);
+      }
+      _mm512_storeu_ps(gp + n * gp_stride + (c - e0) * kLanes, gpv);
+      if (owned) {
+        for (int k = 0; k < KT; ++k) tap_sum[k] = _mm512_fmadd_ps(gpv, xv[k], tap_sum[k]);
+        bias_sum = _mm512_add_ps(bias_sum, gpv);
+      }
+    }
+    if (owned) {
+      float* s = sums + (c - c0) * kLanes;
+      for (int k = 0; k <= KT; ++k) {
+        const __m512 total = k < KT ? tap_sum[k] : bias_sum;
+        float* sk = s + k * sums_stride;
+        _mm512_storeu_ps(sk, add_sums ? _mm512_add_ps(_mm512_loadu_ps(sk), total) : total);
+      }
+    }
+  }
+  // grad_x[j] = sum_k w_k * grad_pre[j - off_k] where output j - off_k's tap k reads j
+  // (that output is in j's plane, so it has j's channel's weights).
+  ChunkCursor at_x(v, c0);
+  for (int64_t c = c0; c < c1; ++c, at_x.next(v)) {
+    const int64_t j = c * kLanes;
+    const __mmask16 live = v.tail(c);
+    const __m512i index = window.cover(v, at_x.channel(v), at_x.lanes(v));
+    __m512 weight[KT];
+    __mmask16 mask[KT];
+    for (int k = 0; k < KT; ++k) {
+      weight[k] = window.weight(k, index);
+      mask[k] = v.bwd[k][at_x.q] & live;
+    }
+    for (int64_t n = 0; n < samples; ++n) {
+      const float* gp_run = gp + n * gp_stride - e0 * kLanes;  // indexed by position in the run
+      float* gxn = gx + n * x_sample + j;
+      __m512 acc = accumulate ? _mm512_maskz_loadu_ps(live, gxn) : _mm512_setzero_ps();
+      for (int k = 0; k < KT; ++k) acc = _mm512_fmadd_ps(weight[k], _mm512_maskz_loadu_ps(mask[k], gp_run + j - off[k]), acc);
+      _mm512_mask_storeu_ps(gxn, live, acc);
+    }
+  }
+}
+
 // sums_all: [(K + 1) * padded] per-position sums over the batch -> per-channel gradients.
 void reduce_channels(const Run& r, int64_t padded, const float* sums_all, float* grad_w, float* grad_bias) {
   const int64_t K = r.kernel, channels = r.channels;
@@ -613,14 +694,24 @@ void backward_runs(const float* grad_out, const float* x, const float* w_row, co
       constexpr int KT = decltype(kt)::value;
       constexpr RunAct A = decltype(a)::value;
       at::parallel_for(0, items, grain_for(items, g.batch * out_sample), [&](int64_t begin, int64_t end) {
-        std::vector<float> gp((std::min(kSegmentChunks, std::max(parts.row.chunks, parts.col.chunks)) + 2 * halo) *
-                              kLanes);
+        const int64_t gp_stride =
+            (std::min(kSegmentChunks, std::max(parts.row.chunks, parts.col.chunks)) + 2 * halo) * kLanes;
+        std::vector<float> gp(gp_stride * (KT > 0 ? kSampleBlock : 1));
         auto run_item = [&](const Run& r, int64_t s, bool accumulate, float* sums_all) {
           const int64_t padded = r.chunks * kLanes;
           const int64_t c0 = s * kSegmentChunks, c1 = std::min(r.chunks, c0 + kSegmentChunks);
           float* sums = sums_all + c0 * kLanes;
-          for (int64_t k = 0; k <= K; ++k) std::fill(sums + k * padded, sums + k * padded + (c1 - c0) * kLanes, 0.0f);
           const RunView view(r);
+          if constexpr (KT > 0) {
+            for (int64_t n0 = 0; n0 < g.batch; n0 += kSampleBlock) {
+              backward_segment_batched<KT, A>(view, r.chunks, grad_out + n0 * out_sample + r.out_offset,
+                                              x + n0 * x_sample + r.x_offset, grad_x + n0 * x_sample + r.x_offset,
+                                              x_sample, out_sample, std::min(kSampleBlock, g.batch - n0), accumulate,
+                                              /*add_sums=*/n0 > 0, gp.data(), gp_stride, sums, padded, c0, c1, halo);
+            }
+            return;
+          }
+          for (int64_t k = 0; k <= K; ++k) std::fill(sums + k * padded, sums + k * padded + (c1 - c0) * kLanes, 0.0f);
           for (int64_t n = 0; n < g.batch; ++n) {
             backward_segment<KT, A>(view, r.chunks, grad_out + n * out_sample + r.out_offset,
                                     x + n * x_sample + r.x_offset, grad_x + n * x_sample + r.x_offset, accumulate,
