@@ -31,12 +31,13 @@ namespace fuseops::runs {
 namespace {
 
 constexpr int64_t kLanes = 16;
-// Planes up to these sizes take the run path (measured, docs/perf-notes.md "v8"): the
-// forward gains or ties up to 56x56; the backward only up to 16x16, because above that
-// its halo recomputation and per-position sums cost more than the per-plane kernel's
-// padded copies.
+// Planes up to these sizes take the run path (measured, docs/perf-notes.md "v8" and
+// "v14"): both directions gain or tie up to 56x56.  (The backward was held to 16x16
+// while it kept its per-position sums in memory, one load and store per tap, chunk and
+// sample; since it keeps them in registers over a block of samples it wins at 28x28 and
+// 56x56 too.)
 constexpr int64_t kMaxPlaneForward = 4096;
-constexpr int64_t kMaxPlaneBackward = 256;
+constexpr int64_t kMaxPlaneBackward = 4096;
 // The per-call tables have one entry per chunk phase: `period` = plane / gcd(plane, 16)
 // phases (49 for 7x7, 14x14 and 28x28; 196 for 56x56).  Odd planes such as 17x17 have one
 // phase per position, and for them the per-plane kernels are cheaper than the tables.

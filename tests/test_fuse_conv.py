@@ -305,8 +305,8 @@ def test_cpu_small_planes_do_not_leak_between_planes(variant, plane):
 @st.composite
 def run_path_cases(draw):
     """float32, stride 1, "same" padding: the cases the C++ backend hands to its AVX-512 run
-    path (csrc/fuse_conv_cpu_runs.cpp) when built with it: the forward for planes of up to
-    4096 elements, the backward up to 256 (larger ones check the per-plane backward)."""
+    path (csrc/fuse_conv_cpu_runs.cpp) when built with it: planes of up to 4096 elements,
+    forward and backward."""
     variant = draw(st.sampled_from(["half", "full"]))
     small = draw(st.booleans())
     c = draw(st.integers(1, 40 if small else 6))
@@ -343,7 +343,7 @@ def test_cpu_forward_over_several_sample_blocks_matches_reference(variant, k):
 
 @pytest.mark.parametrize(
     ("n", "c", "size", "k", "activation"),
-    [(4, 8, 20, 5, "relu"), (3, 10, 7, 5, "hardswish")],  # per-plane path; small planes (run path)
+    [(4, 8, 17, 5, "relu"), (3, 10, 7, 5, "hardswish")],  # 17x17: per-plane path (period 289); 7x7: run path
 )
 def test_cpu_backward_is_deterministic(n, c, size, k, activation):
     require_backend(OP, "cpu")
