@@ -353,9 +353,15 @@ void forward_segment_batched(const Run& r, const float* x, float* out, int64_t x
 // the same channel layout, so one cursor and one lane index serve both, and each sample
 // carries two independent FMA chains.  Weights and masks of both parts stay in registers
 // over the batch.
-template <int KT, RunAct A>
+//
+// kSame (dilation 1, "same" padding, odd K: every FuSe network): the row taps' offsets are
+// the compile-time -KT/2 .. KT/2, so they are immediate displacements and do not hold
+// general registers, and the centre tap is one load shared by both parts.
+template <int KT, RunAct A, bool kSame>
 void forward_pair_batched(const Run& row, const Run& col, const float* x, float* out_row, float* out_col,
                           int64_t x_sample, int64_t out_sample, int64_t batch, int64_t c0, int64_t c1) {
+  static_assert(!kSame || KT % 2 == 1, "same padding with dilation 1 needs an odd tap count");
+  constexpr int kCentre = KT / 2;
   const RunView vr(row), vc(col);
   ChunkCursor at(vr, c0);
   WeightWindow<KT> wr, wc;
@@ -386,9 +392,22 @@ void forward_pair_batched(const Run& row, const Run& col, const float* x, float*
     float* on_col = out_col + i;
     for (int64_t n = 0; n < batch; ++n, xn += x_sample, on_row += out_sample, on_col += out_sample) {
       __m512 acc_row = bias_row, acc_col = bias_col;
-      for (int k = 0; k < KT; ++k) {
-        acc_row = _mm512_fmadd_ps(weight_row[k], _mm512_maskz_loadu_ps(mask_row[k], xn + off_row[k]), acc_row);
-        acc_col = _mm512_fmadd_ps(weight_col[k], _mm512_maskz_loadu_ps(mask_col[k], xn + off_col[k]), acc_col);
+      if constexpr (kSame) {
+        const __m512 centre = _mm512_maskz_loadu_ps(live, xn);
+        for (int k = 0; k < KT; ++k) {
+          if (k == kCentre) {
+            acc_row = _mm512_fmadd_ps(weight_row[k], centre, acc_row);
+            acc_col = _mm512_fmadd_ps(weight_col[k], centre, acc_col);
+          } else {
+            acc_row = _mm512_fmadd_ps(weight_row[k], _mm512_maskz_loadu_ps(mask_row[k], xn + (k - kCentre)), acc_row);
+            acc_col = _mm512_fmadd_ps(weight_col[k], _mm512_maskz_loadu_ps(mask_col[k], xn + off_col[k]), acc_col);
+          }
+        }
+      } else {
+        for (int k = 0; k < KT; ++k) {
+          acc_row = _mm512_fmadd_ps(weight_row[k], _mm512_maskz_loadu_ps(mask_row[k], xn + off_row[k]), acc_row);
+          acc_col = _mm512_fmadd_ps(weight_col[k], _mm512_maskz_loadu_ps(mask_col[k], xn + off_col[k]), acc_col);
+        }
       }
       _mm512_mask_storeu_ps(on_row, live, activate<A>(acc_row));
       _mm512_mask_storeu_ps(on_col, live, activate<A>(acc_col));
@@ -471,8 +490,16 @@ void forward_runs(const float* x, const float* w_row, const float* w_col, const 
             float* ob = out + n0 * out_sample;
             if (g.full) {
               const int64_t c0 = s * kSegmentChunks, c1 = std::min(parts.row.chunks, c0 + kSegmentChunks);
-              forward_pair_batched<KT, A>(parts.row, parts.col, xb, ob, ob + parts.col.out_offset, x_sample,
-                                          out_sample, samples, c0, c1);
+              const bool same = g.dilation == 1 && KT % 2 == 1 && 2 * g.padding == KT - 1;
+              if constexpr (KT % 2 == 1) {
+                if (same) {
+                  forward_pair_batched<KT, A, true>(parts.row, parts.col, xb, ob, ob + parts.col.out_offset, x_sample,
+                                                    out_sample, samples, c0, c1);
+                  continue;
+                }
+              }
+              forward_pair_batched<KT, A, false>(parts.row, parts.col, xb, ob, ob + parts.col.out_offset, x_sample,
+                                                 out_sample, samples, c0, c1);
             } else {
               const bool row_part = s < seg_row;
               const Run& r = row_part ? parts.row : parts.col;
