@@ -12,28 +12,37 @@ import torch
 
 from fuseops import _extension
 
-
-def _kernels():
-    loaded, reason = _extension.load()
-    if not loaded:  # the backend probe already said so; this guards direct imports
-        raise RuntimeError(reason)
-    return torch.ops.fuseops_ext
+# The two ops' overloads, found once: the attribute walk through torch.ops (namespace,
+# packet, overload) costs as much per call as the rest of this module.
+_ops: tuple | None = None
 
 
-def _nchw(t: torch.Tensor) -> torch.Tensor:
-    # The one layout copy of the cpu backend (a no-op for contiguous NCHW input).
-    return t.contiguous(memory_format=torch.contiguous_format)
+def _kernels() -> tuple:
+    global _ops
+    if _ops is None:
+        loaded, reason = _extension.load()
+        if not loaded:  # the backend probe already said so; this guards direct imports
+            raise RuntimeError(reason)
+        ext = torch.ops.fuseops_ext
+        _ops = (ext.fuse_conv2d_forward.default, ext.fuse_conv2d_backward.default)
+    return _ops
+
+
+# The one layout copy of the cpu backend: ``Tensor.contiguous()`` (a no-op for contiguous
+# NCHW input) before each kernel.
 
 
 def forward(x, weight_row, weight_col, bias, full, stride, padding, dilation, activation):
-    return _kernels().fuse_conv2d_forward(
-        _nchw(x), _nchw(weight_row), _nchw(weight_col), None if bias is None else _nchw(bias),
+    kernel = (_ops or _kernels())[0]
+    return kernel(
+        x.contiguous(), weight_row.contiguous(), weight_col.contiguous(), None if bias is None else bias.contiguous(),
         full, stride, padding, dilation, activation,
     )
 
 
 def backward(grad_out, x, weight_row, weight_col, bias, full, stride, padding, dilation, activation):
-    return _kernels().fuse_conv2d_backward(
-        _nchw(grad_out), _nchw(x), _nchw(weight_row), _nchw(weight_col),
-        None if bias is None else _nchw(bias), full, stride, padding, dilation, activation,
+    kernel = (_ops or _kernels())[1]
+    return kernel(
+        grad_out.contiguous(), x.contiguous(), weight_row.contiguous(), weight_col.contiguous(),
+        None if bias is None else bias.contiguous(), full, stride, padding, dilation, activation,
     )
