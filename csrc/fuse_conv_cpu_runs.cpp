@@ -264,6 +264,25 @@ struct WeightWindow {
   inline __m512 bias(__m512i index) const { return _mm512_permutex2var_ps(bias_lo, index, bias_hi); }
 };
 
+// One chunk's lane weights, bias and tap masks (`masks`: a RunView's fwd or bwd tables),
+// permuted out of the register window once and held in registers while a block of
+// samples runs through the chunk (the *_batched kernels below).
+template <int KT>
+struct ChunkTaps {
+  __m512 weight[KT];
+  __mmask16 mask[KT];
+  __m512 bias;
+  ChunkTaps(WeightWindow<KT>& window, const RunView& v, int64_t ch, __m512i lanes, int64_t q,
+            const uint16_t* const* masks, __mmask16 live) {
+    const __m512i index = window.cover(v, ch, lanes);
+    for (int k = 0; k < KT; ++k) {
+      weight[k] = window.weight(k, index);
+      mask[k] = masks[k][q] & live;
+    }
+    bias = v.bias == nullptr ? _mm512_setzero_ps() : window.bias(index);
+  }
+};
+
 // bias + sum_k w_k * x[i + off_k] over the live lanes of chunk c (x: the run's start).
 // KT > 0: weights from the register window; KT == 0 (other tap counts): from memory.
 template <int KT>
@@ -331,19 +350,14 @@ void forward_segment_batched(const Run& r, const float* x, float* out, int64_t x
   for (int64_t c = c0; c < c1; ++c, at.next(v)) {
     const int64_t i = c * kLanes;
     const __mmask16 live = c < full_end ? __mmask16(0xFFFF) : v.tail(c);
-    const __m512i index = window.cover(v, at.channel(v), at.lanes(v));
-    __m512 weight[KT];
-    __mmask16 mask[KT];
-    for (int k = 0; k < KT; ++k) {
-      weight[k] = window.weight(k, index);
-      mask[k] = v.fwd[k][at.q] & live;
-    }
-    const __m512 bias = v.bias == nullptr ? _mm512_setzero_ps() : window.bias(index);
+    const ChunkTaps<KT> taps(window, v, at.channel(v), at.lanes(v), at.q, v.fwd, live);
     const float* xn = x + i;
     float* on = out + i;
     for (int64_t n = 0; n < batch; ++n, xn += x_sample, on += out_sample) {
-      __m512 acc = bias;
-      for (int k = 0; k < KT; ++k) acc = _mm512_fmadd_ps(weight[k], _mm512_maskz_loadu_ps(mask[k], xn + off[k]), acc);
+      __m512 acc = taps.bias;
+      for (int k = 0; k < KT; ++k) {
+        acc = _mm512_fmadd_ps(taps.weight[k], _mm512_maskz_loadu_ps(taps.mask[k], xn + off[k]), acc);
+      }
       _mm512_mask_storeu_ps(on, live, activate<A>(acc));
     }
   }
@@ -616,15 +630,11 @@ void backward_segment_batched(const RunView& v, int64_t chunks, const float* go,
     const int64_t i = c * kLanes;
     const __mmask16 live = v.tail(c);
     const bool owned = c >= c0 && c < c1;
-    const __m512i index = window.cover(v, at.channel(v), at.lanes(v));
-    __m512 weight[KT], tap_sum[KT];
-    __mmask16 mask[KT];
-    for (int k = 0; k < KT; ++k) {
-      weight[k] = window.weight(k, index);
-      mask[k] = v.fwd[k][at.q] & live;
-      tap_sum[k] = _mm512_setzero_ps();
-    }
-    const __m512 bias = v.bias == nullptr ? _mm512_setzero_ps() : window.bias(index);
+    const ChunkTaps<KT> taps(window, v, at.channel(v), at.lanes(v), at.q, v.fwd, live);
+    const auto& weight = taps.weight;
+    const auto& mask = taps.mask;
+    __m512 tap_sum[KT];
+    for (int k = 0; k < KT; ++k) tap_sum[k] = _mm512_setzero_ps();
     __m512 bias_sum = _mm512_setzero_ps();
     for (int64_t n = 0; n < samples; ++n) {
       const float* xn = x + n * x_sample + i;
@@ -635,7 +645,7 @@ void backward_segment_batched(const RunView& v, int64_t chunks, const float* go,
       }
       __m512 gpv = g;
       if constexpr (A != RunAct::None) {
-        __m512 pre = bias;
+        __m512 pre = taps.bias;
         for (int k = 0; k < KT; ++k) pre = _mm512_fmadd_ps(weight[k], xv[k], pre);
         gpv = activate_grad<A>(g, pre);
       }
@@ -660,18 +670,14 @@ void backward_segment_batched(const RunView& v, int64_t chunks, const float* go,
   for (int64_t c = c0; c < c1; ++c, at_x.next(v)) {
     const int64_t j = c * kLanes;
     const __mmask16 live = v.tail(c);
-    const __m512i index = window.cover(v, at_x.channel(v), at_x.lanes(v));
-    __m512 weight[KT];
-    __mmask16 mask[KT];
-    for (int k = 0; k < KT; ++k) {
-      weight[k] = window.weight(k, index);
-      mask[k] = v.bwd[k][at_x.q] & live;
-    }
+    const ChunkTaps<KT> taps(window, v, at_x.channel(v), at_x.lanes(v), at_x.q, v.bwd, live);
     for (int64_t n = 0; n < samples; ++n) {
       const float* gp_run = gp + n * gp_stride - e0 * kLanes;  // indexed by position in the run
       float* gxn = gx + n * x_sample + j;
       __m512 acc = accumulate ? _mm512_maskz_loadu_ps(live, gxn) : _mm512_setzero_ps();
-      for (int k = 0; k < KT; ++k) acc = _mm512_fmadd_ps(weight[k], _mm512_maskz_loadu_ps(mask[k], gp_run + j - off[k]), acc);
+      for (int k = 0; k < KT; ++k) {
+        acc = _mm512_fmadd_ps(taps.weight[k], _mm512_maskz_loadu_ps(taps.mask[k], gp_run + j - off[k]), acc);
+      }
       _mm512_mask_storeu_ps(gxn, live, acc);
     }
   }
