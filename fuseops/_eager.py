@@ -35,9 +35,10 @@ def dispatcher_bypass_allowed(*tensors: torch.Tensor | None) -> bool:
 def eager_op(select_impl: Callable[[str, tuple], Any], tensor_count: int) -> Callable[..., torch.Tensor]:
     """An op's eager entry point: its backend launchers behind a ``torch.autograd.Function``.
 
-    ``select_impl(function, args)`` returns the launcher module of the backend selected now
-    for ``function`` ("forward" or "backward") on ``args``; it is the same selection the
-    registered custom op makes.  The op's arguments are ``tensor_count`` tensors (the last
+    ``select_impl(function, args, selection)`` returns the launcher module of backend
+    ``selection`` (a name as :func:`fuseops.current_backend` returns) for ``function``
+    ("forward" or "backward") on ``args``; it is the same selection the registered custom
+    op makes.  The op's arguments are ``tensor_count`` tensors (the last
     may be an optional bias, None) followed by non-tensor options; the launchers'
     ``backward(grad_out, *tensors, *options)`` returns one gradient per tensor.  As in the
     custom ops' autograd, the backward runs on the backend selection that was in force at
@@ -50,21 +51,22 @@ def eager_op(select_impl: Callable[[str, tuple], Any], tensor_count: int) -> Cal
             ctx.selection = backends.current_backend()
             ctx.save_for_backward(*args[:tensor_count])
             ctx.options = args[tensor_count:]
-            return select_impl("forward", args).forward(*args)
+            return select_impl("forward", args, ctx.selection).forward(*args)
 
         @staticmethod
         @torch.autograd.function.once_differentiable
         def backward(ctx, grad_out):
             saved = ctx.saved_tensors
             args = (grad_out.contiguous(), *saved, *ctx.options)
+            # The selection is also in force inside, for launchers that call other ops.
             with backends.use_backend(ctx.selection):
-                grads = select_impl("backward", args).backward(*args)
+                grads = select_impl("backward", args, ctx.selection).backward(*args)
             grads = tuple(g if t is not None else None for g, t in zip(grads, saved))
             return grads + (None,) * len(ctx.options)
 
     def call(*args) -> torch.Tensor:
         if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in args[:tensor_count]):
             return EagerFunction.apply(*args)
-        return select_impl("forward", args).forward(*args)
+        return select_impl("forward", args, backends.current_backend()).forward(*args)
 
     return call

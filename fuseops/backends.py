@@ -19,10 +19,9 @@ it (and why not); asking for a backend that cannot run raises
 
 from __future__ import annotations
 
-import contextlib
 import contextvars
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -102,19 +101,31 @@ def registered_ops() -> tuple[str, ...]:
     return tuple(_probes)
 
 
-@contextlib.contextmanager
-def use_backend(name: str) -> Iterator[str]:
+class use_backend:  # noqa: N801 (a context manager used like a function: with use_backend("cpu"))
     """Run the ops inside the ``with`` block on backend ``name``.
 
     ``name`` is one of "auto", "reference", "cpu", "cuda" or "triton".  An unknown name
     raises ``ValueError`` at once; an unavailable one raises
-    :class:`BackendUnavailableError` when an op is called.
+    :class:`BackendUnavailableError` when an op is called.  ``with use_backend(name) as n``
+    binds ``n`` to the name.
+
+    A class rather than a ``contextlib.contextmanager`` generator: the op's autograd
+    backward enters one per call, and the generator's machinery cost several
+    microseconds of a small call's ~10 (docs/perf-notes.md, v14).
     """
-    token = _selected.set(_check_name(name))
-    try:
-        yield name
-    finally:
-        _selected.reset(token)
+
+    __slots__ = ("name", "_token")
+
+    def __init__(self, name: str) -> None:
+        self.name = _check_name(name)
+        self._token: contextvars.Token | None = None
+
+    def __enter__(self) -> str:
+        self._token = _selected.set(self.name)
+        return self.name
+
+    def __exit__(self, *exc_info: object) -> None:
+        _selected.reset(self._token)
 
 
 def current_backend() -> str:
@@ -137,13 +148,16 @@ def availability(op: str, backend: str, device: torch.device | None = None) -> A
     return probes[backend](device)
 
 
-def resolve(op: str, device: torch.device, tune: TuneRequest | None = None) -> str:
+def resolve(op: str, device: torch.device, tune: TuneRequest | None = None, name: str | None = None) -> str:
     """The concrete backend that runs ``op`` for a tensor on ``device`` right now.
 
     ``tune`` (CUDA tensors only) lets "auto" measure the available kernel backends on
     this very call and keep the faster one for its signature; see :mod:`fuseops.autotune`.
+    ``name``: the selection to resolve, when the caller has already read
+    :func:`current_backend`; None reads it.
     """
-    name = current_backend()
+    if name is None:
+        name = current_backend()
     if name == "auto" and device.type == "cuda" and tune is not None:
         return _auto_measured(op, device, tune)
     key = (op, name, device.type, _env("TRITON_INTERPRET"), _extension.has_kernel)

@@ -58,9 +58,11 @@ def _backend_module(name: str):
     return module
 
 
-def _selected_impl(function: str, args: tuple):
-    """The launcher module of the backend selected now (x is args[0] forward, args[1] backward)."""
-    return _backend_module(backends.resolve(OP_NAME, args[1 if function == "backward" else 0].device))
+def _selected_impl(function: str, args: tuple, selection: str | None = None):
+    """The launcher module of the backend selected now (or of ``selection``, a name as
+    :func:`fuseops.current_backend` returns); x is args[0] forward, args[1] backward."""
+    return _backend_module(backends.resolve(OP_NAME, args[1 if function == "backward" else 0].device,
+                                            name=selection))
 
 
 def output_size(bounds: list[int], kernel: int, stride: int, padding: int, dilation: int) -> int:

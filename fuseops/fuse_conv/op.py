@@ -77,10 +77,11 @@ def _tune_request(function: str, args: tuple) -> TuneRequest | None:
     )
 
 
-def _selected_impl(function: str, args: tuple):
-    """The launcher module of the backend selected now, for ``function`` on ``args``."""
+def _selected_impl(function: str, args: tuple, selection: str | None = None):
+    """The launcher module of the backend selected now (or of ``selection``, a name as
+    :func:`fuseops.current_backend` returns), for ``function`` on ``args``."""
     return _backend_module(backends.resolve(OP_NAME, args[1].device if function == "backward" else args[0].device,
-                                            tune=_tune_request(function, args)))
+                                            tune=_tune_request(function, args), name=selection))
 
 
 def _geometry(x, weight_row, weight_col, full, stride, padding, dilation):
