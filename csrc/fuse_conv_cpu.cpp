@@ -966,6 +966,12 @@ void backward_kernel(const at::Tensor& grad_out, const at::Tensor& x, const at::
 }
 
 
+// Stride-2 forwards on planes up to this size run as the stride-1 run path plus a
+// subsampling copy (fuse_conv2d_forward_cpu).  Above it the 4x-sized intermediate costs
+// more than it saves: a fresh 29 MB buffer per call for 144x56x56 full (page faults)
+// made that case 2x slower than the per-plane kernel (docs/perf-notes.md, v17).
+constexpr int64_t kMaxPlaneStride2ViaRuns = 1024;
+
 // The run path (fuse_conv_cpu_runs.h) takes float32 calls on small stride-1 "same" planes
 // when the build has AVX-512; it returns the geometry it needs, or nothing.
 std::optional<runs::RunGeometry> run_geometry(const at::Tensor& x, const Geometry& g, bool backward) {
@@ -991,6 +997,26 @@ at::Tensor fuse_conv2d_forward_cpu(const at::Tensor& x, const at::Tensor& weight
                        bias.has_value() ? bias->data_ptr<float>() : nullptr, out.data_ptr<float>(), *rg,
                        act);
     return out;
+  }
+  if (stride == 2 && g.height * g.width <= kMaxPlaneStride2ViaRuns) {
+    // Stride 2 on small planes the run path takes at stride 1: the stride-1 output subsampled
+    // ([::2, ::2]) is exactly the stride-2 output (each output is computed on its own,
+    // with the same taps in the same order), and computing the 4x outputs on the run path
+    // then copying a quarter of them costs less than the per-plane kernel's strided rows
+    // (docs/perf-notes.md, v17: 576x14x14 full 1.94 -> ~0.5 ms).
+    const Geometry g1 =
+        check_inputs("fuse_conv2d_forward", x, weight_row, weight_col, bias, full, 1, padding, dilation);
+    if (const auto rg = run_geometry(x, g1, /*backward=*/false)) {
+      at::Tensor dense = at::empty({g1.batch, g1.out_channels(), g1.out_height, g1.out_width}, x.options());
+      runs::forward_runs(x.data_ptr<float>(), weight_row.data_ptr<float>(), weight_col.data_ptr<float>(),
+                         bias.has_value() ? bias->data_ptr<float>() : nullptr, dense.data_ptr<float>(), *rg,
+                         act);
+      const at::Tensor sampled = dense.slice(2, 0, g1.out_height, 2).slice(3, 0, g1.out_width, 2);
+      TORCH_INTERNAL_ASSERT(sampled.size(2) == g.out_height && sampled.size(3) == g.out_width,
+                            "fuse_conv2d_forward: subsampled stride-1 output has the wrong shape");
+      out.copy_(sampled);
+      return out;
+    }
   }
   AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, x.scalar_type(), "fuse_conv2d_forward", [&] {
     dispatch_activation(act, [&](auto a) {

@@ -306,7 +306,8 @@ def test_cpu_small_planes_do_not_leak_between_planes(variant, plane):
 def run_path_cases(draw):
     """float32, stride 1, "same" padding: the cases the C++ backend hands to its AVX-512 run
     path (csrc/fuse_conv_cpu_runs.cpp) when built with it: planes of up to 4096 elements,
-    forward and backward."""
+    forward and backward; with stride 2 on planes of up to 1024, the forward runs at stride 1
+    on that path and is subsampled."""
     variant = draw(st.sampled_from(["half", "full"]))
     small = draw(st.booleans())
     c = draw(st.integers(1, 40 if small else 6))
@@ -315,7 +316,7 @@ def run_path_cases(draw):
     return dict(
         n=draw(st.integers(1, 4)), c=c, h=h, w=w, k=draw(st.sampled_from([1, 3, 5, 7, 9])), variant=variant,
         split=draw(st.integers(0, c)) if variant == "half" else None, dilation=draw(st.integers(1, 2)),
-        activation=draw(st.sampled_from(ACTIVATIONS)), bias=draw(st.booleans()),
+        activation=draw(st.sampled_from(ACTIVATIONS)), bias=draw(st.booleans()), stride=draw(st.sampled_from([1, 2])),
     )
 
 
@@ -326,8 +327,19 @@ def test_cpu_float32_small_planes_match_reference(case):
     require_backend(OP, "cpu")
     x, wr, wc, b = make_inputs(case["n"], case["c"], case["h"], case["w"], case["k"], case["variant"],
                                split=case["split"], bias=case["bias"], dtype=torch.float32)
-    check_against_reference("cpu", x, wr, wc, b, torch.float32, variant=case["variant"],
+    check_against_reference("cpu", x, wr, wc, b, torch.float32, variant=case["variant"], stride=case["stride"],
                             dilation=case["dilation"], activation=case["activation"])
+
+
+@pytest.mark.parametrize("variant", ["half", "full"])
+@pytest.mark.parametrize(("h", "w", "k"), [(7, 7, 3), (14, 14, 5), (13, 9, 3), (28, 28, 3), (1, 5, 5), (32, 32, 7)])
+def test_cpu_stride2_small_planes_match_reference(variant, h, w, k):
+    """Stride 2 on planes of up to 1024 elements: the C++ forward runs at stride 1 on the run
+    path and keeps every other row and column (csrc/fuse_conv_cpu.cpp); odd sizes keep the
+    last row and column."""
+    require_backend(OP, "cpu")
+    x, wr, wc, b = make_inputs(3, 11, h, w, k, variant, bias=True, dtype=torch.float32)
+    check_against_reference("cpu", x, wr, wc, b, torch.float32, variant=variant, stride=2, activation="hardswish")
 
 
 @pytest.mark.parametrize("variant", ["half", "full"])
