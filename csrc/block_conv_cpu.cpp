@@ -327,12 +327,54 @@ void move_blocks(at::Tensor& blocks, const at::Tensor& full, const SizeClass& ro
   });
 }
 
+// dst[u] = src[u] for u < n, for the short rows (one block's width, 7-28 pixels) that the
+// direct depthwise kernels copy in and out of their cache-resident buffers.  For float32
+// the rows move in 16-lane vectors with a masked tail: the compiler's loop for a run-time
+// count of 14 is scalar (one vector is 16 wide), and those per-pixel moves made 14-pixel
+// blocks ~1.4x the plain depthwise conv on the AMD EPYC (Zen 5) CI machine (F28: 1.0x).
+// The masked load never touches memory past src[n - 1] and the masked store never writes
+// past dst[n - 1], so rows at the end of a tensor or next to another thread's plane are safe.
+template <typename dst_t, typename src_t>
+inline void copy_row(dst_t* __restrict dst, const src_t* __restrict src, int64_t n) {
+#if defined(__AVX512F__)
+  if constexpr (std::is_same_v<dst_t, float> && std::is_same_v<src_t, float>) {
+    int64_t u = 0;
+    for (; u + 16 <= n; u += 16) _mm512_storeu_ps(dst + u, _mm512_loadu_ps(src + u));
+    if (u < n) {
+      const __mmask16 tail = static_cast<__mmask16>((1u << (n - u)) - 1u);
+      _mm512_mask_storeu_ps(dst + u, tail, _mm512_maskz_loadu_ps(tail, src + u));
+    }
+    return;
+  }
+#endif
+  for (int64_t u = 0; u < n; ++u) dst[u] = static_cast<dst_t>(src[u]);
+}
+
+// dst[u] += src[u] for u < n: the backward's fold of a padded block's interior gradient
+// onto its own pixels, vectorised like copy_row.
+template <typename dst_t, typename src_t>
+inline void add_row(dst_t* __restrict dst, const src_t* __restrict src, int64_t n) {
+#if defined(__AVX512F__)
+  if constexpr (std::is_same_v<dst_t, float> && std::is_same_v<src_t, float>) {
+    int64_t u = 0;
+    for (; u + 16 <= n; u += 16) _mm512_storeu_ps(dst + u, _mm512_add_ps(_mm512_loadu_ps(dst + u), _mm512_loadu_ps(src + u)));
+    if (u < n) {
+      const __mmask16 tail = static_cast<__mmask16>((1u << (n - u)) - 1u);
+      const __m512 sum = _mm512_add_ps(_mm512_maskz_loadu_ps(tail, dst + u), _mm512_maskz_loadu_ps(tail, src + u));
+      _mm512_mask_storeu_ps(dst + u, tail, sum);
+    }
+    return;
+  }
+#endif
+  for (int64_t u = 0; u < n; ++u) dst[u] = static_cast<dst_t>(static_cast<src_t>(dst[u]) + src[u]);
+}
+
 // One padded row of a block in opmath: the block's `size` pixels of `src` at dst[pad ..],
 // and the pad columns either side from the block's own pixels (table: padded column ->
 // source offset in the block, -1 for a zero).
 template <typename scalar_t, typename acc_t>
 inline void pad_block_row(acc_t* dst, const scalar_t* src, int64_t size, int64_t pad, const int64_t* table) {
-  for (int64_t u = 0; u < size; ++u) dst[pad + u] = static_cast<acc_t>(src[u]);
+  copy_row(dst + pad, src, size);
   for (int64_t u = 0; u < pad; ++u) {
     const int64_t left = table[u], right = table[pad + size + u];
     dst[u] = left < 0 ? acc_t(0) : static_cast<acc_t>(src[left]);
@@ -550,9 +592,7 @@ void depthwise_direct_strips(const at::Tensor& x, const at::Tensor& weight, cons
           for (int64_t r = 0; r < oh; ++r) {
             scalar_t* orow = o + (rows.out_starts[i] + r) * out_w;
             const acc_t* arow = acc.data() + r * strip_w;
-            for (const auto& b : blocks) {
-              for (int64_t u = 0; u < b.ow; ++u) orow[b.out_start + u] = static_cast<scalar_t>(arow[b.offset + u]);
-            }
+            for (const auto& b : blocks) copy_row(orow + b.out_start, arow + b.offset, b.ow);
           }
         }
       }
@@ -621,7 +661,7 @@ void depthwise_direct(const at::Tensor& x, const at::Tensor& weight, const c10::
                 }
                 for (int64_t r = 0; r < oh; ++r) {
                   scalar_t* __restrict orow = o + (rows.out_starts[i] + r) * out_w + cols.out_starts[j];
-                  for (int64_t u = 0; u < ow; ++u) orow[u] = static_cast<scalar_t>(acc[r * pw_total + u]);
+                  copy_row(orow, acc + r * pw_total, ow);
                 }
                 continue;
               }
@@ -722,7 +762,7 @@ void depthwise_direct_backward(const at::Tensor& grad_out, const at::Tensor& x, 
               for (int64_t q = 0; q < ph_total * pw_total + kSpanStep; ++q) gf[q] = acc_t(0);
               for (int64_t r = 0; r < oh; ++r) {
                 const scalar_t* grow = g + (rows.out_starts[i] + r) * out_w + cols.out_starts[j];
-                for (int64_t u = 0; u < ow; ++u) gf[r * pw_total + u] = static_cast<acc_t>(grow[u]);
+                copy_row(gf + r * pw_total, grow, ow);
               }
               acc_t* __restrict gp = gpad.data();
               const bool fixed = dispatch_fixed_taps(kh, kw, [&](auto fixed_taps) {
@@ -763,7 +803,13 @@ void depthwise_direct_backward(const at::Tensor& grad_out, const at::Tensor& x, 
                 if (sr < 0) continue;
                 scalar_t* line = gxp + (r0 + sr) * width + c0;
                 const acc_t* grow = gp + t * pw_total;
+                // The interior columns map onto the block's pixels one to one (every
+                // mode); only the pad columns go through the table.
+                const int64_t pad = (pw_total - cols.size) / 2;
+                add_row(line, grow + pad, cols.size);
                 for (int64_t u = 0; u < pw_total; ++u) {
+                  if (u == pad) u += cols.size;
+                  if (u >= pw_total) break;
                   const int64_t sc = cols.table[u];
                   if (sc >= 0) line[sc] = static_cast<acc_t>(line[sc]) + grow[u];
                 }

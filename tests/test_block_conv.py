@@ -302,6 +302,33 @@ def test_low_precision_dtypes(backend, dtype, groups):
     torch.testing.assert_close(grads[1].double(), expected_grads[1], atol=tol["atol"] * scale, rtol=tol["rtol"])
 
 
+# The cpu backend's direct depthwise kernels move float32 block rows in 16-lane vectors
+# with a masked tail (copy_row / add_row in csrc/block_conv_cpu.cpp); float64 takes the
+# scalar loop, so these widths are checked in float32: under one vector (3, 7, 14), exactly
+# one (16), a vector plus a tail (17, 28 and a ragged 13), stride 1 (the strip kernel) and
+# stride 2 (the per-block kernel), each padding mode, forward and backward.
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize(("width", "block", "stride"),
+                         [(42, 14, 1), (21, 7, 1), (9, 3, 1), (32, 16, 1), (34, 17, 1), (56, 28, 1), (41, 13, 1),
+                          (42, 14, 2), (34, 17, 2)])
+def test_depthwise_float32_row_widths(mode, width, block, stride):
+    require_backend("block_conv2d", "cpu")
+    channels = 5
+    x = torch.randn(2, channels, 11, width, dtype=torch.float64)
+    weight = torch.randn(channels, 1, 3, 3, dtype=torch.float64)
+    bias = torch.randn(channels, dtype=torch.float64)
+    block_size = (4, block)
+    expected = reference(x, weight, bias, stride, 1, 1, channels, block_size, mode, "fixed")
+    grad_out = torch.randn_like(expected)
+    expected_grads = reference_grads(x, weight, bias, stride, 1, 1, channels, block_size, mode, "fixed", grad_out)
+    out, grads = run_backend("cpu", x.float(), weight.float(), bias.float(), grad_out.float(), stride=stride,
+                             padding=1, groups=channels, block_size=block_size, padding_mode=mode)
+    torch.testing.assert_close(out.double(), expected, **DTYPE_TOL[torch.float32])
+    for grad, want in zip(grads, expected_grads):
+        scale = max(1.0, want.abs().max().item())
+        torch.testing.assert_close(grad.double(), want, atol=1e-4 * scale, rtol=1e-4)
+
+
 # ------------------------------------------------------------------------ autograd, opcheck, compile
 # The reference is slow under gradcheck's many calls: one mode for it, every mode for cpu.
 @pytest.mark.parametrize(("backend", "mode"), [("reference", "reflect")] + [("cpu", m) for m in MODES])
