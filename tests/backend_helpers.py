@@ -12,14 +12,20 @@ import os
 
 import pytest
 import torch
+from hypothesis import strategies as st
 
 from fuseops import backends
+
+#: Draw this in every ``@given`` test and pass it to ``torch.manual_seed`` first: the seed
+#: is then part of the example, so hypothesis prints it with a failure and replays it.
+TORCH_SEEDS = st.integers(0, 2**32 - 1)
 
 #: Backends that CI builds and runs on its CPU-only machine.
 CI_REQUIRED = frozenset({"reference", "cpu", "triton"})
 
 
 def in_ci() -> bool:
+    """True when CI=true (any case): missing backends and tools then fail instead of skipping."""
     return os.environ.get("CI", "").lower() == "true"
 
 
