@@ -6,10 +6,9 @@ tests are in tests/test_gpu_block_pad.py and need a GPU.
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
+from backend_helpers import in_ci
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -17,7 +16,7 @@ from fuseops._extension import has_kernel
 
 _ok, _reason = has_kernel("block_pad_gather")
 if not _ok:
-    if os.environ.get("CI") == "true":
+    if in_ci():
         raise RuntimeError(f"block_pad_gather must be built in CI: {_reason}")
     pytest.skip(f"C++ extension without block_pad_gather: {_reason}", allow_module_level=True)
 

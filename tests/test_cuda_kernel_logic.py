@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from backend_helpers import in_ci
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -35,7 +36,7 @@ ACTS = {"none": 0, "relu": 1, "relu6": 2, "hardswish": 3}
 def emulator(tmp_path_factory):
     cxx = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
     if cxx is None:
-        if os.environ.get("CI") == "true":
+        if in_ci():
             pytest.fail("CI needs a C++ compiler for the CUDA kernel emulation test")
         pytest.skip("no C++ compiler")
     lib = tmp_path_factory.mktemp("emulator") / "libfuse_conv_emulator.so"

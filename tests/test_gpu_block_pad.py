@@ -8,10 +8,9 @@ STATUS: written without a GPU and never run yet.
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
+from backend_helpers import in_ci
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -38,7 +37,7 @@ def _require_kernel():
     ok, reason = has_kernel("block_pad_gather")
     if not (ok and cuda_compiled()):
         reason = reason or "fuseops._C was built without CUDA"
-        if os.environ.get("CI") == "true":
+        if in_ci():
             pytest.fail(f"the CUDA block-pad kernels must be built on a GPU machine in CI: {reason}")
         pytest.skip(reason)
 

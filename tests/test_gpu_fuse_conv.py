@@ -9,10 +9,9 @@ STATUS: written without a GPU and never run yet.
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
+from backend_helpers import in_ci
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -48,7 +47,7 @@ KINKS = {"none": (), "relu": (0.0,), "relu6": (0.0, 6.0), "hardswish": (-3.0, 3.
 def _require(backend: str) -> None:
     avail = backends.availability("fuse_conv2d", backend, torch.device("cuda"))
     if not avail.ok:
-        if os.environ.get("CI") == "true" and backend == "cuda":
+        if in_ci() and backend == "cuda":
             pytest.fail(f"the cuda backend must be available on a GPU machine in CI: {avail.reason}")
         pytest.skip(f"{backend} unavailable: {avail.reason}")
 

@@ -18,9 +18,8 @@ ceil((H - R + s) / s), one more than PyTorch's when s does not divide H - R (the
 
 from __future__ import annotations
 
-import os
-
 import pytest
+from backend_helpers import in_ci
 
 from hwmodel import Layer, SystolicArray, read_topology, write_topology
 from hwmodel.scalesim import ensure_scalesim, run_scalesim
@@ -53,7 +52,7 @@ def scalesim_python():
     try:
         return ensure_scalesim()
     except (RuntimeError, OSError) as err:
-        if os.environ.get("CI") == "true":
+        if in_ci():
             pytest.fail(f"SCALE-Sim could not be installed in CI: {err}")
         pytest.skip(f"SCALE-Sim could not be installed (no access to PyPI?): {err}")
 
