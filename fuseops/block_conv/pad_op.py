@@ -63,10 +63,14 @@ def _setup_context(ctx, inputs, output):
     x, block_h, block_w, padding, padding_mode = inputs
     ctx.x_shape = list(x.shape)
     ctx.config = (block_h, block_w, padding, padding_mode)
+    # As block_conv2d: the backward runs on the backend selected when the forward ran,
+    # even when it is called outside that `use_backend` block.
+    ctx.backend = backends.current_backend()
 
 
 def _backward(ctx, grad):
-    grad_x = torch.ops.fuseops.block_pad_backward(grad.contiguous(), ctx.x_shape, *ctx.config)
+    with backends.use_backend(ctx.backend):
+        grad_x = torch.ops.fuseops.block_pad_backward(grad.contiguous(), ctx.x_shape, *ctx.config)
     return grad_x, None, None, None, None
 
 
