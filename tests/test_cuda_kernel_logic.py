@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from backend_helpers import in_ci
+from backend_helpers import TORCH_SEEDS, in_ci
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -118,8 +118,9 @@ def emulate_backward(lib, cfg, grad, x, wr, wc, bias, *, deterministic, sms, ind
 
 
 @settings(max_examples=60, deadline=None)
-@given(cfg=configs(), vec1=st.booleans(), direct=st.booleans(), index64=st.booleans())
-def test_forward_float64(emulator, cfg, vec1, direct, index64):
+@given(cfg=configs(), vec1=st.booleans(), direct=st.booleans(), index64=st.booleans(), seed=TORCH_SEEDS)
+def test_forward_float64(emulator, cfg, vec1, direct, index64, seed):
+    torch.manual_seed(seed)
     x, wr, wc, bias = _inputs(cfg, torch.float64)
     expected = fuse_conv2d_reference(x, wr, wc, bias, *_options(cfg))
     got = emulate_forward(emulator, cfg, x, wr, wc, bias, vec1=vec1, direct=direct, index64=index64)
@@ -128,8 +129,9 @@ def test_forward_float64(emulator, cfg, vec1, direct, index64):
 
 
 @settings(max_examples=30, deadline=None)
-@given(cfg=configs())
-def test_forward_float32_vector_staging(emulator, cfg):
+@given(cfg=configs(), seed=TORCH_SEEDS)
+def test_forward_float32_vector_staging(emulator, cfg, seed):
+    torch.manual_seed(seed)
     # float32 stages 4-element (16-byte) chunks; W % 4 == 0 takes the vector path.
     x, wr, wc, bias = _inputs(cfg, torch.float32)
     expected = fuse_conv2d_reference(*(None if t is None else t.double() for t in (x, wr, wc, bias)),
@@ -140,8 +142,10 @@ def test_forward_float32_vector_staging(emulator, cfg):
 
 
 @settings(max_examples=60, deadline=None)
-@given(cfg=configs(), deterministic=st.booleans(), sms=st.sampled_from((1, 4, 132)), index64=st.booleans())
-def test_backward_float64(emulator, cfg, deterministic, sms, index64):
+@given(cfg=configs(), deterministic=st.booleans(), sms=st.sampled_from((1, 4, 132)), index64=st.booleans(),
+       seed=TORCH_SEEDS)
+def test_backward_float64(emulator, cfg, deterministic, sms, index64, seed):
+    torch.manual_seed(seed)
     x, wr, wc, bias = _inputs(cfg, torch.float64)
     out_shape = fuse_conv2d_reference(x, wr, wc, bias, *_options(cfg)).shape
     grad = torch.randn(out_shape, dtype=torch.float64)

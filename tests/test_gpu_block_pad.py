@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from backend_helpers import in_ci
+from backend_helpers import TORCH_SEEDS, in_ci
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -75,8 +75,9 @@ def cases(draw):
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @settings(max_examples=40, deadline=None)
-@given(case=cases())
-def test_gather_is_exact(dtype, case):
+@given(case=cases(), seed=TORCH_SEEDS)
+def test_gather_is_exact(dtype, case, seed):
+    torch.manual_seed(seed)
     from fuseops.block_pad_canvas import block_pad_canvas as block_pad
     from fuseops.block_pad_canvas import block_pad_canvas_reference as block_pad_reference
 
@@ -94,8 +95,9 @@ def test_gather_is_exact(dtype, case):
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @settings(max_examples=40, deadline=None)
-@given(case=cases())
-def test_scatter_matches_reference_backward(dtype, case):
+@given(case=cases(), seed=TORCH_SEEDS)
+def test_scatter_matches_reference_backward(dtype, case, seed):
+    torch.manual_seed(seed)
     from fuseops.block_pad_canvas import block_pad_canvas as block_pad
     from fuseops.block_pad_canvas import block_pad_canvas_reference as block_pad_reference
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from backend_helpers import in_ci
+from backend_helpers import TORCH_SEEDS, in_ci
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -115,8 +115,9 @@ def _reference(args64, cfg):
 @pytest.mark.parametrize("backend", GPU_BACKENDS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @settings(max_examples=30, deadline=None)
-@given(cfg=configs())
-def test_forward_matches_float64_reference(backend, dtype, cfg):
+@given(cfg=configs(), seed=TORCH_SEEDS)
+def test_forward_matches_float64_reference(backend, dtype, cfg, seed):
+    torch.manual_seed(seed)
     _require(backend)
     args, _ = _make(cfg["n"], cfg["c_row"], cfg["c_col"], cfg["h"], cfg["w"], cfg["k"], cfg["full"], dtype,
                          cfg["bias"])
@@ -142,8 +143,9 @@ def _masked_grad(pre64, activation, dtype, shape):
 @pytest.mark.parametrize("backend", GPU_BACKENDS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @settings(max_examples=20, deadline=None)
-@given(cfg=configs())
-def test_backward_matches_float64_reference(backend, dtype, cfg):
+@given(cfg=configs(), seed=TORCH_SEEDS)
+def test_backward_matches_float64_reference(backend, dtype, cfg, seed):
+    torch.manual_seed(seed)
     from fuseops.activations import canonical
 
     _require(backend)
