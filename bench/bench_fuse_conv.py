@@ -1,4 +1,4 @@
-"""pytest-benchmark of fuse_conv2d on CPU (issue 2, item 6).
+"""pytest-benchmark of fuse_conv2d on CPU.
 
     taskset -c 0,1 python -m pytest bench/bench_fuse_conv.py --benchmark-enable \
         --benchmark-group-by=param:case --benchmark-json=bench/results/bench_fuse_conv.json

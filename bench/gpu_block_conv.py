@@ -1,10 +1,10 @@
-"""GPU validation and timing of the Triton block_conv2d backend (issue 5, option B).
+"""GPU validation and timing of the Triton block_conv2d backend (implicit GEMM).
 
 NOT RUN YET: written without a GPU.  On a CUDA machine:
 
     python bench/gpu_block_conv.py --check               # float64 correctness, poisoned outputs
     python bench/gpu_block_conv.py --quick               # a few shapes, both dtypes
-    python bench/gpu_block_conv.py --out results.csv     # the full grid of issue 5
+    python bench/gpu_block_conv.py --out results.csv     # the full grid
     python bench/gpu_block_conv.py --shapes resnet --modes reflect --dtypes fp16 --out r.csv
 
 The full grid is 600 rows and compiles torch.compile once per case: on a 10-minute

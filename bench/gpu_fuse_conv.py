@@ -1,6 +1,6 @@
-"""GPU benchmarks of fuse_conv2d (issue 4 item 6): CUDA and Triton kernels against the
-eager reference, ``torch.compile(reference)`` and the floor, a device copy of the same
-bytes.  Needs a CUDA device; everything is skipped without one.
+"""GPU benchmarks of fuse_conv2d: CUDA and Triton kernels against the eager reference,
+``torch.compile(reference)`` and the floor, a device copy of the same bytes.  Needs a
+CUDA device; everything is skipped without one.
 
     pytest bench/gpu_fuse_conv.py --benchmark-enable --benchmark-json=bench/results/gpu_fuse_conv.json
     pytest bench/gpu_fuse_conv.py --benchmark-enable -k "fp16 and n64 and forward"

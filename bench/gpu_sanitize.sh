@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# compute-sanitizer over the CUDA kernels (issue 4 item 4, issue 5 item 3): memcheck and
-# racecheck of fuse_conv2d forward and backward, memcheck of the block-pad gather and
-# scatter.  Needs a GPU and a CUDA build of fuseops._C:
+# compute-sanitizer over the CUDA kernels: memcheck and racecheck of fuse_conv2d forward
+# and backward, memcheck of the block-pad gather and scatter.  Needs a GPU and a CUDA
+# build of fuseops._C:
 #
 #     FUSEOPS_CUDA=1 pip install --no-build-isolation -e .
 #     bash bench/gpu_sanitize.sh            # exit status non-zero on any error report

@@ -1,4 +1,5 @@
-// CUDA block-pad gather and its backward (issue 5, option A): one pass each.
+// CUDA block-pad gather and its backward (the planned CUDA block conv path: gather, then
+// one cuDNN conv): one pass each.
 // Schemas: csrc/block_pad_schema.cpp.  Index maps: csrc/block_pad_maps.h.
 //
 // STATUS: compiled with nvcc (CI compile check); never run on a GPU yet.

@@ -1,10 +1,10 @@
 """Benchmark of fuse_conv2d on CPU: every available CPU backend against the reference,
-``torch.compile(reference)`` and the floor ``x.clone()`` (issue 2, item 6).
+``torch.compile(reference)`` and the floor ``x.clone()``.
 
-Used by ``python -m fuseops bench fuse``, ``bench/fuse_table.py`` and (for the case
-definitions) ``bench/bench_fuse_conv.py``.  Every provider of one case is timed side by
-side in the same process, so the ratios stay meaningful on a busy machine even when the
-absolute times do not.  Before timing, each backend's output is checked against the
+Used by ``python -m fuseops bench fuse`` and (for the case definitions)
+``bench/bench_fuse_conv.py``.  Every provider of one case is timed side by side in the
+same process, so the ratios stay meaningful on a busy machine even when the absolute
+times do not.  Before timing, each backend's output is checked against the
 reference, so a wrong kernel is never timed.
 
 Modes: ``forward``, and ``forward+backward`` (one forward and the backward of all of
@@ -40,7 +40,7 @@ ACTIVATION = "relu6"
 #: The floor and the baselines; kernel backends follow.
 BASELINES = ("clone", "reference", "compile(reference)")
 KERNEL_BACKENDS = ("cpu", "triton")
-# Targets of issue 2 for the C++ kernels on the 2-core CPU.
+# Targets for the C++ kernels on the 2-core CPU (docs/benchmarks.md).
 TARGET_SPEEDUP = 3.0  # >= 3x faster than the reference, forward and forward+backward
 TARGET_CLONE_RATIO = 2.5  # forward <= 2.5x the time of x.clone()
 
@@ -265,7 +265,7 @@ def summary_rows(results: list[Result]) -> tuple[list[str], list[list[object]]]:
 
 
 def target_rows(results: list[Result], kernel: str = "cpu") -> list[list[object]]:
-    """Per case: which of issue 2's targets the C++ kernels reach."""
+    """Per case: which of the targets the C++ kernels reach."""
     table: dict[Case, dict[tuple[str, str], float]] = {}
     for r in results:
         table.setdefault(r.case, {})[(r.provider, r.mode)] = r.best_ms
@@ -329,7 +329,7 @@ def report(results: list[Result], out_dir: str | None, markdown: bool = False) -
     target_cols = ["case", f"fwd ref/cpu >={TARGET_SPEEDUP}", f"fwd cpu/clone <={TARGET_CLONE_RATIO}",
                    f"fwd+bwd ref/cpu >={TARGET_SPEEDUP}"]
     if targets:
-        print_table("issue 2 targets for the C++ kernels", target_cols, targets)
+        print_table("targets for the C++ kernels", target_cols, targets)
     if markdown:
         print(markdown_table(columns, rows))
         if targets:
