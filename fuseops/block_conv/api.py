@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from fuseops import _checks, _eager
+from fuseops._autocast import autocast_inputs
 from fuseops.block_conv.grid import BLOCKINGS, block_grid, block_out_size, spans_to_bounds
 from fuseops.block_conv.op import block_conv2d_eager, block_conv2d_op
 from fuseops.block_conv.pad_op import block_pad_op
@@ -65,7 +66,11 @@ def block_conv2d(
     Returns:
         (N, C_out, H_out, W_out) where H_out sums floor((b + 2p - d(k-1) - 1)/s) + 1
         over the blocks (for "pool": the stride-1 size, max-pooled by the stride).
+        Under ``torch.autocast`` the inputs are cast to the autocast dtype, as
+        ``nn.Conv2d``'s are, and so is the output.
     """
+    if isinstance(x, torch.Tensor) and torch.is_autocast_enabled(x.device.type):
+        x, weight, bias = autocast_inputs(x, weight, bias)
     _checks.tensor("x", x, ndim=4)
     _checks.floating_input("x", x)
     _checks.tensor("weight", weight, ndim=4)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from fuseops import _checks, _eager, activations
+from fuseops._autocast import autocast_inputs
 from fuseops.fuse_conv.geometry import FuseGeometry, fuse_geometry
 from fuseops.fuse_conv.op import fuse_conv2d_eager, fuse_conv2d_op
 
@@ -130,8 +131,11 @@ def fuse_conv2d(
 
     Returns:
         (N, C_out, H_out, W_out): the row part's channels, then the column part's.
-        Contiguous, same dtype and device as x.
+        Contiguous, same dtype and device as x; under ``torch.autocast``, the autocast
+        dtype (the inputs are cast to it, as ``nn.Conv2d``'s are).
     """
+    if isinstance(x, torch.Tensor) and torch.is_autocast_enabled(x.device.type):
+        x, weight_row, weight_col, bias = autocast_inputs(x, weight_row, weight_col, bias)
     full, stride, padding, dilation, act = _checked(x, weight_row, weight_col, bias, variant, stride, padding,
                                                     dilation, activation)
     args = (x, weight_row, weight_col, bias, full, stride, padding, dilation, act)
