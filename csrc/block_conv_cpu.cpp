@@ -867,7 +867,7 @@ Geometry make_geometry(const at::Tensor& x, const at::Tensor& weight, c10::IntAr
 
 // Whether the gathered blocks (and so ATen's conv) use channels_last.  oneDNN's CPU conv
 // is fastest on channels_last, and the gather transposes NCHW input for free while it
-// pads (see docs/perf-notes.md, "block conv CPU").
+// pads (see docs/block-conv.md, "channels_last buffers").
 bool buffer_channels_last(const at::Tensor& x) {
   static const int forced = [] {
     const char* env = std::getenv("FUSEOPS_BLOCK_CPU_LAYOUT");  // "nchw" | "nhwc": for measurements only

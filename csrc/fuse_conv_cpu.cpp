@@ -969,7 +969,8 @@ void backward_kernel(const at::Tensor& grad_out, const at::Tensor& x, const at::
 // Stride-2 forwards on planes up to this size run as the stride-1 run path plus a
 // subsampling copy (fuse_conv2d_forward_cpu).  Above it the 4x-sized intermediate costs
 // more than it saves: a fresh 29 MB buffer per call for 144x56x56 full (page faults)
-// made that case 2x slower than the per-plane kernel (docs/perf-notes.md, v17).
+// made that case 2x slower than the per-plane kernel (docs/fuse_conv_cpu.md, "Why the run
+// path looks as it does").
 constexpr int64_t kMaxPlaneStride2ViaRuns = 1024;
 
 // The run path (fuse_conv_cpu_runs.h) takes float32 calls on small stride-1 "same" planes
@@ -1003,7 +1004,8 @@ at::Tensor fuse_conv2d_forward_cpu(const at::Tensor& x, const at::Tensor& weight
     // ([::2, ::2]) is exactly the stride-2 output (each output is computed on its own,
     // with the same taps in the same order), and computing the 4x outputs on the run path
     // then copying a quarter of them costs less than the per-plane kernel's strided rows
-    // (docs/perf-notes.md, v17: 576x14x14 full 1.94 -> ~0.5 ms).
+    // (docs/fuse_conv_cpu.md, "Why the run path looks as it does": 576x14x14 full 1.94 ->
+    // 0.66-0.76 ms).
     const Geometry g1 =
         check_inputs("fuse_conv2d_forward", x, weight_row, weight_col, bias, full, 1, padding, dilation);
     if (const auto rg = run_geometry(x, g1, /*backward=*/false)) {

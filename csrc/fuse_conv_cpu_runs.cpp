@@ -31,11 +31,11 @@ namespace fuseops::runs {
 namespace {
 
 constexpr int64_t kLanes = 16;
-// Planes up to these sizes take the run path (measured, docs/perf-notes.md "v8" and
-// "v14"): both directions gain or tie up to 56x56.  (The backward was held to 16x16
-// while it kept its per-position sums in memory, one load and store per tap, chunk and
-// sample; since it keeps them in registers over a block of samples it wins at 28x28 and
-// 56x56 too.)
+// Planes up to these sizes take the run path (measured: docs/fuse_conv_cpu.md, "Why the
+// run path looks as it does"): both directions gain or tie up to 56x56.  (The backward
+// was held to 16x16 while it kept its per-position sums in memory, one load and store per
+// tap, chunk and sample; since it keeps them in registers over a block of samples it wins
+// at 28x28 and 56x56 too.)
 constexpr int64_t kMaxPlaneForward = 4096;
 constexpr int64_t kMaxPlaneBackward = 4096;
 // The per-call tables have one entry per chunk phase: `period` = plane / gcd(plane, 16)

@@ -4,9 +4,10 @@ The registered custom ops (``torch.ops.fuseops.*``) are what ``torch.compile``, 
 tensors, ``opcheck``, ``vmap``, tracing and dispatch modes need.  In plain eager mode,
 their Python layers (custom-op dispatch, the autograd wrapper, the dynamo-disable
 wrapper) cost 50-100 us per call on the 2-core CPU here, as much as the whole kernel on
-a MobileNet 7x7 layer (docs/perf-notes.md).  So the public functions call the same
-backend launchers through a plain ``torch.autograd.Function`` when, and only when, no
-machinery that needs the registered op is active.
+a MobileNet 7x7 layer (docs/fuse_conv_cpu.md, "Python-side cost per call").  So the
+public functions call the same backend launchers through a plain
+``torch.autograd.Function`` when, and only when, no machinery that needs the registered
+op is active.
 """
 
 from __future__ import annotations

@@ -74,7 +74,8 @@ _auto_order: dict[str, dict[str, tuple[str, ...]]] = {}
 # Resolutions that succeeded, per (op, selection, device type) and the inputs the probes
 # read: the extension (the has_kernel function, so a test's stand-in starts afresh) and
 # TRITON_INTERPRET.  Every op call resolves its backend, and with the caches cold (a model
-# between calls) the probes took 30-40 us per call on the 2-core CPU (docs/perf-notes.md).
+# between calls) the probes took 30-40 us per call on the 2-core CPU (docs/fuse_conv_cpu.md,
+# "Python-side cost per call").
 _resolved: dict[tuple, str] = {}
 
 
@@ -111,7 +112,7 @@ class use_backend:  # noqa: N801 (a context manager used like a function: with u
 
     A class rather than a ``contextlib.contextmanager`` generator: the op's autograd
     backward enters one per call, and the generator's machinery cost several
-    microseconds of a small call's ~10 (docs/perf-notes.md, v14).
+    microseconds of a small call's ~10 (docs/fuse_conv_cpu.md, "Python-side cost per call").
     """
 
     __slots__ = ("name", "_token")
