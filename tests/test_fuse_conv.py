@@ -1,8 +1,10 @@
 """fuse_conv2d: the reference, every CPU backend against it, the registration, the layers.
 
-Ground truth for gradients is autograd through ``fuse_conv2d_reference`` (plain
-F.conv2d ops), never the op's own backward.  Backends that CI must have fail instead
-of skipping under CI=true (tests/backend_helpers.py).
+The reference backend is checked against ``plain_fuse_conv``, the op written out here with
+plain ``torch.nn.functional`` calls (no fuseops code), and its autograd; every other backend
+is checked against ``fuse_conv2d_reference`` and autograd through it.  Ground truth for
+gradients is never the op's own backward.  Backends that CI must have fail instead of
+skipping under CI=true (tests/backend_helpers.py).
 """
 
 from __future__ import annotations
@@ -10,8 +12,8 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from backend_helpers import DispatchRecorder, available_backends, require_backend
-from hypothesis import given, settings
+from backend_helpers import TORCH_SEEDS, DispatchRecorder, available_backends, require_backend
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
@@ -24,19 +26,25 @@ OP = "fuse_conv2d"
 CPU_BACKENDS = ("reference", "cpu")
 ACTIVATIONS = (None, "relu", "relu6", "hardswish")
 
-# Per-dtype tolerances, as max |got - want| <= atol + rtol * max |want| over a tensor.
-# bfloat16 keeps 8 mantissa bits (relative step 2^-8 ~ 0.004) and accumulates in fp32,
-# so one output rounding plus fp32 sums stays well inside 2e-2.
+# Tolerances of the 16- and 32-bit checks, as max |got - want| <= atol + rtol * max |want|
+# over a tensor, against float64 on the same (rounded) inputs; float64 uses
+# torch.testing.assert_close's defaults.  Measured max |got - want| / (1 + max |want|) over
+# 15 seeds of every low-precision test here plus 4 runs of the float32 hypothesis test, both
+# backends (this machine has no AVX-512, so the C++ run path was not among them):
+# float32 1.4e-6 (the reference's weight gradients; cpu 8.9e-7), bfloat16 7.6e-3 (the
+# reference's gradients, its convs rounding in bfloat16; cpu 3.6e-3).  About 3.5x those:
 TOLERANCES = {
-    torch.float64: (1e-10, 1e-10),
-    torch.float32: (1e-5, 1e-5),
-    torch.bfloat16: (2e-2, 2e-2),
+    torch.float32: (5e-6, 5e-6),
+    torch.bfloat16: (2.5e-2, 2.5e-2),
 }
 
 
 def assert_close(got: torch.Tensor, want: torch.Tensor, dtype: torch.dtype, what: str) -> None:
-    atol, rtol = TOLERANCES[dtype]
     assert got.shape == want.shape, f"{what}: shape {tuple(got.shape)} != {tuple(want.shape)}"
+    if dtype == torch.float64:
+        torch.testing.assert_close(got.double(), want.double(), msg=lambda m: f"{what}: {m}")  # default tolerances
+        return
+    atol, rtol = TOLERANCES[dtype]
     if want.numel() == 0:
         return
     err = (got.double() - want.double()).abs().max().item()
@@ -58,11 +66,59 @@ def make_inputs(n, c, h, w, k, variant, split=None, bias=False, dtype=torch.floa
     return tensors
 
 
-def reference_with_grads(x, weight_row, weight_col, bias, grad_out, **kw):
-    """Forward and autograd gradients of the reference, computed in float64."""
+PLAIN_ACTIVATIONS = {None: lambda t: t, "relu": F.relu, "relu6": F.relu6, "hardswish": F.hardswish}
+
+
+def plain_fuse_conv(x, weight_row, weight_col, bias=None, *, variant="half", stride=1, padding=None, dilation=1,
+                    activation=None):
+    """The FuSe conv as README's "Using the ops" defines it, from plain torch.nn.functional
+    calls and no fuseops code: a 1xK depthwise conv along W on the row channels and a Kx1
+    one along H on the column channels (half: the first C_r channels and the remaining C_c;
+    full: every channel, in both), each zero-padded with F.pad along its own conv axis only
+    ("same" = dilation*(K-1)//2 when padding is None), each part's slice of the bias passed
+    to its conv, the row part's channels first, then the activation."""
+    k = weight_row.shape[3]
+    pad = dilation * (k - 1) // 2 if padding is None else padding
+    c_row, c_col = weight_row.shape[0], weight_col.shape[0]
+    x_row = x if variant == "full" else x[:, :c_row]
+    x_col = x if variant == "full" else x[:, x.shape[1] - c_col:]
+    b_row = None if bias is None else bias[:c_row]
+    b_col = None if bias is None else bias[c_row:]
+    parts = []
+    if c_row:
+        parts.append(F.conv2d(F.pad(x_row, (pad, pad, 0, 0)), weight_row, b_row, stride=(stride, stride),
+                              dilation=(1, dilation), groups=c_row))
+    if c_col:
+        parts.append(F.conv2d(F.pad(x_col, (0, 0, pad, pad)), weight_col, b_col, stride=(stride, stride),
+                              dilation=(dilation, 1), groups=c_col))
+    return PLAIN_ACTIVATIONS[activation](torch.cat(parts, dim=1))
+
+
+def plain_out_hw(h, w, k, c_row, c_col, stride=1, padding=None, dilation=1):
+    """The output (H, W) the present parts agree on, or None when they differ in size or
+    leave no output: the cases where fuse_conv2d must raise ValueError."""
+    pad = dilation * (k - 1) // 2 if padding is None else padding
+
+    def length(size, taps, p, d):
+        return (size + 2 * p - d * (taps - 1) - 1) // stride + 1
+
+    sizes = set()
+    if c_row:
+        sizes.add((length(h, 1, 0, 1), length(w, k, pad, dilation)))
+    if c_col:
+        sizes.add((length(h, k, pad, dilation), length(w, 1, 0, 1)))
+    if len(sizes) != 1:
+        return None
+    out_h, out_w = sizes.pop()
+    return (out_h, out_w) if out_h >= 1 and out_w >= 1 else None
+
+
+def oracle_with_grads(oracle, x, weight_row, weight_col, bias, grad_out, **kw):
+    """Forward and autograd gradients of ``oracle`` (a function with fuse_conv2d's
+    signature), computed in float64."""
     leaves = [t.detach().double().requires_grad_() if t is not None else None
               for t in (x, weight_row, weight_col, bias)]
-    out = reference_call(*leaves, **kw)
+    out = oracle(*leaves, **kw)
     grads = torch.autograd.grad(out, [t for t in leaves if t is not None], grad_out.double(),
                                 allow_unused=True, materialize_grads=True)  # an empty part is unused
     return out.detach(), grads
@@ -77,6 +133,12 @@ def reference_call(x, weight_row, weight_col, bias, *, variant="half", stride=1,
     return fuse_conv2d_reference(x, weight_row, weight_col, bias, full, stride, pad, dilation, act)
 
 
+def oracle_for(backend):
+    """What a backend is checked against: the reference against the plain composition (so
+    it is never compared with itself), every other backend against the reference."""
+    return plain_fuse_conv if backend == "reference" else reference_call
+
+
 def backend_with_grads(backend, x, weight_row, weight_col, bias, grad_out, **kw):
     with fuseops.use_backend(backend):
         out = fuse_conv2d(x, weight_row, weight_col, bias, **kw)
@@ -85,16 +147,20 @@ def backend_with_grads(backend, x, weight_row, weight_col, bias, grad_out, **kw)
     return out.detach(), grads
 
 
-def check_against_reference(backend, x, weight_row, weight_col, bias, dtype, **kw):
+def check_backend(backend, x, weight_row, weight_col, bias, dtype, **kw):
+    """The backend's forward and its gradients (the op's backward) against its oracle's
+    forward and autograd (``oracle_for``)."""
+    oracle = oracle_for(backend)
     with torch.no_grad():
-        want_shape = reference_call(x.detach(), weight_row.detach(), weight_col.detach(),
-                                    None if bias is None else bias.detach(), **kw).shape
+        want_shape = plain_fuse_conv(x.detach(), weight_row.detach(), weight_col.detach(),
+                                     None if bias is None else bias.detach(), **kw).shape
     grad_out = torch.randn(want_shape, dtype=x.dtype)
     got, got_grads = backend_with_grads(backend, x, weight_row, weight_col, bias, grad_out, **kw)
-    want, want_grads = reference_with_grads(x, weight_row, weight_col, bias, grad_out, **kw)
+    want, want_grads = oracle_with_grads(oracle, x, weight_row, weight_col, bias, grad_out, **kw)
     assert got.dtype == x.dtype and got.is_contiguous()
     assert_close(got, want, dtype, f"{backend} forward")
     names = ("grad_x", "grad_weight_row", "grad_weight_col", "grad_bias")
+    assert len(got_grads) == len(want_grads)
     for name, g, r in zip(names, got_grads, want_grads):
         assert g.dtype == x.dtype
         assert_close(g, r, dtype, f"{backend} {name}")
@@ -129,23 +195,57 @@ def activations_module(name):
     return {None: nn.Identity(), "relu": nn.ReLU(), "relu6": nn.ReLU6(), "hardswish": nn.Hardswish()}[name]
 
 
-# ----------------------------------------------------------------------------- backends vs reference
+# (K, stride, dilation, padding, H, W), each valid with both parts present.
+REFERENCE_GEOMETRIES = [
+    (3, 1, 1, None, 9, 7),
+    (5, 2, 1, None, 11, 8),  # stride 2, odd H, even W
+    (3, 1, 2, None, 7, 10),  # dilation 2
+    (4, 2, 2, None, 9, 6),  # even K: "same" padding 3 lines up with dilation 2
+    (7, 3, 1, None, 13, 5),  # stride 3, K > W
+    (1, 2, 1, None, 5, 4),
+    (3, 3, 1, 0, 9, 9),  # explicit padding below "same", absorbed by stride 3
+    (5, 3, 1, 3, 7, 7),  # explicit padding above "same"
+    (5, 1, 3, None, 2, 3),  # dilated kernel (span 13) far larger than the plane
+    (3, 1, 1, 1, 1, 1),  # a 1x1 plane
+]
+# (variant, C, C_r): the default half split of an odd C, a row part only, a column part
+# only, an uneven split, and full.
+REFERENCE_SPLITS = [("half", 5, None), ("half", 3, 0), ("half", 3, 3), ("half", 7, 2), ("full", 3, None)]
+
+
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+@pytest.mark.parametrize("variant,c,split", REFERENCE_SPLITS)
+@pytest.mark.parametrize("k,stride,dilation,padding,h,w", REFERENCE_GEOMETRIES)
+def test_reference_matches_plain_composition(k, stride, dilation, padding, h, w, variant, c, split, activation):
+    """The reference backend (its forward and its hand-written backward) against the plain
+    F.conv2d composition and autograd through it, in float64."""
+    x, wr, wc, b = make_inputs(2, c, h, w, k, variant, split=split, bias=True)
+    check_backend("reference", x, wr, wc, b, torch.float64, variant=variant, stride=stride, padding=padding,
+                  dilation=dilation, activation=activation)
+
+
+def test_reference_without_bias_matches_plain_composition():
+    x, wr, wc, _ = make_inputs(3, 5, 8, 6, 3, "half", split=2)
+    check_backend("reference", x, wr, wc, None, torch.float64, variant="half", stride=2, activation="hardswish")
+
+
+# ----------------------------------------------------------------------------- backends vs their oracle (oracle_for)
 @pytest.mark.parametrize("variant", ["half", "full"])
 @pytest.mark.parametrize("activation", ACTIVATIONS)
 @pytest.mark.parametrize("k,stride,dilation", [(3, 1, 1), (5, 2, 1), (3, 1, 2), (7, 3, 1), (1, 1, 1)])
-def test_backend_matches_reference_float64(backend, variant, activation, k, stride, dilation):
+def test_backend_matches_oracle_float64(backend, variant, activation, k, stride, dilation):
     x, wr, wc, b = make_inputs(2, 5, 13, 10, k, variant, bias=True)
-    check_against_reference(backend, x, wr, wc, b, torch.float64, variant=variant, stride=stride,
+    check_backend(backend, x, wr, wc, b, torch.float64, variant=variant, stride=stride,
                             dilation=dilation, activation=activation)
 
 
 @pytest.mark.parametrize("shape", [(1, 3, 56, 56), (2, 4, 7, 7), (1, 2, 1, 17), (1, 2, 17, 1), (1, 2, 2, 3)])
 @pytest.mark.parametrize("k", [3, 5, 9, 11])
-def test_backend_matches_reference_plane_shapes(backend, shape, k):
+def test_backend_matches_oracle_plane_shapes(backend, shape, k):
     """Wide, tiny and degenerate planes; K larger than the plane; K=11 (no unrolled kernel)."""
     n, c, h, w = shape
     x, wr, wc, b = make_inputs(n, c, h, w, k, "full", bias=True)
-    check_against_reference(backend, x, wr, wc, b, torch.float64, variant="full", activation="hardswish")
+    check_backend(backend, x, wr, wc, b, torch.float64, variant="full", activation="hardswish")
 
 
 def test_explicit_padding_one_part(backend):
@@ -153,7 +253,7 @@ def test_explicit_padding_one_part(backend):
     x = torch.randn(2, 3, 9, 8, dtype=torch.float64, requires_grad=True)
     wr = torch.randn(3, 1, 1, 4, dtype=torch.float64, requires_grad=True)
     wc = torch.randn(0, 1, 4, 1, dtype=torch.float64, requires_grad=True)
-    check_against_reference(backend, x, wr, wc, None, torch.float64, variant="half", padding=3, stride=2)
+    check_backend(backend, x, wr, wc, None, torch.float64, variant="half", padding=3, stride=2)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -168,7 +268,7 @@ def test_backend_low_precision(backend, dtype, variant):
     """
     x, wr, wc, b = make_inputs(2, 6, 14, 15, 3, variant, bias=True, dtype=dtype)
     activation = "relu6" if dtype == torch.float32 else None
-    check_against_reference(backend, x, wr, wc, b, dtype, variant=variant, activation=activation)
+    check_backend(backend, x, wr, wc, b, dtype, variant=variant, activation=activation)
 
 
 @pytest.mark.parametrize("activation", ["relu6", "hardswish"])
@@ -177,7 +277,8 @@ def test_bfloat16_forward_with_activation(backend, activation):
     x, wr, wc, b = make_inputs(2, 6, 14, 15, 5, "full", bias=True, dtype=torch.bfloat16, requires_grad=False)
     with fuseops.use_backend(backend):
         got = fuse_conv2d(x, wr, wc, b, variant="full", activation=activation)
-    want = reference_call(x.double(), wr.double(), wc.double(), b.double(), variant="full", activation=activation)
+    want = oracle_for(backend)(x.double(), wr.double(), wc.double(), b.double(), variant="full",
+                               activation=activation)
     assert got.dtype == torch.bfloat16
     assert_close(got, want, torch.bfloat16, f"{backend} bfloat16 {activation}")
 
@@ -198,34 +299,75 @@ def test_non_contiguous_inputs(backend, layout, variant):
     wr_base = torch.randn(c, 1, 1, 6, dtype=torch.float64)[..., ::2]  # non-contiguous weights too
     wr = wr_base.requires_grad_() if variant == "full" else wr_base[: (c + 1) // 2].detach().requires_grad_()
     wc = torch.randn(c if variant == "full" else c // 2, 1, 3, 1, dtype=torch.float64, requires_grad=True)
-    check_against_reference(backend, x, wr, wc, None, torch.float64, variant=variant, activation="relu")
+    check_backend(backend, x, wr, wc, None, torch.float64, variant=variant, activation="relu")
 
 
 # ----------------------------------------------------------------------------- hypothesis
 @st.composite
 def fuse_cases(draw):
+    """Any geometry, valid or not: K of every parity, "same" or explicit padding (one int,
+    the API's only form), stride, dilation, N from 0, planes down to 1x1, odd C and any
+    half split (empty parts included)."""
     variant = draw(st.sampled_from(["half", "full"]))
-    c = draw(st.integers(1, 6))
-    k = draw(st.sampled_from([1, 3, 5, 7, 9]))
+    c = draw(st.integers(1, 7))
+    k = draw(st.integers(1, 7))
     return dict(
         n=draw(st.integers(0, 3)), c=c, h=draw(st.integers(1, 12)), w=draw(st.integers(1, 12)), k=k,
         variant=variant, split=draw(st.integers(0, c)) if variant == "half" else None,
         stride=draw(st.integers(1, 3)), dilation=draw(st.integers(1, 3)),
+        padding=draw(st.one_of(st.none(), st.integers(0, 5))),
         activation=draw(st.sampled_from(ACTIVATIONS)), bias=draw(st.booleans()),
     )
 
 
-@given(case=fuse_cases())
-def test_hypothesis_backends_match_reference(case):
-    """Odd K with default padding always lines the two parts up, so every draw is valid."""
+def case_inputs(case, dtype=torch.float64):
+    x, wr, wc, b = make_inputs(case["n"], case["c"], case["h"], case["w"], case["k"], case["variant"],
+                               split=case["split"], bias=case["bias"], dtype=dtype)
+    kw = dict(variant=case["variant"], stride=case["stride"], padding=case["padding"],
+              dilation=case["dilation"], activation=case["activation"])
+    return (x, wr, wc, b), kw
+
+
+@given(case=fuse_cases(), seed=TORCH_SEEDS)
+def test_hypothesis_backends_match_reference(case, seed):
+    """The reference against the plain composition, the other backends against the
+    reference; a geometry whose parts do not line up (or leave no output) must raise."""
+    torch.manual_seed(seed)
     names = available_backends(OP, CPU_BACKENDS)
     assert "reference" in names
-    x, wr, wc, b = make_inputs(case["n"], case["c"], case["h"], case["w"], case["k"], case["variant"],
-                               split=case["split"], bias=case["bias"])
-    kw = dict(variant=case["variant"], stride=case["stride"], dilation=case["dilation"],
-              activation=case["activation"])
+    (x, wr, wc, b), kw = case_inputs(case)
+    if plain_out_hw(case["h"], case["w"], case["k"], wr.shape[0], wc.shape[0], case["stride"], case["padding"],
+                    case["dilation"]) is None:
+        for name in names:
+            with fuseops.use_backend(name), pytest.raises(ValueError, match="cannot be concatenated|too small"):
+                fuse_conv2d(x, wr, wc, b, **kw)
+        assume(False)
     for name in names:
-        check_against_reference(name, x, wr, wc, b, torch.float64, **kw)
+        if name == "cpu" and hits_cpu_stride2_bug(case, wr.shape[0], wc.shape[0]):
+            continue  # a known library bug, pinned by test_cpu_stride2_lines_up_only_at_stride2
+        check_backend(name, x, wr, wc, b, torch.float64, **kw)
+
+
+def hits_cpu_stride2_bug(case, c_row, c_col):
+    """Library bug (csrc/fuse_conv_cpu.cpp, fuse_conv2d_forward_cpu): at stride 2 on planes of
+    up to 1024 elements the C++ forward re-checks the geometry at stride 1 (it runs the
+    stride-1 run path and subsamples), so a geometry whose parts line up only at stride 2
+    (even K with odd dilation, H and W of the same parity) raises RuntimeError there."""
+    return (case["stride"] == 2 and case["h"] * case["w"] <= 1024
+            and plain_out_hw(case["h"], case["w"], case["k"], c_row, c_col, 1, case["padding"],
+                             case["dilation"]) is None)
+
+
+@pytest.mark.xfail(strict=True, raises=RuntimeError,
+                   reason="library bug: the C++ stride-2 forward checks the geometry at stride 1")
+@pytest.mark.parametrize("h,w,padding", [(6, 8, None), (5, 7, 1)])
+def test_cpu_stride2_lines_up_only_at_stride2(h, w, padding):
+    """K=2, stride 2: "same" padding 0 lines the parts up on even H and W, padding 1 on odd
+    ones (the stride absorbs one pixel of difference); at stride 1 they differ by one."""
+    require_backend(OP, "cpu")
+    assert plain_out_hw(h, w, 2, 2, 3, 2, padding) is not None and plain_out_hw(h, w, 2, 2, 3, 1, padding) is None
+    x, wr, wc, b = make_inputs(2, 5, h, w, 2, "half", split=2, bias=True)
+    check_backend("cpu", x, wr, wc, b, torch.float64, variant="half", stride=2, padding=padding)
 
 
 def test_parts_that_cannot_line_up_raise():
@@ -272,7 +414,7 @@ def test_torch_compile_fullgraph():
         with fuseops.use_backend(name):
             got = compiled(x, wr, wc, b)
             got_grads = torch.autograd.grad(got, (x, wr, wc, b))
-        want = reference_call(x, wr, wc, b, activation="relu6").sum()
+        want = oracle_for(name)(x, wr, wc, b, activation="relu6").sum()
         want_grads = torch.autograd.grad(want, (x, wr, wc, b))
         torch.testing.assert_close(got, want)
         for g, r in zip(got_grads, want_grads):
@@ -307,28 +449,32 @@ def run_path_cases(draw):
     """float32, stride 1, "same" padding: the cases the C++ backend hands to its AVX-512 run
     path (csrc/fuse_conv_cpu_runs.cpp) when built with it: planes of up to 4096 elements,
     forward and backward; with stride 2 on planes of up to 1024, the forward runs at stride 1
-    on that path and is subsampled."""
+    on that path and is subsampled.  Padding stays "same" (the run path's condition); even K
+    gives a "same" output only with even dilation, and the test assumes the rest away."""
     variant = draw(st.sampled_from(["half", "full"]))
     small = draw(st.booleans())
     c = draw(st.integers(1, 40 if small else 6))
     h = draw(st.integers(1, 16 if small else 64))
     w = draw(st.integers(1, (256 if small else 4096) // h))
     return dict(
-        n=draw(st.integers(1, 4)), c=c, h=h, w=w, k=draw(st.sampled_from([1, 3, 5, 7, 9])), variant=variant,
-        split=draw(st.integers(0, c)) if variant == "half" else None, dilation=draw(st.integers(1, 2)),
+        n=draw(st.integers(0, 4)), c=c, h=h, w=w, k=draw(st.integers(1, 9)), variant=variant,
+        split=draw(st.integers(0, c)) if variant == "half" else None, dilation=draw(st.integers(1, 3)),
         activation=draw(st.sampled_from(ACTIVATIONS)), bias=draw(st.booleans()), stride=draw(st.sampled_from([1, 2])),
+        padding=None,
     )
 
 
 @settings(max_examples=60, deadline=None)
-@given(case=run_path_cases())
-def test_cpu_float32_small_planes_match_reference(case):
+@given(case=run_path_cases(), seed=TORCH_SEEDS)
+def test_cpu_float32_small_planes_match_reference(case, seed):
     """Runs of many small planes, whose 16-lane chunks straddle planes and channels."""
+    torch.manual_seed(seed)
     require_backend(OP, "cpu")
-    x, wr, wc, b = make_inputs(case["n"], case["c"], case["h"], case["w"], case["k"], case["variant"],
-                               split=case["split"], bias=case["bias"], dtype=torch.float32)
-    check_against_reference("cpu", x, wr, wc, b, torch.float32, variant=case["variant"], stride=case["stride"],
-                            dilation=case["dilation"], activation=case["activation"])
+    (x, wr, wc, b), kw = case_inputs(case, dtype=torch.float32)
+    assume(plain_out_hw(case["h"], case["w"], case["k"], wr.shape[0], wc.shape[0], case["stride"], None,
+                        case["dilation"]) is not None)
+    assume(not hits_cpu_stride2_bug(case, wr.shape[0], wc.shape[0]))  # pinned by an xfail test above
+    check_backend("cpu", x, wr, wc, b, torch.float32, **kw)
 
 
 @pytest.mark.parametrize("variant", ["half", "full"])
@@ -339,7 +485,7 @@ def test_cpu_stride2_small_planes_match_reference(variant, h, w, k):
     last row and column."""
     require_backend(OP, "cpu")
     x, wr, wc, b = make_inputs(3, 11, h, w, k, variant, bias=True, dtype=torch.float32)
-    check_against_reference("cpu", x, wr, wc, b, torch.float32, variant=variant, stride=2, activation="hardswish")
+    check_backend("cpu", x, wr, wc, b, torch.float32, variant=variant, stride=2, activation="hardswish")
 
 
 @pytest.mark.parametrize("variant", ["half", "full"])
@@ -350,7 +496,7 @@ def test_cpu_forward_over_several_sample_blocks_matches_reference(variant, k):
     last chunk in each part's run."""
     require_backend(OP, "cpu")
     x, wr, wc, b = make_inputs(19, 7, 5, 5, k, variant, bias=True, dtype=torch.float32)
-    check_against_reference("cpu", x, wr, wc, b, torch.float32, variant=variant, activation="relu6")
+    check_backend("cpu", x, wr, wc, b, torch.float32, variant=variant, activation="relu6")
 
 
 @pytest.mark.parametrize(
