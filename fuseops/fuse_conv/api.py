@@ -72,7 +72,7 @@ def _validate(x, weight_row, weight_col, bias, variant, stride, padding, dilatio
 
 # Argument checks depend only on the arguments' metadata (types, shapes, dtypes, devices)
 # and the options, so a call whose metadata was validated before skips them: on small maps
-# the checks cost about as much as the kernel (docs/perf-notes.md).  The key holds every
+# the checks cost about as much as the kernel (docs/fuse_conv_cpu.md, "Python-side cost per call").  The key holds every
 # option's type as well as its value, because True == 1 and 1.0 == 1 hash alike.
 _VALIDATED_MAX = 4096
 _validated: dict[tuple, tuple[bool, int, int, int, str]] = {}
