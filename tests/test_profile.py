@@ -129,3 +129,137 @@ def test_zoo_cli_writes_the_paper_comparison(tmp_path, capsys):
     from fuseops.cli import zoo
 
     assert zoo.FUSE_NETWORKS == FUSE_NETWORKS
+
+
+# -- exact rows, the table, and what the profiler runs -------------------------------------------
+
+
+def test_table_text_by_hand():
+    model = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1, bias=False), nn.BatchNorm2d(2), nn.Flatten(),
+                          nn.Linear(2 * 4 * 4, 3))
+    result = profile(model, (1, 1, 4, 4))
+    # conv 2 * 4*4 * 9 = 288 MACs, 18 weights; BN 4 parameters; linear 32 * 3 = 96 MACs, 99 parameters.
+    assert (result.params, result.macs, result.input_size) == (121, 384, (1, 1, 4, 4))
+    from fuseops.profiling import CONVENTION
+
+    assert str(result).splitlines() == [
+        f"input 1x1x4x4; {CONVENTION}",
+        "layer  kind         output   params  MACs",
+        "-----  -----------  -------  ------  ----",
+        "0      Conv2d       1x2x4x4      18   288",
+        "1      BatchNorm2d  1x2x4x4       4     0",
+        "3      Linear       1x3          99    96",
+        "-----  -----------  -------  ------  ----",
+        "total                           121   384",
+    ]
+
+
+def test_root_module_row_is_named_model():
+    text = str(profile(nn.Conv2d(1, 1, 1), (1, 1, 2, 2)))
+    assert text.splitlines()[3].startswith("(model)  Conv2d")
+
+
+def test_block_conv_macs_by_hand():
+    # (3, 1) kernel, stride (2, 1), padding (1, 0), blocks of 3 x 4 on 7 x 9:
+    # rows (0,3) (3,6) (6,7): (b + 2 - 3)//2 + 1 = 2, 2, 1 -> 5; cols (0,4) (4,8) (8,9): b -> 4 + 4 + 1 = 9.
+    conv = BlockConv2d(2, 3, (3, 1), stride=(2, 1), padding=(1, 0), block_size=(3, 4))
+    assert profile(conv, (2, 2, 7, 9)).macs == 2 * 3 * 5 * 9 * (2 * 3)
+    # The unblocked conv would give (7 + 2 - 3)//2 + 1 = 4 rows: blocking changes the count.
+    assert profile(nn.Conv2d(2, 3, (3, 1), (2, 1), (1, 0)), (2, 2, 7, 9)).macs == 2 * 3 * 4 * 9 * 6
+    # Hierarchical 3 x 2 blocks on 8 x 9, groups 2 (C/g = 1), dilation (1, 2) with a (1, 3) kernel:
+    # rows (0,2) (2,5) (5,8), no padding, kernel 1 -> 8 rows; cols (0,4) (4,9), span 5, padding 2:
+    # (4 + 4 - 5)//1 + 1 = 4 and (5 + 4 - 5) + 1 = 5 -> 9.
+    hier = BlockConv2d(2, 4, (1, 3), padding=(0, 2), dilation=(1, 2), groups=2, block_size=(3, 2),
+                       blocking="hierarchical")
+    assert profile(hier, (1, 2, 8, 9)).macs == 4 * 8 * 9 * (1 * 3)
+    # stride_mode="pool": the conv runs at stride 1 ((3 + 2 - 3) + 1 = 3 per block of 3, 7 rows in all),
+    # then a 2x2 max-pool.
+    pooled = BlockConv2d(1, 1, 3, stride=2, padding=1, block_size=3, stride_mode="pool")
+    assert profile(pooled, (1, 1, 7, 7)).macs == 7 * 7 * 9
+
+
+def test_linear_on_tokens_and_fuse_with_bias():
+    # Every leading dimension is batch: (2, 5, 4) through Linear(4, 3) is 10 rows of 4 x 3.
+    assert profile(nn.Linear(4, 3), (2, 5, 4)).macs == 10 * 4 * 3
+    # FuSe with bias, stride 1: (C_r + C_c) * H * W * K = (3 + 2) * 6*6 * 3; bias adds are not MACs.
+    layer = FuSeConv2d(5, 3, 1, variant="half", bias=True)
+    result = profile(layer, (1, 5, 6, 6))
+    assert result.macs == 5 * 36 * 3
+    assert [(r.kind, r.params) for r in result.layers] == [("FuSeConv2d", 3 * 3 + 2 * 3 + 5)]
+
+
+class _Spy(nn.Module):
+    """A leaf with a parameter that records how the profiler ran it."""
+
+    def __init__(self, dtype=torch.float32):
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(1, dtype=dtype))
+        self.seen = []
+
+    def forward(self, x):
+        self.seen.append((x.dtype, x.shape, self.training, torch.is_grad_enabled()))
+        return x * self.scale
+
+
+def test_profiler_runs_in_eval_without_grad_in_the_model_dtype():
+    spy = _Spy(torch.float64).train()
+    result = profile(spy, [1, 2, 3])
+    assert spy.seen == [(torch.float64, (1, 2, 3), False, False)]
+    assert spy.training  # restored
+    # A leaf that owns parameters but is not counted gets a row with 0 MACs.
+    assert [(r.name, r.kind, r.output_shape, r.params, r.macs) for r in result.layers] == [
+        ("", "_Spy", (1, 2, 3), 1, 0)]
+    # A model with no parameters, or only integer ones, runs in float32.
+    quiet = nn.Sequential(nn.ReLU())
+    assert profile(quiet, (1, 2)).layers == [] and profile(quiet, (1, 2)).params == 0
+    spy_int = _Spy()
+    spy_int.scale = nn.Parameter(torch.ones(1, dtype=torch.int64), requires_grad=False)
+    profile(spy_int, (2,))
+    assert spy_int.seen[0][0] == torch.float32
+
+
+def test_profiler_rows_follow_calls_and_skip_non_tensor_outputs():
+    shared = nn.Conv2d(2, 2, 1, bias=False)
+
+    class Twice(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = shared
+            self.rnn = nn.GRU(2, 2, batch_first=True)  # returns a tuple: no row
+
+        def forward(self, x):
+            y = self.conv(self.conv(x))
+            self.rnn(y.flatten(2).transpose(1, 2))
+            return y
+
+    result = profile(Twice(), (1, 2, 3, 3))
+    assert [(r.name, r.macs) for r in result.layers] == [("conv", 2 * 9 * 2), ("conv", 2 * 9 * 2)]
+    assert result.macs == 72
+    assert result.params == 4 + sum(p.numel() for p in nn.GRU(2, 2).parameters())
+
+
+def test_profiler_cleans_up_after_a_failing_forward():
+    class Broken(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(1, 1, 1)
+
+        def forward(self, x):
+            self.conv(x)
+            raise RuntimeError("boom")
+
+    model = Broken().train()
+    with pytest.raises(RuntimeError, match="boom"):
+        profile(model, (1, 1, 2, 2))
+    assert model.training and not model.conv._forward_hooks
+
+
+@pytest.mark.parametrize(
+    ("args", "error", "match"),
+    [(("model",), TypeError, "model must be an nn.Module, got str"),
+     ((nn.Identity(), ()), TypeError, r"input_size must be a non-empty tuple of ints, got \(\)"),
+     ((nn.Identity(), (1, 0, 4)), ValueError, "input_size must be >= 1, got 0")],
+)
+def test_profile_bad_input_messages(args, error, match):
+    with pytest.raises(error, match=match):
+        profile(*args)

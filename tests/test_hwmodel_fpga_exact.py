@@ -1,0 +1,618 @@
+"""The FPGA model on layers small enough to work out by hand.
+
+Each expected number is derived in the comments from the formulas in hwmodel/fpga's
+docstrings and docs/hwmodel-fpga.md (Zhang et al.'s engine, the tile traffic, the grid
+rules), never read off the code.  The layers are tiny, so the file runs in well under a
+second and can serve the mutation runs (CONTRIBUTING.md).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from hwmodel.fpga import Device, Engine, estimate
+from hwmodel.fpga import engine as eng
+from hwmodel.fpga.estimate import _fmt, _text_table
+from hwmodel.fpga.graph import (
+    NETWORK_INPUT,
+    Edge,
+    _pool_factor,
+    block_count,
+    build_graph,
+    input_spans,
+    is_blocked,
+    max_span,
+    nest,
+    output_spans,
+    tensor_shape,
+)
+from hwmodel.layers import Layer
+
+
+def conv(name, cin, cout, h, w=None, k=1, s=1, p=0, groups=1, batch=1, **kw):
+    w = h if w is None else w
+    return Layer(name, "conv", batch, cin, h, w, cout, kernel_h=k, kernel_w=k, stride_h=s, stride_w=s, pad_h=p,
+                 pad_w=p, groups=groups, **kw)
+
+
+# ---------------------------------------------------------------------------- engine
+
+
+def test_bits_words_and_dsp():
+    assert eng.DSP_PER_MAC == {32: 5.0, 16: 1.0, 8: 0.5}
+    assert [eng.word_bytes(b) for b in (32, 16, 8)] == [4, 2, 1]
+    # ceil(Tm * Tn * DSP per MAC): 21 MACs -> 105, 21 and ceil(10.5) = 11 slices.
+    assert [Engine(7, 3).dsp(b) for b in (32, 16, 8)] == [105, 21, 11]
+    with pytest.raises(TypeError, match=r"bits must be an int \(8, 16 or 32\), got bool"):
+        eng.check_bits(True)
+    with pytest.raises(TypeError, match="got float"):
+        eng.word_bytes(16.0)
+    with pytest.raises(ValueError, match=r"bits must be 8, 16 or 32 \(32 = float, 16/8 = fixed point\), got 12"):
+        eng.check_bits(12)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [((0, 4), "Engine.tm must be an int >= 1, got 0"), ((4, True), "Engine.tn must be an int >= 1, got True"),
+     ((4, 4, 0), "Engine.tr must be an int >= 1, got 0"),
+     ((4, 4, None, 2.0), "Engine.tc must be an int >= 1, got 2.0")],
+)
+def test_engine_rejects_bad_sizes(args, message):
+    with pytest.raises(ValueError, match=message):
+        Engine(*args)
+
+
+def test_engine_accepts_ones_and_open_tiles():
+    assert Engine(1, 1, 1, 1).tr == 1
+    assert (Engine(2, 3).tr, Engine(2, 3).tc) == (None, None)
+
+
+# A grouped conv with everything different per axis: batch 2, 6 -> 4 channels in 2 groups,
+# 9 x 7 input, 3x1 kernel, stride (2, 1), padding (1, 0), dilation (2, 1).
+# out_h = (9 + 2 - 2*2 - 1)//2 + 1 = 4, out_w = (7 - 1)//1 + 1 = 7.
+ODD = Layer("odd", "conv", 2, 6, 9, 7, 4, kernel_h=3, kernel_w=1, stride_h=2, stride_w=1, pad_h=1, pad_w=0,
+            dilation_h=2, dilation_w=1, groups=2)
+
+
+def test_conv_shape_by_hand():
+    assert eng.conv_shape(ODD) == eng.ConvShape(groups=2, m=2, n=3, r=4, c=7, kh=3, kw=1, sh=2, sw=1, ext_h=5,
+                                                ext_w=1, in_h=11, in_w=7, batch=2)
+
+
+def test_compute_cycles_and_utilisation_by_hand():
+    # Per group ceil(M/Tm) * ceil(N/Tn) * R * C * Kh * Kw, times groups and batch.
+    # Engine(2, 1): ceil(2/2) * ceil(3/1) * 4*7 * 3 = 252 per group; x 2 groups x 2 images.
+    assert eng.compute_cycles(ODD, Engine(2, 1)) == 4 * 252
+    assert eng.compute_cycles(ODD, Engine(1, 2)) == 4 * (2 * 2 * 28 * 3)  # Tm and Tn are not interchangeable
+    assert eng.compute_cycles(ODD, Engine(2, 1), rows=3, cols=5) == 4 * (3 * 3 * 5 * 3)
+    assert eng.compute_cycles(ODD, Engine(2, 1), rows=3) == 4 * (3 * 3 * 7 * 3)
+    assert eng.compute_cycles(ODD, Engine(2, 1), cols=5) == 4 * (3 * 4 * 5 * 3)
+    # MACs 2 * 4 * 4*7 * 3 * 3 = 2016; Engine(3, 2): 1 * 2 * 28 * 3 = 168 per group, 672 in all.
+    assert ODD.macs == 2016
+    assert eng.utilisation(ODD, Engine(3, 2)) == pytest.approx(2016 / (6 * 672))
+
+
+def test_tile_traffic_by_hand():
+    # 6 -> 5 channels, 10 x 8, 3x3 stride 2 padding 1: out 5 x 4; padded input 12 x 10.
+    layer = conv("t", 6, 5, 10, 8, k=3, s=2, p=1)
+    t = eng.tile_traffic(layer, Engine(4, 4), tr=2, tc=3)
+    b_in = 4 * (2 * 2 + 3 - 2) * (2 * 3 + 3 - 2)  # Tn * (S*Tr + K - S) * (S*Tc + K - S) = 4 * 5 * 7
+    b_w = 4 * 4 * 9
+    b_out = 4 * 2 * 3
+    loads = 2 * 2 * (3 * 2)  # ceil(5/4) m tiles * ceil(6/4) n tiles * ceil(5/2) * ceil(4/3) spatial tiles
+    stores = 2 * (3 * 2)
+    assert (t.tr, t.tc) == (2, 3)
+    assert (t.input_words, t.weight_words, t.output_words) == (loads * b_in, loads * b_w, stores * b_out)
+    assert t.buffer_words == 2 * (b_in + b_w + b_out)
+    assert t.words == loads * (b_in + b_w) + stores * b_out
+    # Tiles and array sides larger than the layer are clipped to it: Tr = 5, Tc = 4, Tm = 5, Tn = 6.
+    whole = eng.tile_traffic(layer, Engine(8, 8), tr=9, tc=9)
+    assert (whole.tr, whole.tc) == (5, 4)
+    assert whole.input_words == 6 * (2 * 5 + 1) * (2 * 4 + 1)
+    assert (whole.weight_words, whole.output_words) == (5 * 6 * 9, 5 * 5 * 4)
+    # Batch and groups multiply the loads: ODD with Engine(2, 2), 2 x 7 tiles.
+    g = eng.tile_traffic(ODD, Engine(2, 2), tr=2, tc=7)
+    # Per (image, group): m tiles 1, n tiles ceil(3/2) = 2, spatial tiles 2 * 1.
+    # b_in = 2 * (2*2 + 5 - 2) * (1*7 + 1 - 1) = 2 * 7 * 7; b_w = 2*2*3; b_out = 2*2*7.
+    assert (g.input_words, g.weight_words) == (4 * 4 * (2 * 7 * 7), 4 * 4 * 12)
+    assert g.output_words == 4 * 2 * 28
+
+
+def test_tile_candidates():
+    # ceil(size / k) for k = 1..size, each once, ascending.
+    assert eng._tile_candidates(7) == [1, 2, 3, 4, 7]
+    assert eng._tile_candidates(6) == [1, 2, 3, 6]
+    assert eng._tile_candidates(1) == [1]
+
+
+# 2 -> 2 channels, 1x1, on 3 x 2: with Engine(2, 2), one m and n tile, so a Tr x Tc tiling moves
+# ceil(3/Tr) * ceil(2/Tc) * (b_in + b_w + b_out) = tiles * (2*Tr*Tc + 4 + 2*Tr*Tc) words and buffers
+# 2 * (4*Tr*Tc + 4):
+#   (1,1): 6 * 8 = 48 / 16   (1,2): 3 * 12 = 36 / 24   (2,1): 4 * 12 = 48 / 24
+#   (2,2): 2 * 20 = 40 / 40  (3,1): 2 * 16 = 32 / 32   (3,2): 1 * 28 = 28 / 56
+SMALL = conv("s", 2, 2, 3, 2)
+
+
+@pytest.mark.parametrize(("budget", "expected"), [(10**6, (3, 2, 28)), (56, (3, 2, 28)), (55, (3, 1, 32)),
+                                                  (31, (1, 2, 36)), (23, (1, 1, 48)), (16, (1, 1, 48))])
+def test_best_tiles_by_hand(budget, expected):
+    best = eng.best_tiles(SMALL, Engine(2, 2), budget)
+    assert (best.tr, best.tc, best.words) == expected
+
+
+def test_best_tiles_edge_cases():
+    assert eng.best_tiles(SMALL, Engine(2, 2), 15) is None  # even 1 x 1 tiles need 16 words
+    # On a 2 x 2 map (1,2) and (2,1) both move 24 words in 24: the first found, (1, 2), stays.
+    square = conv("q", 2, 2, 2)
+    best = eng.best_tiles(square, Engine(2, 2), 39)
+    assert (best.tr, best.tc, best.words) == (1, 2, 24)
+    # An engine with its own Tr/Tc is used as it is.
+    fixed = eng.best_tiles(SMALL, Engine(2, 2, tr=2, tc=1), 24)
+    assert (fixed.tr, fixed.tc, fixed.words) == (2, 1, 48)
+    assert eng.best_tiles(SMALL, Engine(2, 2, tr=2, tc=1), 23) is None
+    assert eng.best_tiles(SMALL, Engine(2, 2, tr=2), 10**6).tc == 2  # Tc chosen, Tr kept
+
+
+def test_engine_exploration_by_hand():
+    # One 1x1 conv 3 -> 4 on 2 x 2 (4 outputs): cycles = ceil(4/Tm) * ceil(3/Tn) * 4.
+    # 6 MACs fit: Tn=1, Tm<=4: 1*3*4 = 12; Tn=2, Tm<=3: 2*2*4 = 16; Tn=3, Tm<=2: 2*1*4 = 8 (fewest);
+    # the smallest Tm that keeps 8 with Tn=3 is 2 (Tm=1 gives 16).
+    layers = [conv("a", 3, 4, 2)]
+    assert eng.explore_engine(layers, dsp_budget=6, bits=16) == Engine(2, 3)
+    assert eng.explore_engine(layers, dsp_budget=3, bits=8) == Engine(2, 3)  # 3 / 0.5 = 6 MACs
+    assert eng.explore_engine(layers, dsp_budget=34, bits=32) == Engine(2, 3)  # int(34 / 5) = 6 MACs
+    # A big budget: Tm=4, Tn=3 in one pass (4 cycles); no bigger array is taken.
+    assert eng.explore_engine(layers, dsp_budget=1000, bits=16) == Engine(4, 3)
+    # 3 -> 3 with 4 MACs: Tn=1, Tm=3: 1*3 = 3; Tn=2, Tm=2: 2*2 = 4; Tn=3, Tm=1: 3*1 = 3.  Two arrays of
+    # 3 MACs tie; the smaller key (3 MACs, Tm=1, Tn=3) wins.
+    assert eng.explore_engine([conv("b", 3, 3, 1)], dsp_budget=4, bits=16) == Engine(1, 3)
+    # The largest M and N of all layers bound the search: 8 -> 2 and 2 -> 8 with 64 MACs.
+    assert eng.explore_engine([conv("c", 8, 2, 1), conv("d", 2, 8, 1)], dsp_budget=64, bits=16) == Engine(8, 8)
+    with pytest.raises(ValueError, match="a DSP budget of 4 cannot hold one 32-bit MAC"):
+        eng.explore_engine(layers, dsp_budget=4, bits=32)
+    with pytest.raises(ValueError, match="a DSP budget of 0 cannot hold one 16-bit MAC"):
+        eng.explore_engine(layers, dsp_budget=0, bits=16)
+
+
+# ---------------------------------------------------------------------------- estimate
+
+# 16 -> 16 channels, 3x3 padding 1 on 32 x 32, 16-bit, Engine(16, 16) with one 32 x 32 tile,
+# 200 MHz, 2 GB/s:
+# * compute: 1 * 1 * 32*32 * 9 = 9216 cycles = 46.08 us;
+# * words: input 16 * 34 * 34 = 18496, weights 16*16*9 = 2304, output 16 * 32 * 32 = 16384;
+#   bytes x 2: 36992 + 4608 + 32768 = 74368 -> 37.184 us at 2 GB/s, so compute-bound;
+# * buffer 2 * (18496 + 2304 + 16384) words = 148736 bytes;
+# * MACs 16*32*32*16*9 = 2,359,296; GOPS = 2 * MACs / 46.08 us = 102.4 = the roof 2 * 256 * 200 MHz;
+# * CTC = 4,718,592 / 74368 = 63.45 op/B; attainable = min(102.4, 63.45 * 2) = 102.4.
+TOY = Device("toy", dsp=300, bram_bytes=1_000_000, dram_gbps=2.0, freq_mhz=200.0)
+TOY_LAYER = conv("c1", 16, 16, 32, k=3, p=1)
+TOY_ENGINE = Engine(16, 16, 32, 32)
+
+
+def test_estimate_of_one_layer_by_hand():
+    est = estimate([TOY_LAYER], device=TOY, engine=TOY_ENGINE)
+    assert (est.schedule, est.bits, est.freq_mhz, est.dsp_used, est.engine) == ("layer", 16, 200.0, 256, TOY_ENGINE)
+    assert est.dram_bytes == {"input": 36992, "weights": 4608, "output": 32768, "intermediate": 0}
+    assert est.total_dram_bytes == 74368
+    assert est.latency_s == pytest.approx(9216 / 200e6)
+    assert est.fps == pytest.approx(200e6 / 9216)
+    assert est.macs == 2_359_296 and est.extra_macs == 0
+    assert est.gops == pytest.approx(102.4)
+    assert est.compute_roof_gops == pytest.approx(102.4)
+    assert est.ctc == pytest.approx(4_718_592 / 74368)
+    assert est.attainable_gops == pytest.approx(102.4)
+    assert est.buffer_bytes == 148736 and est.fits
+    assert est.groups == [{
+        "group": 0, "layers": "c1", "n": 1, "mode": "layer", "units": 1, "dram_MB": 0.074368, "inter_MB": 0.0,
+        "weights_MB": 0.004608, "buffer_KB": 148.736, "ctc": pytest.approx(4_718_592 / 74368),
+        "ms": pytest.approx(0.04608), "bound": "compute", "detail": "Tr=32 Tc=32"}]
+    assert est.layers == [{
+        "layer": "c1", "kind": "conv", "group": 0, "in": "16x32x32", "out": "16x32x32", "k/s": "3x3/1", "blocks": 1,
+        "MMAC": 2.359296, "extra_MMAC": 0.0, "cycles": 9216, "util": 1.0}]
+    assert est.summary() == (
+        "layer on toy (16-bit, Tm=16 Tn=16, 256/300 DSP, 200 MHz): 0.05 ms, 21701.39 fps, 102.4 GOPS (roof 102, "
+        "CTC 63.4 op/B, attainable 102); DRAM 0.07 MB (input 0.04, weights 0.00, output 0.03, intermediate 0.00); "
+        "buffer 0.15 of 1.00 MB (fits)")
+    lines = str(est).splitlines()
+    assert lines[0] == est.summary() and lines[1] == "" and "group" in lines[2] and "layer" in lines[-3]
+
+
+def test_estimate_memory_bound_and_not_fitting():
+    # At 1 GB/s the 74368 bytes take 74.368 us > 46.08 us: memory-bound, and the latency is the transfer.
+    slow = Device("slow", dsp=300, bram_bytes=100_000, dram_gbps=1.0, freq_mhz=200.0)
+    est = estimate([TOY_LAYER], device=slow, engine=TOY_ENGINE, freq_mhz=200)
+    assert est.groups[0]["bound"] == "memory"
+    assert est.latency_s == pytest.approx(74368 / 1e9)
+    assert est.attainable_gops == pytest.approx(4_718_592 / 74368 * 1.0)  # below the 102.4 roof
+    # The fixed 32 x 32 tile needs 148,736 bytes of the 100,000: the estimate says it does not fit.
+    assert not est.fits and "DOES NOT FIT" in est.summary()
+    # freq_mhz overrides the device's clock: 100 MHz doubles the compute time.
+    half = estimate([TOY_LAYER], device=TOY, engine=TOY_ENGINE, freq_mhz=100)
+    assert half.latency_s == pytest.approx(9216 / 100e6) and half.freq_mhz == 100.0
+
+
+def test_estimate_batch_and_explored_engine():
+    # A batch of 3 takes 3x the cycles and reports 3 images per latency.
+    three = conv("c1", 16, 16, 32, k=3, p=1, batch=3)
+    est = estimate([three], device=TOY, engine=TOY_ENGINE)
+    assert est.latency_s == pytest.approx(3 * 9216 / 200e6)
+    assert est.fps == pytest.approx(3 / est.latency_s)
+    # No engine given: explored for the 300 DSP, 16-bit: Tm * Tn <= 300 with the fewest cycles,
+    # 16 x 16 (256 MACs) does the layer in one pass per pixel and tap; nothing smaller does.
+    assert estimate([TOY_LAYER], device=TOY).engine == Engine(16, 16)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"schedule": "fused"}, ValueError, r"schedule must be one of \['layer', 'block-fused', 'tiled-fused'\]"),
+        ({"objective": "speed"}, ValueError, r"objective must be one of \['traffic', 'intermediate'\], got 'speed'"),
+        ({"freq_mhz": True}, ValueError, "freq_mhz must be a number > 0, got True"),
+        ({"freq_mhz": -5.0}, ValueError, "freq_mhz must be a number > 0, got -5.0"),
+        ({"engine": (16, 16)}, TypeError, "engine must be a hwmodel.fpga.Engine or None, got tuple"),
+        ({"engine": Engine(20, 20)}, ValueError,
+         "engine Tm=20 x Tn=20 at 16 bits needs 400 DSP slices, but toy has 300"),
+        ({"schedule": "block-fused"}, ValueError, "needs a network with block convolutions"),
+    ],
+)
+def test_estimate_rejects(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        estimate([TOY_LAYER], **{"device": TOY, **kwargs})
+
+
+def test_estimate_layer_lists_and_modules():
+    assert estimate((TOY_LAYER,), device=TOY, engine=TOY_ENGINE).macs == 2_359_296  # a tuple is a layer list
+    with pytest.raises(ValueError, match="model_or_layers is an empty layer list"):
+        estimate([], device=TOY)
+    with pytest.raises(TypeError, match="must be an nn.Module or a list of hwmodel.Layer, got str"):
+        estimate("c1", device=TOY)
+    with pytest.raises(TypeError, match="got list"):
+        estimate([TOY_LAYER, "c2"], device=TOY)
+    nn = pytest.importorskip("torch.nn")
+    with pytest.raises(ValueError, match=r"input_shape is required .* e.g. \(1, 3, 224, 224\)"):
+        estimate(nn.Conv2d(3, 4, 1), device=TOY)
+    with pytest.raises(ValueError, match="the model has no conv or linear layers"):
+        estimate(nn.Sequential(nn.ReLU()), input_shape=(1, 3, 4, 4), device=TOY)
+    traced = estimate(nn.Conv2d(16, 16, 3, padding=1), input_shape=(1, 16, 32, 32), device=TOY, engine=TOY_ENGINE)
+    assert traced.total_dram_bytes == 74368
+
+
+def test_table_formatting():
+    assert _fmt(0.012345) == "0.0123"
+    assert _fmt(999.4) == "999"
+    assert _fmt(-1234.7) == "-1,235"
+    assert _fmt(1234567) == "1,234,567"
+    assert _fmt(True) == "True" and _fmt("x") == "x"
+    assert _text_table([]) == ""
+    rows = [{"a": 1, "long name": "x"}, {"a": 12345, "long name": "yy"}]
+    assert _text_table(rows) == ("a       long name\n"
+                                 "------  ---------\n"
+                                 "1       x        \n"
+                                 "12,345  yy       ")
+
+
+# ---------------------------------------------------------------------------- graph
+
+
+def test_pool_factor_by_hand():
+    # The integer p with floor(src / p) == dst.
+    assert [_pool_factor(8, 4), _pool_factor(7, 3), _pool_factor(7, 2), _pool_factor(4, 4)] == [2, 2, 3, 1]
+    assert _pool_factor(3, 4) is None  # no pooling grows a map
+    assert _pool_factor(6, 4) is None  # 6 // 1 = 6, and no p gives 4
+
+
+def test_tensor_shapes_and_spans():
+    a = conv("a", 3, 8, 9, 7, k=3, s=2, p=1)  # out (9+2-3)//2+1 = 5 by (7+2-3)//2+1 = 4
+    assert tensor_shape([a], NETWORK_INPUT) == (3, 9, 7)
+    assert tensor_shape([a], 0) == (8, 5, 4)
+    assert input_spans(a) == (((0, 9),), ((0, 7),)) and output_spans(a) == (((0, 5),), ((0, 4),))
+    assert block_count(a) == 1 and not is_blocked(a)
+    # Blocks of 4 along H (4, 4, 1) and of 3 along W (3, 3, 1), 3x3 stride 2 padding 1 per block:
+    # outputs per block (b + 2 - 3)//2 + 1 -> 2, 2, 1 rows and 2, 2, 1 columns.
+    b = conv("b", 3, 8, 9, 7, k=3, s=2, p=1, block_rows=((0, 4), (4, 8), (8, 9)), block_cols=((0, 3), (3, 6), (6, 7)))
+    assert output_spans(b) == (((0, 2), (2, 4), (4, 5)), ((0, 2), (2, 4), (4, 5)))
+    assert block_count(b) == 9 and is_blocked(b)
+    only_rows = conv("r", 3, 8, 9, 7, k=3, s=2, p=1, block_rows=((0, 4), (4, 9)))
+    assert input_spans(only_rows) == (((0, 4), (4, 9)), ((0, 7),))
+    assert output_spans(only_rows) == (((0, 2), (2, 5)), ((0, 4),))  # (5 + 2 - 3)//2 + 1 = 3 for the second
+    assert block_count(only_rows) == 2
+    assert max_span(((0, 4), (4, 9))) == 5
+
+
+def test_nesting_along_one_dimension():
+    halves = ((0, 4), (4, 8))
+    quarters = ((0, 2), (2, 4), (4, 6), (6, 8))
+    whole = ((0, 8),)
+    assert nest(halves, 8, halves, 1, False) == "same"
+    assert nest(quarters, 8, halves, 1, False) == "coarser"  # a consumer block spans two producer blocks
+    assert nest(halves, 8, quarters, 1, False) == "finer"
+    assert nest(halves, 8, ((0, 3), (3, 8)), 1, False) is None  # straddles the cut at 4
+    # After 2x pooling, consumer block starts are pulled back to producer coordinates (x2).
+    assert nest(halves, 8, ((0, 2), (2, 4)), 2, False) == "same"
+    assert nest(quarters, 8, ((0, 1), (1, 4)), 2, False) == "coarser"
+    # Flattening reads the whole map: the same block when the producer has one, else coarser.
+    assert nest(whole, 8, whole, 1, True) == "same"
+    assert nest(halves, 8, whole, 1, True) == "coarser"
+
+
+def test_graph_of_a_small_network():
+    layers = [
+        conv("stem", 3, 8, 16, k=3, p=1),  # 8 x 16 x 16
+        conv("down", 8, 8, 8, k=3, p=1),  # reads the stem after 2x pooling (16 -> 8)
+        conv("odd", 8, 4, 5, k=1),  # 8 // 5 = 1 and 16 // 3 = 5: the stem pooled by 3
+        Layer("fc", "linear", 1, 4 * 2 * 2, 1, 1, 10),  # flattens odd's 4 x 5 x 5 after 2x pooling (2 x 2)
+    ]
+    g = build_graph(layers)
+    assert g.inputs == (Edge(NETWORK_INPUT, 0, 1, 1), Edge(0, 1, 2, 2), Edge(0, 2, 3, 3), Edge(2, 3, 2, 2, True))
+    assert g.consumers(0) == [1, 2] and g.consumers(1) == []
+    # "down" is read by nobody and is not last: taken to be added into the next tensor of its shape,
+    # or else (none here) into the next layer.
+    assert g.merges == ((1, 2),)
+
+
+def test_graph_residuals_concatenation_and_errors():
+    a = conv("a", 4, 4, 8, k=3, p=1)
+    b = conv("b", 4, 4, 8, k=3, p=1)
+    g = build_graph([a, b, conv("c", 4, 6, 8)])
+    assert [e.source for e in g.inputs] == [NETWORK_INPUT, 0, 1]
+    assert g.merges == ()
+    # Two branches off a: b3 (4 -> 3) and c5 (4 -> 5, which cannot read b3's 3 channels, so it reads a);
+    # e reads 8 channels, which only the concatenation [b3, c5] has.
+    g = build_graph([a, conv("b3", 4, 3, 8), conv("c5", 4, 5, 8), conv("e", 8, 2, 8)])
+    assert [x.source for x in g.inputs] == [NETWORK_INPUT, 0, 0, 2]
+    assert g.merges == ((1, 2),)
+    # A ResNet shortcut: x2's output is read by nobody, so it is added into the next tensor of
+    # its shape, the downsample's (8 x 4 x 4), which the next layer reads.
+    x1 = conv("x1", 4, 8, 8, k=3, s=2, p=1)  # (8 + 2 - 3)//2 + 1 = 4
+    x2 = conv("x2", 8, 8, 4, k=3, p=1)
+    ds = conv("ds", 4, 8, 8, k=1, s=2)  # (8 - 1)//2 + 1 = 4, reads the network input
+    g = build_graph([x1, x2, ds, conv("n", 8, 2, 4)])
+    assert [e.source for e in g.inputs] == [NETWORK_INPUT, 0, NETWORK_INPUT, 2]
+    assert g.merges == ((1, 2),)
+    # An unread tensor with no later tensor of its shape is folded into the next layer's output.
+    g = build_graph([conv("p", 4, 6, 8), conv("q", 4, 4, 8), conv("r", 4, 2, 8)])
+    assert [e.source for e in g.inputs] == [NETWORK_INPUT, NETWORK_INPUT, 1]
+    assert g.merges == ((0, 1),)
+    with pytest.raises(ValueError, match=r"cannot tell where layer 1 \('z', input 5x8x8\) reads from"):
+        build_graph([a, conv("z", 5, 2, 8)])
+
+
+def test_graph_fuse_halves():
+    stem = conv("stem", 3, 8, 12, k=3, p=1)
+    row = Layer("f.row", "fuse_row", 1, 4, 12, 12, 4, 1, 3, 1, 1, 0, 1, 1, 1, 4)
+    col = Layer("f.col", "fuse_col", 1, 4, 12, 12, 4, 3, 1, 1, 1, 1, 0, 1, 1, 4)
+    point = conv("pw", 8, 16, 12)
+    g = build_graph([stem, row, col, point])
+    # Both halves read a channel slice of the stem; the pointwise conv reads their concatenation.
+    assert [e.source for e in g.inputs] == [NETWORK_INPUT, 0, 0, 2]
+    assert g.merges == ((1, 2),)
+    # Full variant: both halves read all 8 channels, the 1x1 reads 16.
+    row8 = Layer("g.row", "fuse_row", 1, 8, 12, 12, 8, 1, 3, 1, 1, 0, 1, 1, 1, 8)
+    col8 = Layer("g.col", "fuse_col", 1, 8, 12, 12, 8, 3, 1, 1, 1, 1, 0, 1, 1, 8)
+    g = build_graph([stem, row8, col8, conv("pw", 16, 4, 12)])
+    assert [e.source for e in g.inputs] == [NETWORK_INPUT, 0, 0, 2] and g.merges == ((1, 2),)
+
+
+# ---------------------------------------------------------------------------- schedules
+
+from hwmodel.fpga import schedule as sch  # noqa: E402
+from hwmodel.fpga.graph import build_graph as _graph  # noqa: E402
+
+
+def _ctx(layers, engine, bram_bytes, bits=16):
+    return sch.Context(_graph(layers), engine, bits, bram_bytes)
+
+
+def test_plan_layer_by_hand():
+    # Two 1x1 convs 2 -> 2 on 3 x 2 (SMALL above), Engine(2, 2), 16-bit, 62 bytes = 31 words of BRAM:
+    # the best tiling that fits is (1, 2): 3 tiles of input 4, weights 4, output 4 words; buffer 24 words.
+    layers = [conv("a", 2, 2, 3, 2), conv("b", 2, 2, 3, 2)]
+    ctx = _ctx(layers, Engine(2, 2), 62)
+    first, second = sch.plan_layer(ctx, 0), sch.plan_layer(ctx, 1)
+    assert first.traffic == {"input": 24, "weights": 24, "output": 0, "intermediate": 24}  # bytes
+    assert second.traffic == {"input": 0, "weights": 24, "output": 24, "intermediate": 24}
+    assert (first.start, first.stop, first.mode, first.buffer_bytes, first.cycles) == (0, 1, "layer", 48, 6)
+    assert (first.units, first.fits, first.detail) == (3, True, "Tr=1 Tc=2")
+    assert (first.layer_cycles, first.layer_extra_macs, first.dram_bytes) == ([6], [0], 72)
+    # 30 bytes = 15 words: not even 1 x 1 tiles (16 words) fit; the plan says so and costs 1 x 1 tiles:
+    # 6 tiles of 2 + 4 + 2 words.
+    tight = sch.plan_layer(_ctx(layers, Engine(2, 2), 30), 0)
+    assert not tight.fits and tight.detail == "Tr=1 Tc=1" and tight.buffer_bytes == 32
+    assert tight.traffic == {"input": 24, "weights": 48, "output": 0, "intermediate": 24}
+    # An engine with its own tiles that do not fit keeps them: 2 x 1 tiles, 4 of them.
+    fixed = sch.plan_layer(_ctx(layers, Engine(2, 2, 2, 1), 30), 1)
+    assert not fixed.fits and (fixed.detail, fixed.units) == ("Tr=2 Tc=1", 4)
+    # 32-bit words: the same 31-word budget is 124 bytes, the same tiling, twice the bytes.
+    wide = sch.plan_layer(_ctx(layers, Engine(2, 2), 124, bits=32), 0)
+    assert wide.traffic == {"input": 48, "weights": 48, "output": 0, "intermediate": 48}
+
+
+def test_plan_layer_reads_back_a_residual():
+    # The ResNet shortcut of the graph test: x2's output (8 x 4 x 4 = 128 words) is added to the
+    # downsample's, so costing "ds" reads it back, and x2 writes it as intermediate.
+    layers = [conv("x1", 4, 8, 8, k=3, s=2, p=1), conv("x2", 8, 8, 4, k=3, p=1), conv("ds", 4, 8, 8, k=1, s=2),
+              conv("n", 8, 2, 4)]
+    ctx = _ctx(layers, Engine(8, 8), 10**6)
+    ds, x2 = sch.plan_layer(ctx, 2), sch.plan_layer(ctx, 1)
+    plain = eng.best_tiles(layers[2], Engine(8, 8), 10**6 // 2)
+    assert ds.traffic["input"] == 2 * plain.input_words  # the network input
+    assert ds.traffic["intermediate"] == 2 * (plain.output_words + 128)
+    assert x2.traffic["output"] == 0 and x2.traffic["intermediate"] > 0
+
+
+def test_weights_on_chip_pinned_and_streamed():
+    # Two 3x3 convs 2 -> 4 -> 2: 72 weights each.  Engine(1, 1) streams a 2 * 1 * 1 * 9 = 18-word tile.
+    layers = [conv("a", 2, 4, 8, k=3, p=1), conv("b", 4, 2, 8, k=3, p=1)]
+    live = [{0, 1}, {0, 1}]
+    ctx = _ctx(layers, Engine(1, 1), 2 * 272)  # 272 words
+    # Activations 128 at the peak + 144 weights fit in 272: everything on chip, each weight read once.
+    assert sch._weights(ctx, 0, 2, [128, 100], [4, 4], live) == (144, 272, "weights on chip")
+    # 271 words: stream (128 + 18 = 146), pin layer a (146 + 72 = 218 <= 271), not b (290).
+    ctx = _ctx(layers, Engine(1, 1), 2 * 271)
+    assert sch._weights(ctx, 0, 2, [128, 128], [4, 4], live) == (72 + 72 * 4, 218,
+                                                                 "weights streamed, 1 of 2 layers pinned")
+    # The most re-read layer is pinned first: b runs 5 times, a 4 times.
+    assert sch._weights(ctx, 0, 2, [128, 128], [4, 5], live) == (72 * 4 + 72, 218,
+                                                                 "weights streamed, 1 of 2 layers pinned")
+    # 217 words: nothing can be pinned; every execution reads its weights.
+    ctx = _ctx(layers, Engine(1, 1), 2 * 217)
+    assert sch._weights(ctx, 0, 2, [128, 128], [4, 4], live) == (72 * 8, 146, "weights streamed")
+    # A layer that runs once is never pinned (nothing to save), and pinning only checks its live layers.
+    ctx = _ctx(layers, Engine(1, 1), 2 * 250)
+    assert sch._weights(ctx, 0, 2, [200, 100], [1, 4], [{0}, {1}]) == (72 + 72, 218,
+                                                                       "weights streamed, 1 of 2 layers pinned")
+
+
+BLOCKS = ((0, 4), (4, 8))
+
+
+def _blocked(name, cin, cout, **kw):
+    return conv(name, cin, cout, 8, k=3, p=1, block_rows=BLOCKS, block_cols=BLOCKS, **kw)
+
+
+def test_plan_block_by_hand():
+    # a: 2 -> 4, b: 4 -> 2, both 3x3 padding 1 on 8 x 8 in 2 x 2 blocks of 4: the grids are the same.
+    # Buffers (words): a's input block streamed in, double-buffered 2 * 2*4*4 = 64; a's output block
+    # 4*4*4 = 64, live while a and b run; b's output 2*4*4 = 32 plus its drain buffer 32.
+    # Live sums: at a 64 + 64 = 128, at b 64 + 32 + 32 = 128.  Weights 72 + 72 fit beside them.
+    layers = [_blocked("a", 2, 4), _blocked("b", 4, 2)]
+    ctx = _ctx(layers, Engine(4, 2), 2 * 272)
+    plan = sch.plan_block(ctx, 0, 2)
+    # Traffic: the 2*8*8 input and the 2*8*8 output once, the weights once; x 2 bytes.
+    assert plan.traffic == {"input": 256, "weights": 288, "output": 256, "intermediate": 0}
+    assert (plan.mode, plan.buffer_bytes, plan.units, plan.detail) == ("block", 544, 4, "blocks 4; weights on chip")
+    # Engine(4, 2): a ceil(4/4) * ceil(2/2) * 64 * 9 = 576; b ceil(2/4) * ceil(4/2) * 576 = 1152.
+    assert (plan.cycles, plan.layer_cycles, plan.layer_extra_macs) == (1728, [576, 1152], [0, 0])
+    # One word less: the weights must stream (Engine(4, 2) streams 2*4*2*9 = 144 words), which
+    # needs 128 + 144 = 272 words: no longer fits.
+    assert sch.plan_block(_ctx(layers, Engine(4, 2), 2 * 271), 0, 2) is None
+    # Engine(1, 1) streams 18 words: 146, a pinned (218), b re-read per block: 72 + 4 * 72 words.
+    small = sch.plan_block(_ctx(layers, Engine(1, 1), 2 * 271), 0, 2)
+    assert small.traffic["weights"] == 2 * (72 + 4 * 72) and small.buffer_bytes == 2 * 218
+    assert small.detail == "blocks 4; weights streamed, 1 of 2 layers pinned"
+    # b alone: it reads a's whole output (4 x 8 x 8 = 256 words) back from DRAM and writes its own.
+    single = sch.plan_block(ctx, 1, 2)
+    assert single.traffic == {"input": 0, "weights": 144, "output": 256, "intermediate": 512}
+
+
+def test_plan_block_coarser_consumer_and_refusals():
+    # a (blocks of 4 on 8 x 8) feeds c on 4 x 4 after 2x2 pooling, unblocked: c's one block spans
+    # both of a's blocks along each axis ("coarser"), so a's 4 x 4 x 4 output blocks are assembled into
+    # c's 4 x 4 x 4 input on chip.
+    a = _blocked("a", 2, 4)
+    c = conv("c", 4, 2, 4, k=3, p=1)
+    ctx = _ctx([a, c], Engine(4, 2), 10**6)
+    plan = sch.plan_block(ctx, 0, 2)
+    assert plan is not None and plan.traffic["intermediate"] == 0
+    assert plan.detail == "blocks 4->1; weights on chip" and plan.units == 4
+    # At a: its input block streamed in (2 * 2*4*4 = 64) + the assembled 4 x 4 x 4 map (64); at c: the
+    # map (64) + c's output 2*4*4 = 32 and its drain buffer 32.  Both 128, plus 144 weights.
+    assert plan.buffer_bytes == 2 * (128 + 144)
+    # Straddling grids (blocks of 3 against blocks of 4) need halos: refused.
+    straddle = conv("s", 4, 2, 8, k=3, p=1, block_rows=((0, 3), (3, 8)), block_cols=BLOCKS)
+    assert sch.plan_block(_ctx([a, straddle], Engine(4, 2), 10**6), 0, 2) is None
+    # Too little BRAM for the activations: refused.
+    assert sch.plan_block(_ctx([a, c], Engine(4, 2), 100), 0, 2) is None
+
+
+def test_weight_live_ranges():
+    # Block counts 4, 4, 1 (a, b blocked; c unblocked after pooling): the coarsest level runs once,
+    # so a's and b's weights need to stay only while the 4-block run lasts.
+    a, b = _blocked("a", 2, 4), _blocked("b", 4, 4)
+    c = conv("c", 4, 2, 4, k=3, p=1)
+    ctx = _ctx([a, b, c], Engine(4, 2), 10**6)
+    assert sch._weight_live(ctx, 0, 3) == [{0, 1}, {0, 1}, {2}]
+    assert sch._weight_live(ctx, 1, 3) == [{0}, {1}]
+    # All layers blocked (the coarsest level repeats): every layer's weights stay throughout.
+    assert sch._weight_live(ctx, 0, 2) == [{0, 1}, {0, 1}]
+    # 1, 4, 4, 1: the middle run.
+    d = conv("d", 2, 4, 8, k=3, p=1)
+    e = conv("e", 4, 2, 4, k=3, p=1)
+    ctx = _ctx([d, _blocked("a", 4, 4), _blocked("b", 4, 4), e], Engine(4, 2), 10**6)
+    assert sch._weight_live(ctx, 0, 4) == [{0}, {1, 2}, {1, 2}, {3}]
+
+
+# Two 1 -> 1 3x3 convs, padding 1, on 4 x 4; Engine(1, 1); 16-bit.
+TWO = [conv("t0", 1, 1, 4, k=3, p=1), conv("t1", 1, 1, 4, k=3, p=1)]
+
+
+def test_pull_back_and_tile_intervals():
+    assert sch._tile_intervals(4, 2) == [(0, 2), (2, 4)]
+    assert sch._tile_intervals(5, 2) == [(0, 2), (2, 4), (4, 5)]
+    # Output rows [a, b) of a 3x3 padding 1 conv read rows [a - 1, b + 1) clipped to the map.
+    assert sch._pull_back(TWO[0], [(0, 2), (2, 4)], "h") == [(0, 3), (1, 4)]
+    # Stride 2, kernel 3, padding 1 along W of a 9-wide map: [a, b) -> [2a - 1, 2(b-1) - 1 + 3).
+    wide = conv("w", 1, 1, 5, 9, k=3, s=2, p=1)
+    assert sch._pull_back(wide, [(0, 2), (2, 5)], "w") == [(0, 4), (3, 9)]
+    # Dilation 2 (span 5), padding 2: output rows 2, 3 read input rows 0, 2, 4 and 1, 3, 5: [0, 6).
+    dil = Layer("d", "conv", 1, 1, 9, 9, 1, 3, 3, 1, 1, 2, 2, 2, 2)
+    assert sch._pull_back(dil, [(2, 4)], "h") == [(0, 6)]
+
+
+def test_plan_tiled_by_hand():
+    # Whole-map tile (t = 4): no recompute.  Peak: max over layers of C_in * in tile + C_out * out tile
+    # = 16 + 16, plus the DRAM-facing input and output tiles 16 + 16 = 64 words; weights 9 + 9 beside
+    # them: 82 words = 164 bytes.  Traffic: input 16, output 16, weights 18 words -> 100 bytes.
+    plan = sch.plan_tiled(_ctx(TWO, Engine(1, 1), 164), 0, 2)
+    assert plan.traffic == {"input": 32, "weights": 36, "output": 32, "intermediate": 0}
+    assert (plan.units, plan.extra_macs, plan.detail) == (1, 0, "tile 4x4; weights on chip")
+    assert (plan.cycles, plan.layer_cycles, plan.buffer_bytes) == (288, [144, 144], 164)
+    # 163 bytes: the whole map no longer fits with its weights, 2 x 2 tiles of 2 do.  The last conv's
+    # tiles [0,2) [2,4) need t0 rows [0,3) [1,4) (6 computed of 4: 2 recomputed per axis), which need
+    # the input rows [0,4) twice (8 read of 4).  Peak: t0 16 + 9 = 25, plus 16 + 4 at the ends = 45, +18.
+    plan = sch.plan_tiled(_ctx(TWO, Engine(1, 1), 163), 0, 2)
+    assert (plan.units, plan.detail, plan.buffer_bytes) == (4, "tile 2x2; weights on chip", 2 * 63)
+    assert plan.traffic == {"input": 2 * 64, "weights": 36, "output": 32, "intermediate": 0}
+    # t0 computes 6 x 6 outputs instead of 4 x 4: (36 - 16) * 9 MACs recomputed.
+    assert (plan.extra_macs, plan.layer_extra_macs, plan.layer_cycles) == (180, [180, 0], [6 * 6 * 9, 4 * 4 * 9])
+
+
+def test_plan_tiled_refusals():
+    ctx = _ctx(TWO, Engine(1, 1), 10**6)
+    assert sch.plan_tiled(ctx, 0, 2, max_layers=1) is None
+    # A branch (two layers reading one tensor) is not a chain.
+    branch = [conv("a", 2, 2, 4, k=3, p=1), conv("b", 2, 3, 4), conv("c", 2, 3, 4)]
+    assert sch.plan_tiled(_ctx(branch, Engine(1, 1), 10**6), 0, 3) is None
+    # A linear layer ends a chain; alone it is a group of one.
+    fc = [conv("a", 2, 2, 2), Layer("fc", "linear", 1, 8, 1, 1, 3)]
+    assert sch.plan_tiled(_ctx(fc, Engine(1, 1), 10**6), 0, 2) is None
+    # Nothing fits: None.
+    assert sch.plan_tiled(_ctx(TWO, Engine(1, 1), 20), 0, 2) is None
+
+
+def test_choose_groups_by_hand():
+    # Layer by layer each conv moves 82 words with 2 x 4 tiles (2 tiles of input 24, weights 9,
+    # output 8): 164 bytes each.  Fused and tiled, the whole map fits in 164 bytes: 100 bytes in all.
+    ctx = _ctx(TWO, Engine(1, 1), 164)
+    singles = sch.choose_groups(ctx, "layer")
+    assert [(p.start, p.stop, p.mode, p.dram_bytes, p.detail) for p in singles] == [
+        (0, 1, "layer", 164, "Tr=2 Tc=4"), (1, 2, "layer", 164, "Tr=2 Tc=4")]
+    fused = sch.choose_groups(ctx, "tiled")
+    assert [(p.start, p.stop, p.mode, p.dram_bytes) for p in fused] == [(0, 2, "tiled", 100)]
+    assert sch.choose_groups(ctx, "tiled", "intermediate") == fused
+    est = estimate(TWO, device=Device("b", dsp=10, bram_bytes=164, dram_gbps=1.0, freq_mhz=100.0),
+                   engine=Engine(1, 1), schedule="tiled-fused")
+    assert est.total_dram_bytes == 100 and len(est.groups) == 1 and est.groups[0]["layers"] == "t0 .. t1"
+    # Block-fused on a blocked pair: one group, nothing intermediate through DRAM.
+    layers = [_blocked("a", 2, 4), _blocked("b", 4, 2)]
+    block = sch.choose_groups(_ctx(layers, Engine(4, 2), 2 * 272), "block")
+    assert [(p.start, p.stop, p.mode) for p in block] == [(0, 2, "block")]
+    assert sch.has_block_convs(layers) and not sch.has_block_convs(TWO)
+
+
+def test_boundary_traffic_of_a_group_with_an_outside_reader():
+    # stem -> a -> b, and c reads the stem again (a branch): fusing [stem, a] must write the stem's
+    # output for c (c's input, 4 x 8 x 8 = 256 words) and a's output for b (5 x 8 x 8 = 320).  Words.
+    layers = [conv("stem", 2, 4, 8), conv("a", 4, 5, 8), conv("b", 5, 2, 8), conv("c", 4, 3, 8)]
+    ctx = _ctx(layers, Engine(1, 1), 10**6)
+    assert [e.source for e in ctx.graph.inputs] == [NETWORK_INPUT, 0, 1, 0]
+    t = sch._boundary_traffic(ctx, 0, 2)
+    assert t == {"input": 2 * 64, "weights": 0, "output": 0, "intermediate": 256 + 320}
+    # [b, c]: both read from outside (a's and the stem's outputs).  Nobody reads b's output and it is
+    # not last, so the graph folds it into the next layer's (c's) output: only c's 3 x 8 x 8 leaves.
+    assert ctx.graph.merges == ((2, 3),)
+    t = sch._boundary_traffic(ctx, 2, 4)
+    assert t == {"input": 0, "weights": 0, "output": 3 * 64, "intermediate": 320 + 256}
+    # [a, b]: a's output stays inside; b's is merged into c, outside the group: written as intermediate.
+    t = sch._boundary_traffic(ctx, 1, 3)
+    assert t == {"input": 0, "weights": 0, "output": 0, "intermediate": 256 + 2 * 64}
