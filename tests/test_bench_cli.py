@@ -107,3 +107,29 @@ def test_fuse_bench_times_with_the_threads_it_was_given():
     finally:
         torch.set_num_threads(previous)
     assert seen and set(seen) == {2}
+
+
+def test_network_table_compares_each_variant_with_its_baseline():
+    from fuseops.benchmarking import network as nb
+
+    rows = [nb.Row("resnet18", "baseline", "eval N=1", {"eager": 0.010, "eager ref": 0.010, "compiled": 0.008,
+                                                         "compiled ref": 0.008}),
+            nb.Row("resnet18", "block", "eval N=1", {"eager": 0.012, "eager ref": 0.030, "compiled": 0.010,
+                                                      "compiled ref": "compile failed (RuntimeError)"})]
+    cells = nb.table_rows(rows)
+    assert cells[0][3:] == ("10.0", "10.0", "8.0", "8.0", "1.00x", "1.00x")
+    assert cells[1][3:] == ("12.0", "30.0", "10.0", "compile failed (RuntimeError)", "1.20x", "1.25x")
+    assert len(nb.COLUMNS) == len(cells[0])
+
+
+def test_network_smoke_run_eager(monkeypatch):
+    """One FuSe network and its baseline, tiny input, eager settings, one short round."""
+    from fuseops.benchmarking import network as nb
+
+    monkeypatch.setattr(nb, "ROUND_SECONDS", 0.001)
+    rows = nb.run(networks={"mobilenet_v2": ("baseline", "half")}, size=32, rounds=1, threads=None, compile_=False,
+                  progress=False)
+    assert [(r.variant, r.measure) for r in rows] == [(v, m[0]) for m in nb.MEASURES for v in ("baseline", "half")]
+    for row in rows:
+        assert set(row.times) == {"eager", "eager ref"}
+        assert all(isinstance(t, float) and t > 0 for t in row.times.values())

@@ -7,4 +7,5 @@ Each target module defines ``main(quick, threads, min_time, out_dir, markdown, p
 TARGETS: dict[str, str] = {
     "fuse": "fuseops.benchmarking.fuse",
     "block": "fuseops.benchmarking.block",
+    "network": "fuseops.benchmarking.network",
 }
