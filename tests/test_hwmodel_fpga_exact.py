@@ -41,6 +41,7 @@ def conv(name, cin, cout, h, w=None, k=1, s=1, p=0, groups=1, batch=1, **kw):
 def test_bits_words_and_dsp():
     assert eng.DSP_PER_MAC == {32: 5.0, 16: 1.0, 8: 0.5}
     assert [eng.word_bytes(b) for b in (32, 16, 8)] == [4, 2, 1]
+    assert all(type(eng.word_bytes(b)) is int for b in (32, 16, 8))  # a byte count, not a float
     # ceil(Tm * Tn * DSP per MAC): 21 MACs -> 105, 21 and ceil(10.5) = 11 slices.
     assert [Engine(7, 3).dsp(b) for b in (32, 16, 8)] == [105, 21, 11]
     with pytest.raises(TypeError, match=r"bits must be an int \(8, 16 or 32\), got bool"):
@@ -60,6 +61,25 @@ def test_bits_words_and_dsp():
 def test_engine_rejects_bad_sizes(args, message):
     with pytest.raises(ValueError, match=message):
         Engine(*args)
+
+
+@pytest.mark.parametrize(
+    ("fields", "error"),
+    [
+        (("", 1, 1, 1.0, 1.0), "Device.name must be a non-empty str, got ''"),
+        ((5, 1, 1, 1.0, 1.0), "Device.name must be a non-empty str, got 5"),
+        (("d", True, 1, 1.0, 1.0), "Device.dsp must be an int >= 1, got True"),
+        (("d", 1, 0, 1.0, 1.0), "Device.bram_bytes must be an int >= 1, got 0"),
+        (("d", 1, 1.5, 1.0, 1.0), "Device.bram_bytes must be an int >= 1, got 1.5"),
+        (("d", 1, 1, True, 1.0), "Device.dram_gbps must be a number > 0, got True"),
+        (("d", 1, 1, 0, 1.0), "Device.dram_gbps must be a number > 0, got 0"),
+        (("d", 1, 1, 1.0, "fast"), "Device.freq_mhz must be a number > 0, got 'fast'"),
+    ],
+)
+def test_device_rejects(fields, error):
+    with pytest.raises(ValueError, match=error.replace("(", r"\(").replace(")", r"\)")):
+        Device(*fields)
+    assert Device("ok", 1, 1, 0.5, 1).freq_mhz == 1  # the smallest valid values
 
 
 def test_engine_accepts_ones_and_open_tiles():
@@ -214,7 +234,23 @@ def test_estimate_of_one_layer_by_hand():
         "CTC 63.4 op/B, attainable 102); DRAM 0.07 MB (input 0.04, weights 0.00, output 0.03, intermediate 0.00); "
         "buffer 0.15 of 1.00 MB (fits)")
     lines = str(est).splitlines()
-    assert lines[0] == est.summary() and lines[1] == "" and "group" in lines[2] and "layer" in lines[-3]
+    # summary, blank, the group table (header, rule, one row), blank, the layer table.
+    assert lines[0] == est.summary() and lines[1] == "" and lines[5] == ""
+    assert lines[2].startswith("group  layers  n  mode") and lines[6].startswith("layer  kind  group")
+    assert len(lines) == 9
+
+
+def test_summary_units_on_a_big_batch():
+    # 200,000 images of TOY_LAYER: every byte count and the time scale by 200,000, so the printed
+    # megabytes and milliseconds have digits a wrong unit would change.
+    many = conv("c1", 16, 16, 32, k=3, p=1, batch=200_000)
+    big = Device("big", dsp=300, bram_bytes=7_777_777_777, dram_gbps=2.0, freq_mhz=200.0)
+    est = estimate([many], device=big, engine=TOY_ENGINE)
+    # 9216 * 2e5 cycles at 200 MHz = 9.216 s; bytes 36992, 4608, 32768 (x 2e5) = 7398.4, 921.6, 6553.6 MB.
+    assert est.summary() == (
+        "layer on big (16-bit, Tm=16 Tn=16, 256/300 DSP, 200 MHz): 9216.00 ms, 21701.39 fps, 102.4 GOPS "
+        "(roof 102, CTC 63.4 op/B, attainable 102); DRAM 14873.60 MB (input 7398.40, weights 921.60, "
+        "output 6553.60, intermediate 0.00); buffer 0.15 of 7777.78 MB (fits)")
 
 
 def test_estimate_memory_bound_and_not_fitting():
@@ -225,7 +261,7 @@ def test_estimate_memory_bound_and_not_fitting():
     assert est.latency_s == pytest.approx(74368 / 1e9)
     assert est.attainable_gops == pytest.approx(4_718_592 / 74368 * 1.0)  # below the 102.4 roof
     # The fixed 32 x 32 tile needs 148,736 bytes of the 100,000: the estimate says it does not fit.
-    assert not est.fits and "DOES NOT FIT" in est.summary()
+    assert not est.fits and est.summary().endswith("buffer 0.15 of 0.10 MB (DOES NOT FIT)")
     # freq_mhz overrides the device's clock: 100 MHz doubles the compute time.
     half = estimate([TOY_LAYER], device=TOY, engine=TOY_ENGINE, freq_mhz=100)
     assert half.latency_s == pytest.approx(9216 / 100e6) and half.freq_mhz == 100.0
@@ -280,6 +316,7 @@ def test_estimate_layer_lists_and_modules():
 def test_table_formatting():
     assert _fmt(0.012345) == "0.0123"
     assert _fmt(999.4) == "999"
+    assert _fmt(1000.0) == "1,000"  # from 1000 up: thousands separators, no exponent
     assert _fmt(-1234.7) == "-1,235"
     assert _fmt(1234567) == "1,234,567"
     assert _fmt(True) == "True" and _fmt("x") == "x"

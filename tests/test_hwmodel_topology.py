@@ -113,3 +113,68 @@ def test_write_rejects_what_a_row_cannot_hold(tmp_path, layer, message):
 def test_write_rejects_non_layers(tmp_path):
     with pytest.raises(TypeError, match="hwmodel.Layer"):
         write_topology([("conv", 3, 3)], tmp_path / "x.csv")
+
+
+# -- the edges of the format ------------------------------------------------------------------------
+
+
+def test_messages_name_the_file_and_the_columns(tmp_path):
+    path = _write(tmp_path, "c, 7, 7, 3, 3, 3, 8,\n")
+    with pytest.raises(ValueError) as err:
+        read_topology(path)
+    assert str(err.value) == (f"{path}: line 2: expected 8 columns (Layer name, IFMAP Height, IFMAP Width, "
+                              "Filter Height, Filter Width, Channels, Num Filter, Strides) and an optional "
+                              "sparsity ratio, got 7: 'c, 7, 7, 3, 3, 3, 8'")
+    path = _write(tmp_path, "c, 7, 0, 3, 3, 3, 8, 1,\n")
+    with pytest.raises(ValueError, match=r"^" + str(path).replace("\\", "\\\\") + r": line 2, column 3"):
+        read_topology(path)
+
+
+@pytest.mark.parametrize("sparsity", [" 1 : 1 ", " "])
+def test_dense_sparsity_with_spaces_or_blank_is_accepted(tmp_path, sparsity):
+    (layer,) = read_topology(_write(tmp_path, f"c, 7, 7, 3, 3, 3, 8, 1,{sparsity},\n"))
+    assert layer.out_channels == 8
+
+
+@pytest.mark.parametrize(
+    ("filter_hw", "channels", "kind", "groups"),
+    [
+        ((1, 2), 4, "fuse_row", 4),  # the shortest 1-D kernels are still 1-D
+        ((2, 1), 4, "fuse_col", 4),
+        ((1, 1), 4, "depthwise", 4),  # a 1x1 depthwise conv is neither a row nor a column conv
+        ((3, 3), 1, "conv", 1),  # one channel: an ordinary conv with "Num Filter" filters
+        ((1, 3), 1, "conv", 1),
+    ],
+)
+def test_depthwise_rows_by_kernel_shape(tmp_path, filter_hw, channels, kind, groups):
+    kh, kw = filter_hw
+    (layer,) = read_topology(_write(tmp_path, f"x_DP, 6, 6, {kh}, {kw}, {channels}, 2, 1,\n"))
+    assert (layer.kind, layer.in_channels, layer.out_channels, layer.groups) == (kind, channels, 2 * channels, groups)
+
+
+def test_written_names_and_depthwise_markers(tmp_path):
+    layers = [
+        Layer("  ", "conv", 1, 2, 4, 4, 3),  # a blank name
+        Layer(" ", "depthwise", 1, 2, 4, 4, 2, kernel_h=3, kernel_w=3, groups=2),
+        Layer("x_DP", "depthwise", 1, 2, 4, 4, 2, kernel_h=3, kernel_w=3, groups=2),  # already marked
+        Layer("dp", "depthwise", 1, 2, 4, 4, 2, kernel_h=3, kernel_w=3, groups=2),  # lower case is no marker
+        Layer("one", "conv", 1, 1, 4, 4, 3),  # one channel, groups 1: not depthwise
+    ]
+    path = tmp_path / "names.csv"
+    assert write_topology(layers, path) == 5
+    assert path.read_text(encoding="utf-8").splitlines()[1:] == [
+        "layer, 4, 4, 1, 1, 2, 3, 1,",
+        "DP_layer, 4, 4, 3, 3, 2, 1, 1,",
+        "x_DP, 4, 4, 3, 3, 2, 1, 1,",
+        "DP_dp, 4, 4, 3, 3, 2, 1, 1,",
+        "one, 4, 4, 1, 1, 1, 3, 1,",
+    ]
+
+
+def test_write_rejects_dilation_on_one_axis_and_names_the_bad_type(tmp_path):
+    with pytest.raises(ValueError, match="no dilation"):
+        write_topology([Layer("d", "conv", 1, 3, 8, 8, 4, kernel_h=3, kernel_w=3, dilation_h=2)], tmp_path / "x.csv")
+    with pytest.raises(ValueError, match="no dilation"):
+        write_topology([Layer("d", "conv", 1, 3, 8, 8, 4, kernel_h=3, kernel_w=3, dilation_w=2)], tmp_path / "x.csv")
+    with pytest.raises(TypeError, match="layers must hold hwmodel.Layer, got tuple"):
+        write_topology([("conv", 3, 3)], tmp_path / "x.csv")

@@ -172,6 +172,14 @@ def test_block_conv_macs_by_hand():
     hier = BlockConv2d(2, 4, (1, 3), padding=(0, 2), dilation=(1, 2), groups=2, block_size=(3, 2),
                        blocking="hierarchical")
     assert profile(hier, (1, 2, 8, 9)).macs == 4 * 8 * 9 * (1 * 3)
+    # Hierarchical 2 x 3 blocks of a 3x3 conv, no padding, on 8 x 9: rows (0,4) (4,8) -> 2 + 2;
+    # cols (0,3) (3,6) (6,9) -> 1 each.  (Fixed blocks of 2 x 3 would leave no output rows.)
+    few = BlockConv2d(1, 1, 3, block_size=(2, 3), blocking="hierarchical")
+    assert profile(few, (1, 1, 8, 9)).macs == 4 * 3 * 9
+    # Dilation (2, 1), padding (2, 1), blocks of 4 on 8 x 8: rows span 5, (4 + 4 - 5) + 1 = 4 per block;
+    # cols span 3, (4 + 2 - 3) + 1 = 4 per block: 8 x 8 outputs.
+    dil = BlockConv2d(1, 1, 3, padding=(2, 1), dilation=(2, 1), block_size=4)
+    assert profile(dil, (1, 1, 8, 8)).macs == 8 * 8 * 9
     # stride_mode="pool": the conv runs at stride 1 ((3 + 2 - 3) + 1 = 3 per block of 3, 7 rows in all),
     # then a 2x2 max-pool.
     pooled = BlockConv2d(1, 1, 3, stride=2, padding=1, block_size=3, stride_mode="pool")

@@ -284,3 +284,21 @@ def test_block_composition_equals_gathered_blocks(mode):
     got = block_conv2d_composition(x, weight, bias, 3, 2, (2, 1), (1, 1), (1, 1), 2, mode)
     want = _block_plain(x, weight, bias, (2, 1), (1, 1), (1, 1), 2, [0, 3, 6], [0, 2, 4, 6], mode)
     torch.testing.assert_close(got, want)
+
+
+def test_reference_gradients_are_contiguous_for_channels_last_inputs():
+    # The ops' fake backward kernels declare contiguous NCHW gradients (fuseops/*/op.py), so the
+    # references must return them whatever the layout of x.
+    x, w_row, w_col, b = _fuse_inputs(4, 2, 2, 3, True)
+    x = x.to(memory_format=torch.channels_last)
+    grad_out = torch.ones(2, 4, 6, 7, dtype=DT)
+    grads = fuse_conv2d_reference_backward(grad_out, x, w_row, w_col, b, False, 1, 1, 1, "relu")
+    assert all(g.is_contiguous() for g in grads)
+    shape, c_out, kernel, stride, padding, dilation, groups, rows, cols, mode, bias = BLOCK_CASES[0]
+    xb, weight, bb = _block_inputs(shape, c_out, kernel, groups, bias, 0)
+    xb = xb.to(memory_format=torch.channels_last)
+    weight = weight.to(memory_format=torch.channels_last)
+    out = block_conv2d_reference(xb, weight, bb, list(stride), list(padding), list(dilation), groups, rows, cols, mode)
+    grads = block_conv2d_reference_backward(torch.ones_like(out), xb, weight, bb, list(stride), list(padding),
+                                            list(dilation), groups, rows, cols, mode)
+    assert all(g.is_contiguous() for g in grads)

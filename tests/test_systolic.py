@@ -531,3 +531,17 @@ def test_estimate_does_not_touch_torch_for_layer_lists():
     est = SystolicArray(8, 8).estimate((DENSE,))
     assert est.total_cycles > 0
     assert not isinstance(est.total_cycles, torch.Tensor)
+
+
+def test_estimate_text_and_table_rows_by_hand():
+    # DENSE on 4x2 (os, fuseconv) is 309 cycles (test_dense_conv_fuseconv_convention); 3*5*5*18 = 1350
+    # MACs; utilisation 1350 / (309 * 8) = 54.6 %.  Two layers with no output are listed as not costed.
+    tiny = Layer("tiny", "conv", 1, 1, 2, 2, 1, kernel_h=5, kernel_w=5)
+    small = Layer("small", "depthwise", 1, 2, 2, 2, 2, kernel_h=3, kernel_w=3, groups=2)
+    est = SystolicArray(4, 2).estimate([DENSE, tiny, small])
+    assert est.table_rows() == [("dense", "conv", 1350, 309, "54.6")]
+    assert str(est) == ("4x2 array, dataflow=os, convention=fuseconv, fuse=False: 309 cycles, 1,350 MACs, "
+                        "utilization 54.6%\n"
+                        "  breakdown: pointwise 0, depthwise 0, fuse_1d 0, other 309\n"
+                        "  NOT COSTED (2): tiny (conv), small (depthwise)")
+    assert str(SystolicArray(4, 2).estimate([DENSE])).count("\n") == 1  # nothing left out: no third line
