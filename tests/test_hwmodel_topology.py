@@ -178,3 +178,18 @@ def test_write_rejects_dilation_on_one_axis_and_names_the_bad_type(tmp_path):
         write_topology([Layer("d", "conv", 1, 3, 8, 8, 4, kernel_h=3, kernel_w=3, dilation_w=2)], tmp_path / "x.csv")
     with pytest.raises(TypeError, match="layers must hold hwmodel.Layer, got tuple"):
         write_topology([("conv", 3, 3)], tmp_path / "x.csv")
+
+
+def test_header_messages_in_full(tmp_path):
+    header = ("Layer name, IFMAP Height, IFMAP Width, Filter Height, Filter Width, Channels, Num Filter, "
+              "Strides,")
+    long_line = "x" * 100
+    path = _write(tmp_path, "", header=long_line + "\n")
+    with pytest.raises(ValueError) as err:
+        read_topology(path)
+    # The offending line is quoted up to 80 characters.
+    assert str(err.value) == f"{path}: line 1: expected the header '{header}', got {'x' * 80!r}"
+    path = _write(tmp_path, "\n\n", header="")
+    with pytest.raises(ValueError) as err:
+        read_topology(path)
+    assert str(err.value) == f"{path}: the file is empty; expected the header '{header}'"

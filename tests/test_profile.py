@@ -271,3 +271,25 @@ def test_profiler_cleans_up_after_a_failing_forward():
 def test_profile_bad_input_messages(args, error, match):
     with pytest.raises(error, match=match):
         profile(*args)
+
+
+def test_profiler_input_follows_the_model_device():
+    # Parameters on the meta device: the random input must be made there too (a CPU input would not
+    # run).  conv 2 * 4*4 * 9 = 288 MACs; the linear layer sees 2*4 rows of 4: 8 * 4 * 3 = 96.
+    model = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.Linear(4, 3)).to("meta")
+    assert profile(model, (1, 1, 4, 4)).macs == 288 + 96
+
+
+def test_layer_called_with_keywords_is_listed_without_macs():
+    # A forward hook sees positional arguments only: a layer called as fc(input=x) cannot be counted.
+    # It is still listed (it owns parameters), with 0 MACs, rather than breaking the profile.
+    class Keyword(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 2)
+
+        def forward(self, x):
+            return self.fc(input=x)
+
+    result = profile(Keyword(), (3, 4))
+    assert [(r.name, r.kind, r.params, r.macs) for r in result.layers] == [("fc", "Linear", 10, 0)]
