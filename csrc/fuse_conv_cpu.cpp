@@ -999,7 +999,10 @@ at::Tensor fuse_conv2d_forward_cpu(const at::Tensor& x, const at::Tensor& weight
                        act);
     return out;
   }
-  if (stride == 2 && g.height * g.width <= kMaxPlaneStride2ViaRuns) {
+  // Only "same" padding (2p == d(K-1)) lines the parts up at stride 1 as well: with other
+  // paddings (an even K, say) the parts may line up at stride 2 alone, and the stride-1
+  // geometry does not exist.
+  if (stride == 2 && g.height * g.width <= kMaxPlaneStride2ViaRuns && 2 * padding == dilation * (g.kernel - 1)) {
     // Stride 2 on small planes the run path takes at stride 1: the stride-1 output subsampled
     // ([::2, ::2]) is exactly the stride-2 output (each output is computed on its own,
     // with the same taps in the same order), and computing the 4x outputs on the run path

@@ -343,27 +343,15 @@ def test_hypothesis_backends_match_reference(case, seed):
                 fuse_conv2d(x, wr, wc, b, **kw)
         assume(False)
     for name in names:
-        if name == "cpu" and hits_cpu_stride2_bug(case, wr.shape[0], wc.shape[0]):
-            continue  # a known library bug, pinned by test_cpu_stride2_lines_up_only_at_stride2
         check_backend(name, x, wr, wc, b, torch.float64, **kw)
 
 
-def hits_cpu_stride2_bug(case, c_row, c_col):
-    """Library bug (csrc/fuse_conv_cpu.cpp, fuse_conv2d_forward_cpu): at stride 2 on planes of
-    up to 1024 elements the C++ forward re-checks the geometry at stride 1 (it runs the
-    stride-1 run path and subsamples), so a geometry whose parts line up only at stride 2
-    (even K with odd dilation, H and W of the same parity) raises RuntimeError there."""
-    return (case["stride"] == 2 and case["h"] * case["w"] <= 1024
-            and plain_out_hw(case["h"], case["w"], case["k"], c_row, c_col, 1, case["padding"],
-                             case["dilation"]) is None)
-
-
-@pytest.mark.xfail(strict=True, raises=RuntimeError,
-                   reason="library bug: the C++ stride-2 forward checks the geometry at stride 1")
 @pytest.mark.parametrize("h,w,padding", [(6, 8, None), (5, 7, 1)])
 def test_cpu_stride2_lines_up_only_at_stride2(h, w, padding):
     """K=2, stride 2: "same" padding 0 lines the parts up on even H and W, padding 1 on odd
-    ones (the stride absorbs one pixel of difference); at stride 1 they differ by one."""
+    ones (the stride absorbs one pixel of difference); at stride 1 they differ by one.  The
+    C++ forward runs small stride-2 planes at stride 1 and subsamples, but only where the
+    stride-1 geometry exists ("same" padding); it used to raise RuntimeError here."""
     require_backend(OP, "cpu")
     assert plain_out_hw(h, w, 2, 2, 3, 2, padding) is not None and plain_out_hw(h, w, 2, 2, 3, 1, padding) is None
     x, wr, wc, b = make_inputs(2, 5, h, w, 2, "half", split=2, bias=True)
@@ -473,7 +461,6 @@ def test_cpu_float32_small_planes_match_reference(case, seed):
     (x, wr, wc, b), kw = case_inputs(case, dtype=torch.float32)
     assume(plain_out_hw(case["h"], case["w"], case["k"], wr.shape[0], wc.shape[0], case["stride"], None,
                         case["dilation"]) is not None)
-    assume(not hits_cpu_stride2_bug(case, wr.shape[0], wc.shape[0]))  # pinned by an xfail test above
     check_backend("cpu", x, wr, wc, b, torch.float32, **kw)
 
 
