@@ -653,3 +653,75 @@ def test_boundary_traffic_of_a_group_with_an_outside_reader():
     # [a, b]: a's output stays inside; b's is merged into c, outside the group: written as intermediate.
     t = sch._boundary_traffic(ctx, 1, 3)
     assert t == {"input": 0, "weights": 0, "output": 0, "intermediate": 256 + 2 * 64}
+
+
+def test_plan_tiled_through_pooling_on_a_non_square_map():
+    # p0: 3x3 padding 1 on 8 x 6, then 2x2 pooling to 4 x 3, then p1: 3x3 padding 1.  Engine(1, 1).
+    p0, p1 = conv("p0", 1, 1, 8, 6, k=3, p=1), conv("p1", 1, 1, 4, 3, k=3, p=1)
+    # Tile 2 (347 bytes; the whole map needs 348 with its weights): p1's output tiles rows [0,2) [2,4),
+    # cols [0,2) [2,3) need p1 inputs rows [0,3) [1,4), cols [0,3) [1,3); pooled back x2 (clipped to
+    # p0's 8 x 6): rows [0,6) [2,8), cols [0,6) [2,6); p0 then reads rows [0,7) [1,8), cols [0,6) [1,6).
+    # p0 computes (6 + 6) x (6 + 4) = 120 outputs for its 48: (120 - 48) * 9 = 648 MACs recomputed.
+    # Peak: p0 42 + 36 (its largest in and out tiles), p1 9 + 4; plus the DRAM ends 42 + 4 = 124 words.
+    # Input read: (7 + 7) x (6 + 5) = 154 words; output 12; weights 18: 184 words.
+    plan = sch.plan_tiled(_ctx([p0, p1], Engine(1, 1), 347), 0, 2)
+    assert (plan.units, plan.detail, plan.buffer_bytes) == (4, "tile 2x2; weights on chip", 2 * (124 + 18))
+    assert plan.traffic == {"input": 2 * 154, "weights": 36, "output": 24, "intermediate": 0}
+    assert (plan.layer_cycles, plan.layer_extra_macs, plan.extra_macs) == ([12 * 10 * 9, 4 * 3 * 9], [648, 0], 648)
+    assert type(plan.extra_macs) is int
+    # 348 bytes: the whole map in one tile (peak 48 + 48 + 48 + 12 = 156 words, + 18): no recompute.
+    whole = sch.plan_tiled(_ctx([p0, p1], Engine(1, 1), 348), 0, 2)
+    assert (whole.units, whole.extra_macs, whole.dram_bytes) == (1, 0, 2 * (48 + 18 + 12))
+
+
+def test_plan_tiled_ties_keep_the_largest_tile_and_tiny_buffers_take_one_pixel():
+    # A 1x1 conv has no halo: every tiling moves the same words, so the first tried (largest) stays.
+    ctx = _ctx([conv("pw", 2, 2, 4)], Engine(1, 1), 10**6)
+    assert sch.plan_tiled(ctx, 0, 1).units == 1
+    # TWO with 124 bytes: 2 x 2 tiles need 126 (45 + 18 words), 1-pixel tiles 120 (42 + 18): 16 tiles.
+    tiny = sch.plan_tiled(_ctx(TWO, Engine(1, 1), 124), 0, 2)
+    assert (tiny.units, tiny.detail) == (16, "tile 1x1; weights on chip")
+
+
+def test_plan_tiled_streams_and_pins_weights_inside_a_longer_network():
+    # pre (1x1) -> a, b (3x3 padding 1, 2 -> 2, 36 weights each) -> post (1x1) on 4 x 4; group [a, b];
+    # 144 words of BRAM.  Whole-map tiles: peak 2*16 + 2*16 + 32 + 32 = 128 words, and 128 + 18 streamed
+    # = 146 > 144.  2 x 2 tiles (4 of them): peak 2*16 + 2*9 + 2*16 + 2*4 = 90; 90 + 72 > 144, so the
+    # weights stream (90 + 18 = 108) and a, run 4 times, is pinned (108 + 36 = 144); b is read 4 times.
+    layers = [conv("pre", 2, 2, 4), conv("a", 2, 2, 4, k=3, p=1), conv("b", 2, 2, 4, k=3, p=1),
+              conv("post", 2, 2, 4)]
+    plan = sch.plan_tiled(_ctx(layers, Engine(1, 1), 288), 1, 3)
+    assert (plan.units, plan.detail, plan.buffer_bytes) == (4, "tile 2x2; weights streamed, 1 of 2 layers pinned",
+                                                            288)
+    # Reads pre's output tile by tile: a's input rows [0,4) twice and cols [0,4) twice: 2 * 8 * 8 words;
+    # writes b's output for post (2 * 16); weights 36 + 4 * 36.
+    assert plan.traffic == {"input": 0, "weights": 2 * 180, "output": 0, "intermediate": 2 * (128 + 32)}
+
+
+def test_plan_tiled_group_bounds():
+    # Refusals depend on the group's own length and its own edges.
+    eleven = [conv(f"c{i}", 2, 2, 2) for i in range(11)]
+    ctx = _ctx(eleven, Engine(1, 1), 10**6)
+    assert sch.plan_tiled(ctx, 0, 11) is None  # more than 10 layers by default
+    assert sch.plan_tiled(ctx, 0, 10) is not None and sch.plan_tiled(ctx, 1, 11) is not None
+    assert sch.plan_tiled(ctx, 0, 2, max_layers=2) is not None
+    assert sch.plan_tiled(ctx, 5, 6, max_layers=1) is not None
+    # A branch before the group does not matter: [c, d] is a chain although c reads a, not b.
+    branch = [conv("a", 2, 2, 4), conv("b", 2, 3, 4), conv("c", 2, 5, 4), conv("d", 5, 1, 4), conv("e", 3, 1, 4)]
+    ctx = _ctx(branch, Engine(1, 1), 10**6)
+    assert [e.source for e in ctx.graph.inputs] == [NETWORK_INPUT, 0, 0, 2, 1]
+    assert sch.plan_tiled(ctx, 2, 4) is not None
+    assert sch.plan_tiled(ctx, 0, 3) is None  # c does not read b
+    # A linear layer that reads a 1 x 1 map without flattening still ends the chain.
+    flat = [conv("a", 2, 4, 1), Layer("fc", "linear", 1, 4, 1, 1, 3), conv("after", 3, 2, 1)]
+    ctx = _ctx(flat, Engine(1, 1), 10**6)
+    assert not ctx.graph.inputs[1].flatten
+    assert sch.plan_tiled(ctx, 0, 2) is None
+    assert sch.plan_tiled(ctx, 1, 3) is None  # a group may not start with a linear layer and go on
+    assert sch.plan_tiled(ctx, 1, 2) is not None  # a linear layer alone is fine
+    # A residual with one end in the group is fine; with both ends inside it is not.
+    res = [conv("x1", 4, 8, 8, k=3, s=2, p=1), conv("x2", 8, 8, 4, k=3, p=1), conv("ds", 4, 8, 8, k=1, s=2),
+           conv("n", 8, 2, 4)]
+    ctx = _ctx(res, Engine(1, 1), 10**6)
+    assert ctx.graph.merges == ((1, 2),)
+    assert sch.plan_tiled(ctx, 0, 2) is not None and sch.plan_tiled(ctx, 2, 4) is not None
