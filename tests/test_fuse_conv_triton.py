@@ -19,40 +19,29 @@ import sys
 
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from backend_helpers import TORCH_SEEDS, in_ci, require_backend
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 import fuseops
-from fuseops import backends
 from fuseops.fuse_conv import fuse_conv2d_reference, resolve_padding
 
 pytestmark = pytest.mark.triton
 
-# (rtol, atol) per dtype, for the output/grad_x and for the weight/bias gradients.
-# The kernels accumulate in fp32 (fp64 for fp64) and round once, so the error is the
-# final rounding: bfloat16 has 8 significant bits (2**-8 ~ 0.004 relative).
+# (rtol, atol) per dtype, for the output/grad_x and for the weight/bias gradients, against
+# the float64 reference on the same rounded inputs; float64 uses torch.testing.assert_close's
+# defaults.  Measured max |got - want| / (1 + |want|) over 12 seeds of
+# test_matches_reference_low_precision: float32 3.6e-7 (output, grad_x) and 2.0e-6 (weight
+# and bias gradients, sums over every pixel); bfloat16 6.6e-3 and 3.2e-3.  About 3x those:
 TOLERANCES = {
-    torch.float64: ((1e-10, 1e-10), (1e-10, 1e-10)),
-    torch.float32: ((1e-5, 1e-5), (1e-5, 1e-4)),
-    torch.bfloat16: ((1.6e-2, 1e-2), (1.6e-2, 2e-2)),
+    torch.float32: ((1e-6, 1e-6), (6e-6, 6e-6)),
+    torch.bfloat16: ((2e-2, 2e-2), (1e-2, 1e-2)),
 }
-
-
-def require_backend(name: str) -> None:
-    """Skip when ``name`` cannot run fuse_conv2d on CPU tensors here; FAIL under CI=true,
-    where the backend must exist.  (The lead will unify this with tests/test_fuse_conv.py.)"""
-    avail = backends.availability("fuse_conv2d", name, torch.device("cpu"))
-    if avail.ok:
-        return
-    message = f"backend {name!r} unavailable: {avail.reason}"
-    if os.environ.get("CI") == "true":
-        pytest.fail(message)
-    pytest.skip(message)
 
 
 @pytest.fixture(autouse=True)
 def _triton_with_poisoned_buffers(monkeypatch):
-    require_backend("triton")
+    require_backend("fuse_conv2d", "triton")  # skips here, fails under CI=true
     from fuseops.fuse_conv import triton_impl
 
     def poisoned(shape, dtype, device):
@@ -100,7 +89,7 @@ def triton_fwd_bwd(x, weight_row, weight_col, bias, grad_out, variant, stride, p
 
 def check(x, weight_row, weight_col, bias, *, variant, stride=1, padding=None, dilation=1, act=None):
     dtype = x.dtype
-    (rtol, atol), (rtol_w, atol_w) = TOLERANCES[dtype]
+    (rtol, atol), (rtol_w, atol_w) = TOLERANCES.get(dtype, ((None, None), (None, None)))  # None: the defaults
     # A same-shaped reference call just to learn the output shape for grad_out.
     with torch.no_grad():
         pad = resolve_padding(padding, weight_row.shape[-1], dilation)
@@ -114,6 +103,7 @@ def check(x, weight_row, weight_col, bias, *, variant, stride=1, padding=None, d
     assert out.dtype == dtype and out.is_contiguous()
     torch.testing.assert_close(out.double(), ref_out, rtol=rtol, atol=atol, msg="forward")
     names = ["grad_x", "grad_weight_row", "grad_weight_col", "grad_bias"]
+    assert len(grads) == len(ref_grads)
     for name, got, want in zip(names, grads, ref_grads):
         assert got.dtype == dtype, name
         tol = (rtol, atol) if name == "grad_x" else (rtol_w, atol_w)
@@ -264,7 +254,7 @@ def test_opcheck_and_compile_fullgraph():
             lambda *t: fuseops.fuse_conv2d(*t, variant="full", activation="relu"), fullgraph=True
         )
         out = compiled(x, wr, wc, b)
-    torch.testing.assert_close(out, fuse_conv2d_reference(*args), rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(out, fuse_conv2d_reference(*args))
 
 
 def test_import_fuseops_does_not_import_triton():
@@ -274,22 +264,51 @@ def test_import_fuseops_does_not_import_triton():
 
 
 # ----------------------------------------------------------------------------- hypothesis
-@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def lines_up(h, w, kernel, c_row, c_col, stride, padding, dilation):
+    """Whether the present parts' outputs have the same, non-empty size (else fuse_conv2d
+    raises ValueError; tests/test_fuse_conv.py checks that)."""
+    pad = dilation * (kernel - 1) // 2 if padding is None else padding
+
+    def length(size, taps, p, d):
+        return (size + 2 * p - d * (taps - 1) - 1) // stride + 1
+
+    sizes = set()
+    if c_row:
+        sizes.add((length(h, 1, 0, 1), length(w, kernel, pad, dilation)))
+    if c_col:
+        sizes.add((length(h, kernel, pad, dilation), length(w, 1, 0, 1)))
+    return len(sizes) == 1 and min(sizes.pop()) >= 1
+
+
+# Small shapes keep each example cheap in the interpreter (its cost grows with the planes,
+# N x output channels, and the tiles), so the test runs the profile's full example count:
+# at most 4 planes, H up to 9 (a second 8-row interpreter tile); wider maps, several tiles
+# per row, are the fixed cases' job above.
+@settings(deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     n=st.integers(0, 2),
     c=st.integers(1, 3),
     h=st.integers(1, 9),
-    w=st.integers(1, 17),
-    kernel=st.sampled_from([1, 3, 5]),
+    w=st.integers(1, 11),
+    kernel=st.integers(1, 5),
     stride=st.integers(1, 3),
-    dilation=st.integers(1, 2),
+    dilation=st.integers(1, 3),
+    padding=st.one_of(st.none(), st.integers(0, 3)),
     variant=st.sampled_from(["half", "full"]),
+    split=st.integers(0, 3),
     act=st.sampled_from([None, "relu", "relu6", "hardswish"]),
     bias=st.booleans(),
+    seed=TORCH_SEEDS,
 )
-def test_hypothesis_matches_reference(n, c, h, w, kernel, stride, dilation, variant, act, bias):
-    x, wr, wc, b = make_inputs((n, c, h, w), variant, kernel, bias=bias)
-    check(x, wr, wc, b, variant=variant, stride=stride, dilation=dilation, act=act)
+def test_hypothesis_matches_reference(n, c, h, w, kernel, stride, dilation, padding, variant, split, act, bias, seed):
+    torch.manual_seed(seed)
+    assume(variant == "full" or split <= c)
+    c_row = c if variant == "full" else split
+    c_col = c if variant == "full" else c - split
+    assume(n * (c_row + c_col) <= 4)
+    assume(lines_up(h, w, kernel, c_row, c_col, stride, padding, dilation))
+    x, wr, wc, b = make_inputs((n, c, h, w), variant, kernel, c_row=c_row, bias=bias)
+    check(x, wr, wc, b, variant=variant, stride=stride, padding=padding, dilation=dilation, act=act)
 
 
 # ----------------------------------------------------------------------------- GPU lowering
@@ -302,7 +321,7 @@ def test_kernels_compile_for_nvidia_gpus():
     ptxas = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
     if not os.path.exists(ptxas):
         message = f"triton's bundled ptxas is missing ({ptxas})"
-        if os.environ.get("CI") == "true":
+        if in_ci():
             pytest.fail(message)
         pytest.skip(message)
     script = os.path.join(os.path.dirname(__file__), "..", "bench", "triton_compile_check.py")
