@@ -725,3 +725,29 @@ def test_plan_tiled_group_bounds():
     ctx = _ctx(res, Engine(1, 1), 10**6)
     assert ctx.graph.merges == ((1, 2),)
     assert sch.plan_tiled(ctx, 0, 2) is not None and sch.plan_tiled(ctx, 2, 4) is not None
+
+
+@pytest.mark.parametrize(
+    ("layers", "peak_words", "traffic_words"),
+    [
+        # The streamed input dominates: a 8 -> 1, b 1 -> 1.  At a: its input block double-buffered
+        # 2 * 8*4*4 = 256 + its output block 16; at b: 16 + b's block 16 + drain 16 = 48.
+        ([_blocked("a", 8, 1), _blocked("b", 1, 1)], 256 + 16, (8 * 64, 64)),
+        # The output dominates: b 1 -> 8 without padding, so its 4 x 4 blocks give 2 x 2 outputs.
+        # At a: 2 * 16 + 16 = 48; at b: a's block 16 + b's 8*2*2 = 32 + drain 32 = 80.
+        ([_blocked("a", 1, 1), conv("b", 1, 8, 8, k=3, block_rows=BLOCKS, block_cols=BLOCKS)], 16 + 32 + 32,
+         (64, 8 * 4 * 4)),
+        # z (on 4 x 4 after pooling, one block) is coarser than y: y's blocks are assembled into z's
+        # input (16 words), which must stay while the run of finer layers before it (x and y) lasts.
+        # At x: 256 + x's block 16 + that 16 = 288; at y: 32; at z: 16 + 16 + 16 = 48.
+        ([_blocked("x", 8, 1), _blocked("y", 1, 1), conv("z", 1, 1, 4, k=3, p=1)], 256 + 16 + 16, (8 * 64, 16)),
+    ],
+    ids=["input-bound", "output-bound", "coarser-after-a-run"],
+)
+def test_plan_block_buffers_by_hand(layers, peak_words, traffic_words):
+    ctx = _ctx(layers, Engine(1, 1), 10**6)
+    plan = sch.plan_block(ctx, 0, len(layers))
+    weights = sum(layer.params for layer in layers)
+    assert plan.buffer_bytes == 2 * (peak_words + weights)
+    assert plan.traffic == {"input": 2 * traffic_words[0], "weights": 2 * weights, "output": 2 * traffic_words[1],
+                            "intermediate": 0}
