@@ -751,3 +751,32 @@ def test_plan_block_buffers_by_hand(layers, peak_words, traffic_words):
     assert plan.buffer_bytes == 2 * (peak_words + weights)
     assert plan.traffic == {"input": 2 * traffic_words[0], "weights": 2 * weights, "output": 2 * traffic_words[1],
                             "intermediate": 0}
+
+
+@pytest.mark.parametrize("w", [1, 6])
+def test_plan_block_with_a_residual(w):
+    # a (2 -> 4) feeds b (4 -> w, 3x3) and c (4 -> w, 1x1, the shortcut); nobody reads b, so the graph
+    # adds it into c (same shape); d (w -> 2) reads c.  All 8 x 8 in blocks of 4 (16-pixel blocks).
+    layers = [_blocked("a", 2, 4), _blocked("b", 4, w), conv("c", 4, w, 8, block_rows=BLOCKS, block_cols=BLOCKS),
+              _blocked("d", w, 2)]
+    ctx = _ctx(layers, Engine(1, 1), 10**6)
+    assert [e.source for e in ctx.graph.inputs] == [NETWORK_INPUT, 0, 0, 2] and ctx.graph.merges == ((1, 2),)
+    weights = [72, 36 * w, 4 * w, 18 * w]
+    # All four: a's block (64) lives through c; b's block (16w) is kept until c adds it.
+    # At a: input 64 + a 64; at b: 64 + 16w; at c: 64 + 16w + 16w; at d: 16w + d 32 + drain 32.
+    whole = sch.plan_block(ctx, 0, 4)
+    peak = max(128, 64 + 16 * w, 64 + 32 * w, 16 * w + 64)
+    assert whole.buffer_bytes == 2 * (peak + sum(weights))
+    assert whole.traffic == {"input": 2 * 128, "weights": 2 * sum(weights), "output": 2 * 128, "intermediate": 0}
+    # [a, b] alone: a's output is also read by c outside (drained: 64 more), b's is added into c outside
+    # (drained: 16w more).  At a: 64 + 64 + 64; at b: 64 + 16w + 16w.  DRAM: c's input (4 x 64) and b's
+    # output (w x 64) are written out.
+    pair = sch.plan_block(ctx, 0, 2)
+    assert pair.buffer_bytes == 2 * (max(192, 64 + 32 * w) + 72 + 36 * w)
+    assert pair.traffic == {"input": 2 * 128, "weights": 2 * (72 + 36 * w), "output": 0,
+                            "intermediate": 2 * (256 + 64 * w)}
+    # [c, d]: b's output comes in from DRAM to be added into c, double-buffered (2 x 16w).
+    tail = sch.plan_block(ctx, 2, 4)
+    assert tail.traffic["intermediate"] == 2 * (256 + 64 * w)
+    # At c: its input block 2 * 64 + the residual 2 * 16w + c 16w; at d: 16w + 32 + 32.
+    assert tail.buffer_bytes == 2 * (max(128 + 48 * w, 16 * w + 64) + 22 * w)
