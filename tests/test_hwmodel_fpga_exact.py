@@ -562,6 +562,11 @@ def test_weight_live_ranges():
     assert sch._weight_live(ctx, 1, 3) == [{0}, {1}]
     # All layers blocked (the coarsest level repeats): every layer's weights stay throughout.
     assert sch._weight_live(ctx, 0, 2) == [{0, 1}, {0, 1}]
+    # Also when the coarsest level has two blocks (4 blocks, then 2 row blocks).
+    two = conv("two", 4, 4, 8, k=3, p=1, block_rows=BLOCKS)
+    ctx = _ctx([a, two], Engine(4, 2), 10**6)
+    assert [block_count(x) for x in ctx.layers] == [4, 2]
+    assert sch._weight_live(ctx, 0, 2) == [{0, 1}, {0, 1}]
     # 1, 4, 4, 1: the middle run.
     d = conv("d", 2, 4, 8, k=3, p=1)
     e = conv("e", 4, 2, 4, k=3, p=1)
@@ -741,8 +746,18 @@ def test_plan_tiled_group_bounds():
         # input (16 words), which must stay while the run of finer layers before it (x and y) lasts.
         # At x: 256 + x's block 16 + that 16 = 288; at y: 32; at z: 16 + 16 + 16 = 48.
         ([_blocked("x", 8, 1), _blocked("y", 1, 1), conv("z", 1, 1, 4, k=3, p=1)], 256 + 16 + 16, (8 * 64, 16)),
+        # z unblocked on the same 8 x 8 (no pooling): its whole 8 x 8 input is assembled from x's four
+        # blocks: 64 words, live at x and z.  At x: 2 * 16 + 64; at z: 64 + 64 + drain 64.
+        ([_blocked("x", 1, 1), conv("z", 1, 1, 8, k=3, p=1)], 3 * 64, (64, 64)),
+        # s has stride 2: its 4 x 4 input blocks give 2 x 2 output blocks, which t (blocks of 2 on 4 x 4)
+        # reads as they are.  At s: 2 * 16 + 4; at t: 4 + 4 + 4.
+        ([conv("s", 1, 1, 8, k=3, s=2, p=1, block_rows=BLOCKS, block_cols=BLOCKS),
+          conv("t", 1, 1, 4, k=3, p=1, block_rows=((0, 2), (2, 4)), block_cols=((0, 2), (2, 4)))], 32 + 4, (64, 16)),
+        # Linear layers stream one value per input feature: 2 * 32 in, then 16 and 4 (+ 4 drained).
+        ([Layer("fc1", "linear", 1, 32, 1, 1, 16), Layer("fc2", "linear", 1, 16, 1, 1, 4)], 64 + 16, (32, 4)),
     ],
-    ids=["input-bound", "output-bound", "coarser-after-a-run"],
+    ids=["input-bound", "output-bound", "coarser-after-a-run", "coarser-same-size", "strided-producer",
+         "linear"],
 )
 def test_plan_block_buffers_by_hand(layers, peak_words, traffic_words):
     ctx = _ctx(layers, Engine(1, 1), 10**6)
