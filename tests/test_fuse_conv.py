@@ -13,6 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from backend_helpers import TORCH_SEEDS, DispatchRecorder, available_backends, require_backend
+from fuse_geometry_oracle import plain_out_hw
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from torch import nn
@@ -92,25 +93,6 @@ def plain_fuse_conv(x, weight_row, weight_col, bias=None, *, variant="half", str
         parts.append(F.conv2d(F.pad(x_col, (0, 0, pad, pad)), weight_col, b_col, stride=(stride, stride),
                               dilation=(dilation, 1), groups=c_col))
     return PLAIN_ACTIVATIONS[activation](torch.cat(parts, dim=1))
-
-
-def plain_out_hw(h, w, k, c_row, c_col, stride=1, padding=None, dilation=1):
-    """The output (H, W) the present parts agree on, or None when they differ in size or
-    leave no output: the cases where fuse_conv2d must raise ValueError."""
-    pad = dilation * (k - 1) // 2 if padding is None else padding
-
-    def length(size, taps, p, d):
-        return (size + 2 * p - d * (taps - 1) - 1) // stride + 1
-
-    sizes = set()
-    if c_row:
-        sizes.add((length(h, 1, 0, 1), length(w, k, pad, dilation)))
-    if c_col:
-        sizes.add((length(h, k, pad, dilation), length(w, 1, 0, 1)))
-    if len(sizes) != 1:
-        return None
-    out_h, out_w = sizes.pop()
-    return (out_h, out_w) if out_h >= 1 and out_w >= 1 else None
 
 
 def oracle_with_grads(oracle, x, weight_row, weight_col, bias, grad_out, **kw):

@@ -20,6 +20,7 @@ import sys
 import pytest
 import torch
 from backend_helpers import TORCH_SEEDS, in_ci, require_backend
+from fuse_geometry_oracle import plain_out_hw
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
@@ -264,22 +265,6 @@ def test_import_fuseops_does_not_import_triton():
 
 
 # ----------------------------------------------------------------------------- hypothesis
-def lines_up(h, w, kernel, c_row, c_col, stride, padding, dilation):
-    """Whether the present parts' outputs have the same, non-empty size (else fuse_conv2d
-    raises ValueError; tests/test_fuse_conv.py checks that)."""
-    pad = dilation * (kernel - 1) // 2 if padding is None else padding
-
-    def length(size, taps, p, d):
-        return (size + 2 * p - d * (taps - 1) - 1) // stride + 1
-
-    sizes = set()
-    if c_row:
-        sizes.add((length(h, 1, 0, 1), length(w, kernel, pad, dilation)))
-    if c_col:
-        sizes.add((length(h, kernel, pad, dilation), length(w, 1, 0, 1)))
-    return len(sizes) == 1 and min(sizes.pop()) >= 1
-
-
 # Small shapes keep each example cheap in the interpreter (its cost grows with the planes,
 # N x output channels, and the tiles), so the test runs the profile's full example count:
 # at most 4 planes, H up to 9 (a second 8-row interpreter tile); wider maps, several tiles
@@ -306,7 +291,7 @@ def test_hypothesis_matches_reference(n, c, h, w, kernel, stride, dilation, padd
     c_row = c if variant == "full" else split
     c_col = c if variant == "full" else c - split
     assume(n * (c_row + c_col) <= 4)
-    assume(lines_up(h, w, kernel, c_row, c_col, stride, padding, dilation))
+    assume(plain_out_hw(h, w, kernel, c_row, c_col, stride, padding, dilation) is not None)
     x, wr, wc, b = make_inputs((n, c, h, w), variant, kernel, c_row=c_row, bias=bias)
     check(x, wr, wc, b, variant=variant, stride=stride, padding=padding, dilation=dilation, act=act)
 

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 import fuseops
 from fuseops.block_conv.grid import block_grid
 from fuseops.block_conv.reference import block_conv2d_composition
+from fuseops.cli.output import progress_bar
 
 BATCH = 8
 #: (name, channels, map size, groups): 3x3 convs C -> C at stride 1, padding 1.
@@ -151,23 +152,14 @@ def run(quick: bool = False, rounds: int | None = None, threads: int | None = 2,
     modes = ("constant",) if quick else MODES
     compiled = torch.compile(block_conv2d_composition, dynamic=False) if compile_composition else None
     cases = [(s, b, m, bwd) for s in SHAPES for b in blockings for m in modes for bwd in (False, True)]
-    bar = None
-    if progress:
-        try:
-            from tqdm import tqdm
-
-            bar = tqdm(total=len(cases) * sweeps, desc="block conv", unit="case")
-        except ImportError:
-            bar = None
+    bar = progress_bar(len(cases) * sweeps, "block conv", "case", progress)
     measured: list[list[dict]] = [[] for _ in cases]
     for _ in range(sweeps):
         for index, (shape, blocking, mode, backward) in enumerate(cases):
             case = make_case(shape, blocking, mode)
             measured[index].append(measure(case, providers(case, compiled), backward, rounds))
-            if bar is not None:
-                bar.update(1)
-    if bar is not None:
-        bar.close()
+            bar.update(1)
+    bar.close()
     rows = []
     for (shape, blocking, mode, backward), sweep_times in zip(cases, measured):
         times = {name: _median_over_sweeps([t[name] for t in sweep_times]) for name in sweep_times[0]}
@@ -215,16 +207,9 @@ def main(quick: bool = False, threads: int | None = 2, min_time: float | None = 
     if markdown:
         print(markdown_table(COLUMNS, rows))
     if out_dir:
-        import csv
-        import os
+        from fuseops.cli.output import write_csv
 
-        os.makedirs(out_dir, exist_ok=True)
-        path = os.path.join(out_dir, "block.csv")
-        with open(path, "w", newline="") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(COLUMNS)
-            writer.writerows(rows)
-        print(f"wrote {path}")
+        print(f"wrote {write_csv(out_dir, 'block.csv', COLUMNS, rows)}")
     return 0
 
 

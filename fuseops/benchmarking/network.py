@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from fuseops import backends
+from fuseops.cli.output import progress_bar
 from fuseops.models import get_model
 
 #: network -> variants; the first is the baseline the others are compared with.
@@ -154,23 +155,13 @@ def run(quick: bool = False, networks: dict[str, tuple[str, ...]] | None = None,
     rounds = rounds or (2 if quick else 5)
     settings = SETTINGS if compile_ else tuple(s for s in SETTINGS if not s[1])
     jobs = [(net, var, m) for net, variants in networks.items() for m in MEASURES for var in variants]
-    bar = None
-    if progress:
-        try:
-            from tqdm import tqdm
-
-            bar = tqdm(total=len(jobs), desc="networks", unit="case")
-        except ImportError:
-            bar = None
+    bar = progress_bar(len(jobs), "networks", "case", progress)
     rows = []
     for net, var, m in jobs:
-        if bar is not None:
-            bar.set_postfix_str(f"{net} {var} {m[0]}")
+        bar.set_postfix_str(f"{net} {var} {m[0]}")
         rows.append(measure(net, var, m, size, rounds, settings))
-        if bar is not None:
-            bar.update(1)
-    if bar is not None:
-        bar.close()
+        bar.update(1)
+    bar.close()
     return rows
 
 
@@ -182,6 +173,7 @@ def main(quick: bool = False, threads: int | None = 2, min_time: float | None = 
     if min_time is not None:
         ROUND_SECONDS = min_time
     rows = run(quick=quick, networks=networks, size=size, threads=threads, compile_=compile_, progress=progress)
+    from fuseops.cli.output import write_csv
     from fuseops.cli.table import markdown_table, print_table
 
     cells = table_rows(rows)
@@ -191,16 +183,7 @@ def main(quick: bool = False, threads: int | None = 2, min_time: float | None = 
     if markdown:
         print(markdown_table(COLUMNS, cells))
     if out_dir:
-        import csv
-        import os
-
-        os.makedirs(out_dir, exist_ok=True)
-        path = os.path.join(out_dir, "network.csv")
-        with open(path, "w", newline="") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(COLUMNS)
-            writer.writerows(cells)
-        print(f"wrote {path}")
+        print(f"wrote {write_csv(out_dir, 'network.csv', COLUMNS, cells)}")
     return 0
 
 
