@@ -545,3 +545,58 @@ def test_estimate_text_and_table_rows_by_hand():
                         "  breakdown: pointwise 0, depthwise 0, fuse_1d 0, other 309\n"
                         "  NOT COSTED (2): tiny (conv), small (depthwise)")
     assert str(SystolicArray(4, 2).estimate([DENSE])).count("\n") == 1  # nothing left out: no third line
+
+
+def test_fuse_lines_count_padding_across_the_lines():
+    # A 1x3 row conv padded by (1, 1) makes in_h + 2 output rows, each a line: N*H*C = 1 * (4 + 2) * 3 = 18
+    # -> ceil(18/5) = 4 line folds; length 7 + 2 = 9 -> ceil(9/4) = 3; (4 + 3) * 3 * 4 = 84 (stride 1).
+    row = Layer("r", "fuse_row", 1, 3, 4, 7, 3, kernel_h=1, kernel_w=3, pad_h=1, pad_w=1, groups=3)
+    assert _one(SystolicArray(5, 4, fuse=True), row) == 4 * 7 * 3
+    # The column conv the same way across W: lines 1 * (4 + 2) * 3 = 18, length 7 + 2 = 9.
+    col = Layer("c", "fuse_col", 1, 3, 7, 4, 3, kernel_h=3, kernel_w=1, pad_h=1, pad_w=1, groups=3)
+    assert _one(SystolicArray(5, 4, fuse=True), col) == 4 * 7 * 3
+
+
+def _small_pair():
+    from fuseops.nn import FuSeConv2d
+
+    base = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1, groups=8, bias=False), nn.Conv2d(8, 16, 1))
+    fuse = nn.Sequential(FuSeConv2d(8, 3, variant="half"), nn.Conv2d(8, 16, 1))
+    return base, fuse
+
+
+def test_speedup_passes_array_dataflow_and_convention_on():
+    base, fuse = _small_pair()
+    shape = (1, 8, 12, 12)
+    # ws, scalesim, on 8 rows x 4 columns.  Plain: the 3x3 depthwise per channel has P = 144, T = 9, M = 1:
+    # ceil(9/8) * ceil(1/4) * (2*8 + 4 + 144 - 2) - 1 = 323, x 8 channels; the 1x1 8 -> 16: T = 8, M = 16:
+    # 1 * 4 * (16 + 4 + 144 - 2) - 1 = 647.  FuSe: 4 row channels, lines 12 * 4 = 48 -> 6 folds,
+    # (4 + 3) * ceil(14/4) = 28 -> 168, the column part the same.
+    plain, fused = 8 * 323 + 647, 2 * 168 + 647
+    got = speedup(base, fuse, array=(8, 4), input_shape=shape, dataflow="ws", convention="scalesim")
+    assert got == plain / fused
+    # A FuSe network on the plain array pays its 1-D layers as depthwise GEMMs (os, fuseconv, 8x8):
+    # per channel P = 144 = 18 * 8, T = 3, M = 1: 18 * (3 + 8 + 1 - 1) = 198, for 4 + 4 channels; the
+    # 1x1: 18 * 2 * (8 + 8 + 8 - 1) = 828.  On the FuSe array: 2 * (6 * 11 * 2) + 828.
+    assert speedup(fuse, fuse, array=(8, 8), input_shape=shape) == (8 * 198 + 828) / (2 * 132 + 828)
+
+
+def test_speedup_names_the_network_that_cannot_be_costed():
+    class TwoConv1d(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3)
+            self.s1 = nn.Conv1d(4, 4, 1)
+            self.s2 = nn.Conv1d(4, 4, 1)
+
+        def forward(self, x):
+            y = self.conv(x).flatten(2)
+            return self.s2(self.s1(y))
+
+    ok = nn.Conv2d(3, 4, 3)
+    shape = (1, 3, 8, 8)
+    with pytest.raises(ValueError, match=r"^baseline_model has layers the systolic model cannot cost: s1 \(.*\), "
+                                         r"s2 \(.*\)$"):
+        speedup(TwoConv1d(), ok, array=(8, 8), input_shape=shape)
+    with pytest.raises(ValueError, match=r"^fuse_model has layers the systolic model cannot cost: s1 \(.*\), s2"):
+        speedup(ok, TwoConv1d(), array=(8, 8), input_shape=shape)
