@@ -354,6 +354,9 @@ def test_tensor_shapes_and_spans():
     assert output_spans(only_rows) == (((0, 2), (2, 5)), ((0, 4),))  # (5 + 2 - 3)//2 + 1 = 3 for the second
     assert block_count(only_rows) == 2
     assert max_span(((0, 4), (4, 9))) == 5
+    # No padding: (4 - 3)//1 + 1 = 2 outputs per block of 4; padding 2: (4 + 4 - 3) + 1 = 6.
+    assert output_spans(conv("n", 1, 1, 8, k=3, block_rows=BLOCKS))[0] == ((0, 2), (2, 4))
+    assert output_spans(conv("w", 1, 1, 8, k=3, p=2, block_rows=BLOCKS))[0] == ((0, 6), (6, 12))
 
 
 def test_nesting_along_one_dimension():
