@@ -122,17 +122,21 @@ def profile(model: nn.Module, input_size: tuple[int, ...] = (1, 3, 224, 224)) ->
     names = {id(m): name for name, m in model.named_modules()}
     layers: list[LayerProfile] = []
 
-    def hook(module, inputs, output):
+    def hook(module, args, kwargs, output):
         if id(module) in inside or not isinstance(output, torch.Tensor):
             return
-        macs = _macs(module, inputs[0], output) if inputs and isinstance(inputs[0], torch.Tensor) else None
+        # The input is the first positional argument, or the first tensor passed by keyword
+        # (nn.Linear and nn.Conv2d call theirs ``input``).
+        x = args[0] if args else next((v for v in kwargs.values() if isinstance(v, torch.Tensor)), None)
+        macs = _macs(module, x, output) if isinstance(x, torch.Tensor) else None
         own = sum(p.numel() for p in module.parameters())
         if macs is None and (own == 0 or list(module.children())):
             return
         layers.append(LayerProfile(names.get(id(module), "?"), type(module).__name__, tuple(output.shape), own,
                                    macs or 0))
 
-    handles = [m.register_forward_hook(hook) for m in model.modules() if _is_counted(m) or not list(m.children())]
+    handles = [m.register_forward_hook(hook, with_kwargs=True) for m in model.modules()
+               if _is_counted(m) or not list(m.children())]
     was_training = model.training
     try:
         model.eval()

@@ -280,16 +280,39 @@ def test_profiler_input_follows_the_model_device():
     assert profile(model, (1, 1, 4, 4)).macs == 288 + 96
 
 
-def test_layer_called_with_keywords_is_listed_without_macs():
-    # A forward hook sees positional arguments only: a layer called as fc(input=x) cannot be counted.
-    # It is still listed (it owns parameters), with 0 MACs, rather than breaking the profile.
+def test_layers_called_with_keywords_are_counted():
+    # fc(input=x) and conv(input=x): the input comes by keyword, and the MACs are still counted:
+    # the linear layer 3 rows x 4 x 2 = 24, the 1x1 conv 2 -> 3 on a 3 x 1 map: 3 * 3 * 2 = 18.
     class Keyword(nn.Module):
         def __init__(self):
             super().__init__()
             self.fc = nn.Linear(4, 2)
+            self.conv = nn.Conv2d(2, 3, 1)
 
         def forward(self, x):
-            return self.fc(input=x)
+            y = self.fc(input=x)
+            return self.conv(input=y.t().reshape(1, 2, 3, 1))
 
     result = profile(Keyword(), (3, 4))
-    assert [(r.name, r.kind, r.params, r.macs) for r in result.layers] == [("fc", "Linear", 10, 0)]
+    assert [(r.name, r.kind, r.params, r.macs) for r in result.layers] == [("fc", "Linear", 10, 24),
+                                                                              ("conv", "Conv2d", 9, 18)]
+
+
+def test_a_leaf_whose_first_argument_is_not_a_tensor_is_listed_without_macs():
+    class Scale(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Parameter(torch.ones(1))
+
+        def forward(self, factor, x):
+            return x * self.w * factor
+
+    class Model(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.scale = Scale()
+
+        def forward(self, x):
+            return self.scale(2.0, x)
+
+    assert [(r.name, r.params, r.macs) for r in profile(Model(), (2, 2)).layers] == [("scale", 1, 0)]
