@@ -151,3 +151,9 @@ def test_blockings_and_bounds():
 )
 def test_block_out_size_by_hand(size, kernel, stride, padding, dilation, expected):
     assert block_out_size(size, kernel, stride, padding, dilation) == expected
+
+
+def test_fuse_geometry_one_pixel_outputs_are_valid():
+    # Height 1, row part only, 3 taps padding 1: (1 - 1)//1 + 1 = 1 row by 5; width 1, column part only.
+    assert fuse_geometry((1, 2, 1, 5), 3, 2, 0, False, 1, 1, 1).out_height == 1
+    assert fuse_geometry((1, 2, 5, 1), 3, 0, 2, False, 1, 1, 1).out_width == 1

@@ -600,3 +600,41 @@ def test_speedup_names_the_network_that_cannot_be_costed():
         speedup(TwoConv1d(), ok, array=(8, 8), input_shape=shape)
     with pytest.raises(ValueError, match=r"^fuse_model has layers the systolic model cannot cost: s1 \(.*\), s2"):
         speedup(ok, TwoConv1d(), array=(8, 8), input_shape=shape)
+
+
+def test_layer_records_reject_bad_fields_with_their_names():
+    with pytest.raises(ValueError, match=r"^kind must be one of \('conv', 'depthwise', 'fuse_row', 'fuse_col', "
+                                         r"'linear'\), got 'pool'$"):
+        Layer("p", "pool", 1, 1, 4, 4, 1)
+    with pytest.raises(ValueError, match=r"^Layer.stride_w must be >= 1, got 0$"):
+        Layer("c", "conv", 1, 1, 4, 4, 1, stride_w=0)
+    with pytest.raises(ValueError, match=r"^Layer padding must be >= 0, got \(-1, 0\)$"):
+        Layer("c", "conv", 1, 1, 4, 4, 1, pad_h=-1)
+    with pytest.raises(ValueError, match=r"^Layer padding must be >= 0, got \(0, -2\)$"):
+        Layer("c", "conv", 1, 1, 4, 4, 1, pad_w=-2)
+
+
+def test_estimate_messages_and_a_traced_layer_list():
+    array = SystolicArray(4, 4)
+    with pytest.raises(TypeError, match=r"^model_or_layers\[1\] must be a hwmodel.Layer, got str$"):
+        array.estimate([DENSE, "conv"])
+    with pytest.raises(TypeError, match=r"^model_or_layers must be a torch.nn.Module or a sequence of "
+                                        r"hwmodel.Layer, got int$"):
+        array.estimate(42)
+    with pytest.raises(ValueError, match=r"^input_shape is required to trace an nn.Module, e.g. \(1, 3, 224, 224\)$"):
+        array.estimate(nn.Conv2d(3, 3, 1))
+    # A traced layer list carries the modules it could not cost into the estimate.
+    from hwmodel import trace
+
+    class WithConv1d(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3)
+            self.seq = nn.Conv1d(4, 4, 3)
+
+        def forward(self, x):
+            return self.seq(self.conv(x).flatten(2))
+
+    traced = trace(WithConv1d(), (1, 3, 8, 8))
+    est = SystolicArray(8, 8).estimate(traced)
+    assert [c.name for c in est.layers] == ["conv"] and [u.name for u in est.unsupported] == ["seq"]
