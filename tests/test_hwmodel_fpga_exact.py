@@ -188,6 +188,7 @@ def test_engine_exploration_by_hand():
     assert eng.explore_engine([conv("b", 3, 3, 1)], dsp_budget=4, bits=16) == Engine(1, 3)
     # The largest M and N of all layers bound the search: 8 -> 2 and 2 -> 8 with 64 MACs.
     assert eng.explore_engine([conv("c", 8, 2, 1), conv("d", 2, 8, 1)], dsp_budget=64, bits=16) == Engine(8, 8)
+    assert eng.explore_engine(layers, dsp_budget=1, bits=16) == Engine(1, 1)  # one MAC is an array
     with pytest.raises(ValueError, match="a DSP budget of 4 cannot hold one 32-bit MAC"):
         eng.explore_engine(layers, dsp_budget=4, bits=32)
     with pytest.raises(ValueError, match="a DSP budget of 0 cannot hold one 16-bit MAC"):
@@ -296,6 +297,11 @@ def test_estimate_rejects(kwargs, error, match):
         estimate([TOY_LAYER], **{"device": TOY, **kwargs})
 
 
+def test_estimate_device_type_message():
+    with pytest.raises(TypeError, match=r"^device must be a preset name or a hwmodel.fpga.Device, got int$"):
+        estimate([TOY_LAYER], device=706)
+
+
 def test_estimate_layer_lists_and_modules():
     assert estimate((TOY_LAYER,), device=TOY, engine=TOY_ENGINE).macs == 2_359_296  # a tuple is a layer list
     with pytest.raises(ValueError, match="model_or_layers is an empty layer list"):
@@ -352,7 +358,8 @@ def test_tensor_shapes_and_spans():
     only_rows = conv("r", 3, 8, 9, 7, k=3, s=2, p=1, block_rows=((0, 4), (4, 9)))
     assert input_spans(only_rows) == (((0, 4), (4, 9)), ((0, 7),))
     assert output_spans(only_rows) == (((0, 2), (2, 5)), ((0, 4),))  # (5 + 2 - 3)//2 + 1 = 3 for the second
-    assert block_count(only_rows) == 2
+    assert block_count(only_rows) == 2 and is_blocked(only_rows)
+    assert is_blocked(conv("c", 3, 8, 9, 7, k=3, s=2, p=1, block_cols=((0, 3), (3, 7))))
     assert max_span(((0, 4), (4, 9))) == 5
     # No padding: (4 - 3)//1 + 1 = 2 outputs per block of 4; padding 2: (4 + 4 - 3) + 1 = 6.
     assert output_spans(conv("n", 1, 1, 8, k=3, block_rows=BLOCKS))[0] == ((0, 2), (2, 4))
@@ -501,6 +508,13 @@ def test_weights_on_chip_pinned_and_streamed():
     ctx = _ctx(layers, Engine(1, 1), 2 * 250)
     assert sch._weights(ctx, 0, 2, [200, 100], [1, 4], [{0}, {1}]) == (72 + 72, 218,
                                                                        "weights streamed, 1 of 2 layers pinned")
+    # Even where it would fit (300 words: 218 + 72): a layer run once stays streamed.
+    ctx = _ctx(layers, Engine(1, 1), 2 * 300)
+    assert sch._weights(ctx, 0, 2, [200, 100], [1, 4], [{0}, {1}]) == (72 + 72, 218,
+                                                                       "weights streamed, 1 of 2 layers pinned")
+    # Run twice, it is pinned: 72 read once instead of twice.
+    assert sch._weights(ctx, 0, 2, [200, 100], [2, 4], [{0}, {1}]) == (72 + 72, 290,
+                                                                       "weights streamed, 2 of 2 layers pinned")
 
 
 BLOCKS = ((0, 4), (4, 8))
@@ -575,6 +589,10 @@ def test_weight_live_ranges():
     e = conv("e", 4, 2, 4, k=3, p=1)
     ctx = _ctx([d, _blocked("a", 4, 4), _blocked("b", 4, 4), e], Engine(4, 2), 10**6)
     assert sch._weight_live(ctx, 0, 4) == [{0}, {1, 2}, {1, 2}, {3}]
+    # Runs at either end of the group: 1, 4, 4 and 4, 1, 4.
+    assert sch._weight_live(ctx, 0, 3) == [{0}, {1, 2}, {1, 2}]
+    ctx = _ctx([_blocked("a", 2, 4), conv("u", 4, 4, 8, k=3, p=1), _blocked("b", 4, 4)], Engine(4, 2), 10**6)
+    assert sch._weight_live(ctx, 0, 3) == [{0}, {1}, {2}]
 
 
 # Two 1 -> 1 3x3 convs, padding 1, on 4 x 4; Engine(1, 1); 16-bit.
