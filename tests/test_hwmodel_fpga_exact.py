@@ -816,3 +816,18 @@ def test_plan_block_with_a_residual(w):
     assert tail.traffic["intermediate"] == 2 * (256 + 64 * w)
     # At c: its input block 2 * 64 + the residual 2 * 16w + c 16w; at d: 16w + 32 + 32.
     assert tail.buffer_bytes == 2 * (max(128 + 48 * w, 16 * w + 64) + 22 * w)
+
+
+def test_plan_block_refuses_grids_coarser_along_one_axis_and_finer_along_the_other():
+    # a: 2 row blocks, 1 column block; b: 1 row block, 2 column blocks.  b waits for both of a's row
+    # blocks (coarser along H) while each a block feeds both of b's column blocks (finer along W):
+    # neither order of the blocks works without holding the whole map, so the group is refused.
+    a = conv("a", 2, 2, 8, k=3, p=1, block_rows=BLOCKS)
+    b = conv("b", 2, 2, 8, k=3, p=1, block_cols=BLOCKS)
+    assert sch.plan_block(_ctx([a, b], Engine(1, 1), 10**6), 0, 2) is None
+    # The same grids on both layers are fine; so is coarser along one axis and the same along the other.
+    assert sch.plan_block(_ctx([a, conv("c", 2, 2, 8, k=3, p=1, block_rows=BLOCKS)], Engine(1, 1), 10**6), 0, 2)
+    assert sch.plan_block(_ctx([a, conv("d", 2, 2, 8, k=3, p=1)], Engine(1, 1), 10**6), 0, 2)
+    # The detail names the first and the last layer's block counts.
+    xyz = [_blocked("x", 8, 1), _blocked("y", 1, 1), conv("z", 1, 1, 4, k=3, p=1)]
+    assert sch.plan_block(_ctx(xyz, Engine(1, 1), 10**6), 0, 3).detail == "blocks 4->1; weights on chip"
