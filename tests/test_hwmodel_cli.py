@@ -141,12 +141,9 @@ def test_console_entry_point_help():
 
 
 def test_zoo_mobilenet_v2_costs_as_the_test_built_one(capsys):
-    # The real zoo (issue 6), when present: its MobileNetV2 must cost exactly what the
-    # independently built one of tests/hwmodel_nets.py costs, and the CLI must run on it.
-    try:
-        from fuseops import models
-    except ImportError:
-        pytest.skip("fuseops.models (the zoo) is not in this checkout")
+    # The real zoo: its MobileNetV2 must cost exactly what the independently built one of
+    # tests/hwmodel_nets.py costs, and the CLI must run on it.
+    from fuseops import models
     from hwmodel import SystolicArray
 
     shape = (1, 3, 224, 224)
