@@ -638,3 +638,32 @@ def test_estimate_messages_and_a_traced_layer_list():
     traced = trace(WithConv1d(), (1, 3, 8, 8))
     est = SystolicArray(8, 8).estimate(traced)
     assert [c.name for c in est.layers] == ["conv"] and [u.name for u in est.unsupported] == ["seq"]
+
+
+def test_cost_checks_and_messages():
+    array = SystolicArray(4, 4)
+    with pytest.raises(TypeError, match=r"^rows must be an int, got float$"):
+        SystolicArray(2.5, 4)
+    with pytest.raises(TypeError, match=r"^fuse must be a bool, got str$"):
+        SystolicArray(4, 4, fuse="yes")
+    for args, name in (((0, 1, 1), "outputs"), ((1, 0, 1), "reduction"), ((1, 1, 0), "filters")):
+        with pytest.raises(ValueError, match=rf"^{name} must be >= 1, got 0$"):
+            array.gemm_cycles(*args)
+    # No output rows (5-row kernel on 2 rows) while the columns are fine: not costed, and why.
+    flat = Layer("flat", "conv", 1, 1, 2, 8, 1, kernel_h=5, kernel_w=1)
+    est = array.estimate([flat])
+    assert est.layers == () and est.unsupported[0].reason == (
+        "layer 'flat': the kernel is larger than the padded input (2x8 padded by (0, 0))")
+    # Input channels that groups do not divide, output channels that it does.
+    odd = Layer("odd", "conv", 1, 6, 4, 4, 4, groups=4)
+    est = array.estimate([odd])
+    assert est.unsupported[0].reason == "layer 'odd': channels 6->4 are not divisible by groups=4"
+    # A channel multiplier repeats the FuSe mapping a whole number of times: an int count.
+    assert type(SystolicArray(5, 4, fuse=True).estimate([ODD_COL]).total_cycles) is int
+
+
+def test_a_layer_list_type_named_module_is_still_a_layer_list():
+    class Module(list):  # a list that happens to be called Module, not a torch module
+        pass
+
+    assert SystolicArray(4, 2).estimate(Module([DENSE])).total_cycles == 309
