@@ -374,17 +374,19 @@ def test_unsupported_layers_are_listed_not_dropped():
     assert "NOT COSTED" in str(est)
 
 
+class WithConv1d(nn.Module):
+    """A Conv2d the model costs, then a Conv1d it cannot."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.seq = nn.Conv1d(4, 4, 3)
+
+    def forward(self, x):
+        return self.seq(self.conv(x).flatten(2))
+
+
 def test_traced_unsupported_modules_reach_the_estimate():
-    class WithConv1d(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.conv = nn.Conv2d(3, 4, 3)
-            self.seq = nn.Conv1d(4, 4, 3)
-
-        def forward(self, x):
-            y = self.conv(x)
-            return self.seq(y.flatten(2))
-
     est = SystolicArray(8, 8).estimate(WithConv1d(), (1, 3, 8, 8))
     assert [c.name for c in est.layers] == ["conv"]
     assert [(u.name, u.type_name) for u in est.unsupported] == [("seq", "Conv1d")]
@@ -625,15 +627,6 @@ def test_estimate_messages_and_a_traced_layer_list():
         array.estimate(nn.Conv2d(3, 3, 1))
     # A traced layer list carries the modules it could not cost into the estimate.
     from hwmodel import trace
-
-    class WithConv1d(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.conv = nn.Conv2d(3, 4, 3)
-            self.seq = nn.Conv1d(4, 4, 3)
-
-        def forward(self, x):
-            return self.seq(self.conv(x).flatten(2))
 
     traced = trace(WithConv1d(), (1, 3, 8, 8))
     est = SystolicArray(8, 8).estimate(traced)
