@@ -77,7 +77,7 @@ def test_sweep_zoo(benchmark):
         from fuseops import models
     except ImportError:
         pytest.skip("fuseops.models (the zoo) is not in this checkout")
-    from hwmodel.cli import FUSE_NETWORKS, FUSE_VARIANTS
+    from fuseops.models.names import FUSE_NETWORKS, FUSE_VARIANTS
 
     builders = {(n, v): (lambda n=n, v=v: models.get_model(n, variant=v))
                 for n in FUSE_NETWORKS for v in ("baseline", *FUSE_VARIANTS)}

@@ -1,4 +1,4 @@
-"""The ``hwmodel systolic`` and ``hwmodel speedup`` commands.
+"""The ``hwmodel`` console script: ``systolic``, ``speedup`` and ``fpga``.
 
 The model zoo (fuseops.models) is replaced by a small stand-in built from
 tests/hwmodel_nets.py, so the zoo code paths run whether or not the zoo has landed.
@@ -12,9 +12,11 @@ import sys
 from types import SimpleNamespace
 
 import pytest
+from fpga_nets import vgg16
 from hwmodel_nets import mobilenet_v2
 
-from hwmodel import cli, speedup
+from fuseops.cli import hwmodel as cli
+from hwmodel import speedup
 
 HEADER = ("Layer name, IFMAP Height, IFMAP Width, Filter Height, Filter Width, Channels, Num Filter, "
           "Strides,\n")
@@ -135,9 +137,9 @@ def test_speedup_bad_options(fake_zoo, capsys):
 
 
 def test_console_entry_point_help():
-    done = subprocess.run([sys.executable, "-m", "hwmodel", "--help"], capture_output=True, text=True)
+    done = subprocess.run([sys.executable, "-m", "fuseops.cli.hwmodel", "--help"], capture_output=True, text=True)
     assert done.returncode == 0
-    assert "systolic" in done.stdout and "speedup" in done.stdout
+    assert all(command in done.stdout for command in ("systolic", "speedup", "fpga"))
 
 
 def test_zoo_mobilenet_v2_costs_as_the_test_built_one(capsys):
@@ -153,3 +155,75 @@ def test_zoo_mobilenet_v2_costs_as_the_test_built_one(capsys):
         assert zoo_cycles == array.estimate(mobilenet_v2(fuse=fuse), shape).total_cycles, variant
     assert cli.main(["systolic", "mobilenet_v2", "--variant", "half"]) == 0
     assert "FuSe array" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------------------- hwmodel fpga
+
+def test_cli_report_prints_tables_and_writes_the_chart(tmp_path, capsys, monkeypatch):
+    from fuseops.cli.hwmodel import fpga as cli
+
+    monkeypatch.setenv("COLUMNS", "300")  # rich would wrap cells at 80 columns
+
+    plot = tmp_path / "traffic.png"
+    args = cli._configure(__import__("argparse").ArgumentParser()).parse_args(
+        ["vgg16", "--plot", str(plot), "--schedule", "block-fused"])
+    assert cli.report(vgg16(28, classifier=False), args) == 0
+    out = capsys.readouterr().out
+    assert "block-fused" in out and "tiled-fused" in out and "conv5_3" in out
+    assert plot.stat().st_size > 1000 and plot.read_bytes()[:4] == b"\x89PNG"
+    plain = cli._configure(__import__("argparse").ArgumentParser()).parse_args(["vgg16", "--no-plot"])
+    from fuseops.cli.hwmodel import CliError
+
+    with pytest.raises(CliError, match="no block convs"):
+        cli.report(vgg16(classifier=False), plain)
+
+
+def test_cli_help_and_mounting():
+    import argparse
+
+    from fuseops.cli.hwmodel import fpga as cli
+
+    parser = argparse.ArgumentParser(prog="hwmodel")
+    cli.add_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["fpga", "resnet18", "--device", "zcu102", "--bits", "8"])
+    assert (args.model, args.device, args.bits, args.func) == ("resnet18", "zcu102", 8, cli.run)
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["--help"])
+    assert exc.value.code == 0
+    with pytest.raises(SystemExit):
+        cli.main(["vgg16", "--bits", "12"])
+
+
+def test_hwmodel_fpga_command_end_to_end(monkeypatch, capsys, tmp_path):
+    """``hwmodel fpga MODEL`` through fuseops.cli.hwmodel: zoo -> trace -> estimate -> tables and PNG."""
+    import types
+
+    import torch.nn as nn
+
+    from fuseops.cli import hwmodel as hw
+    from fuseops.nn import BlockConv2d
+
+    def get_model(name, variant="baseline", block_size=28, blocking="fixed"):
+        assert (name, variant, block_size, blocking) == ("tiny", "block", 8, "fixed")
+        return nn.Sequential(BlockConv2d(3, 8, 3, padding=1, block_size=block_size, blocking=blocking), nn.ReLU(),
+                             nn.MaxPool2d(2), BlockConv2d(8, 8, 3, padding=1, block_size=block_size, blocking=blocking))
+
+    fake = types.SimpleNamespace(list_models=lambda: {"tiny": ("block",)}, get_model=get_model)
+    monkeypatch.setattr(hw, "zoo", lambda: fake)
+    monkeypatch.setenv("COLUMNS", "300")
+    plot = tmp_path / "t.png"
+    assert hw.main(["fpga", "tiny", "--block-size", "8", "--input-size", "32", "--plot", str(plot)]) == 0
+    out = capsys.readouterr().out
+    assert "block-fused" in out and plot.exists()
+    assert hw.main(["fpga", "nope", "--no-plot"]) == 2
+    assert "unknown model" in capsys.readouterr().err
+    assert hw.main(["fpga", "tiny", "--block-size", "8", "--input-size", "32", "--bits", "32", "--tm", "64",
+                    "--tn", "7", "--no-plot"]) == 2
+    assert "DSP" in capsys.readouterr().err
+
+
+def test_plot_traffic_needs_a_panel(tmp_path):
+    from fuseops.cli.hwmodel.fpga import plot_traffic
+
+    with pytest.raises(ValueError, match="at least one panel"):
+        plot_traffic({}, str(tmp_path / "empty.png"))

@@ -269,7 +269,6 @@ def test_bad_input():
 
 
 def test_module_path_uses_trace():
-    pytest.importorskip("hwmodel.trace", reason="hwmodel.trace (the systolic model's tracer) is not merged yet")
     import torch.nn as nn
 
     from fuseops.nn import BlockConv2d
@@ -278,71 +277,6 @@ def test_module_path_uses_trace():
                                                                                               block_size=8))
     est = estimate(model, input_shape=(1, 3, 16, 16), schedule="block-fused")
     assert est.dram_bytes["intermediate"] == 0 and len(est.layers) == 2
-
-
-# ---------------------------------------------------------------------------- CLI
-
-def test_cli_report_prints_tables_and_writes_the_chart(tmp_path, capsys, monkeypatch):
-    from hwmodel.fpga import cli
-
-    monkeypatch.setenv("COLUMNS", "300")  # rich would wrap cells at 80 columns
-
-    plot = tmp_path / "traffic.png"
-    args = cli._configure(__import__("argparse").ArgumentParser()).parse_args(
-        ["vgg16", "--plot", str(plot), "--schedule", "block-fused"])
-    assert cli.report(vgg16(28, classifier=False), args) == 0
-    out = capsys.readouterr().out
-    assert "block-fused" in out and "tiled-fused" in out and "conv5_3" in out
-    assert plot.stat().st_size > 1000 and plot.read_bytes()[:4] == b"\x89PNG"
-    plain = cli._configure(__import__("argparse").ArgumentParser()).parse_args(["vgg16", "--no-plot"])
-    from hwmodel.cli import CliError
-
-    with pytest.raises(CliError, match="no block convs"):
-        cli.report(vgg16(classifier=False), plain)
-
-
-def test_cli_help_and_mounting():
-    import argparse
-
-    from hwmodel.fpga import cli
-
-    parser = argparse.ArgumentParser(prog="hwmodel")
-    cli.add_parser(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["fpga", "resnet18", "--device", "zcu102", "--bits", "8"])
-    assert (args.model, args.device, args.bits, args.func) == ("resnet18", "zcu102", 8, cli.run)
-    with pytest.raises(SystemExit) as exc:
-        cli.main(["--help"])
-    assert exc.value.code == 0
-    with pytest.raises(SystemExit):
-        cli.main(["vgg16", "--bits", "12"])
-
-
-def test_hwmodel_fpga_command_end_to_end(monkeypatch, capsys, tmp_path):
-    """``hwmodel fpga MODEL`` through hwmodel.cli: zoo -> trace -> estimate -> tables and PNG."""
-    import types
-
-    import torch.nn as nn
-
-    import hwmodel.cli as hw
-    from fuseops.nn import BlockConv2d
-
-    def get_model(name, variant="baseline", block_size=28, blocking="fixed"):
-        assert (name, variant, block_size, blocking) == ("tiny", "block", 8, "fixed")
-        return nn.Sequential(BlockConv2d(3, 8, 3, padding=1, block_size=block_size, blocking=blocking), nn.ReLU(),
-                             nn.MaxPool2d(2), BlockConv2d(8, 8, 3, padding=1, block_size=block_size, blocking=blocking))
-
-    fake = types.SimpleNamespace(list_models=lambda: {"tiny": ("block",)}, get_model=get_model)
-    monkeypatch.setattr(hw, "zoo", lambda: fake)
-    monkeypatch.setenv("COLUMNS", "300")
-    plot = tmp_path / "t.png"
-    assert hw.main(["fpga", "tiny", "--block-size", "8", "--input-size", "32", "--plot", str(plot)]) == 0
-    out = capsys.readouterr().out
-    assert "block-fused" in out and plot.exists()
-    assert hw.main(["fpga", "nope", "--no-plot"]) == 2
-    assert "unknown model" in capsys.readouterr().err
-    assert hw.main(["fpga", "tiny", "--block-size", "8", "--input-size", "32", "--bits", "32", "--tm", "64",
-                    "--tn", "7", "--no-plot"]) == 2
-    assert "DSP" in capsys.readouterr().err
 
 
 def test_graph_reads_fuse_halves_and_their_concatenation():
@@ -369,8 +303,3 @@ def test_batch_scales_work_and_fps():
     assert e4.dram_bytes["input"] >= 4 * e1.dram_bytes["input"] * 0.99
 
 
-def test_plot_traffic_needs_a_panel(tmp_path):
-    from hwmodel.fpga.cli import plot_traffic
-
-    with pytest.raises(ValueError, match="at least one panel"):
-        plot_traffic({}, str(tmp_path / "empty.png"))

@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import csv
 
-# The FuSe networks (kept here too so that --help does not import the zoo).
-FUSE_NETWORKS = ("mobilenet_v1", "mobilenet_v2", "mnasnet_b1", "mobilenet_v3_small", "mobilenet_v3_large")
+from fuseops.models.names import FUSE_NETWORKS
 
 COLUMNS = ("network", "variant", "params", "paper params", "params diff", "MMACs", "paper MFLOPs",
            "MACs diff %", "paper top-1 %")

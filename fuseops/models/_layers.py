@@ -7,8 +7,6 @@ from torch import nn
 from fuseops import activations
 from fuseops.nn import FuSeConvBNAct
 
-FUSE_VARIANTS = ("baseline", "full", "half", "full_hybrid", "half_hybrid")
-
 
 class ConvBNAct(nn.Sequential):
     """Conv2d (no bias) -> BatchNorm2d -> activation, as one Sequential (so fold_bn/to_fuse see it)."""

@@ -6,8 +6,9 @@ compare against, not outputs of this code.  Keys: (network, variant).
 
 from __future__ import annotations
 
-FUSE_NETWORKS = ("mobilenet_v1", "mobilenet_v2", "mnasnet_b1", "mobilenet_v3_small", "mobilenet_v3_large")
-FUSE_VARIANTS = ("baseline", "full", "half", "full_hybrid", "half_hybrid")
+from fuseops.models.names import FUSE_VARIANTS
+
+_ROW = ("baseline", *FUSE_VARIANTS)  # the order of each row below
 
 # Parameter counts (FuSeConv paper; MobileNetV2 full/half without the reference code's 1088 dead
 # parameters).  Order of each row: baseline, full, half, full_hybrid ("50% full"), half_hybrid.
@@ -35,9 +36,9 @@ _TOP1 = {
     "mobilenet_v3_large": (75.20, 74.40, 73.02, 74.50, 73.80),
 }
 
-FUSE_PARAMS = {(net, v): row[i] for net, row in _PARAMS.items() for i, v in enumerate(FUSE_VARIANTS)}
-FUSE_MFLOPS = {(net, v): row[i] for net, row in _MFLOPS.items() for i, v in enumerate(FUSE_VARIANTS)}
-FUSE_TOP1 = {(net, v): row[i] for net, row in _TOP1.items() for i, v in enumerate(FUSE_VARIANTS)}
+FUSE_PARAMS = {(net, v): row[i] for net, row in _PARAMS.items() for i, v in enumerate(_ROW)}
+FUSE_MFLOPS = {(net, v): row[i] for net, row in _MFLOPS.items() for i, v in enumerate(_ROW)}
+FUSE_TOP1 = {(net, v): row[i] for net, row in _TOP1.items() for i, v in enumerate(_ROW)}
 
 # Block Convolution paper: the block networks have the standard models' parameter counts.
 BLOCK_PARAMS = {"resnet18": 11_689_512, "resnet50": 25_557_032, "vgg16": 138_357_544, "mobilenet_v1": 4_231_976}

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from torch import nn
 
 from fuseops import _checks
-from fuseops.models._layers import FUSE_VARIANTS
+from fuseops.models.names import BLOCK_NETWORKS, FUSE_NETWORKS, FUSE_VARIANTS, PLAIN_NETWORKS
 
 # Default block size per network (the Block Convolution paper: F28, F56 for ResNet-50).
 BLOCK_DEFAULT_SIZE = {"resnet18": 28, "resnet50": 56, "vgg16": 28, "mobilenet_v1": 28}
@@ -41,15 +41,10 @@ def _plain(name: str, num_classes: int) -> nn.Module:
     return getattr(resnet, name)(num_classes)
 
 
-FUSE_NETWORKS = ("mobilenet_v1", "mobilenet_v2", "mnasnet_b1", "mobilenet_v3_small", "mobilenet_v3_large")
-PLAIN_NETWORKS = ("resnet18", "resnet50", "vgg16")
-BLOCK_NETWORKS = ("resnet18", "resnet50", "vgg16", "mobilenet_v1")
-
-
 def _variants(name: str) -> tuple[str, ...]:
     variants: list[str] = []
     if name in FUSE_NETWORKS:
-        variants += FUSE_VARIANTS
+        variants += ("baseline", *FUSE_VARIANTS)
     elif name in PLAIN_NETWORKS:
         variants.append("baseline")
     if name in BLOCK_NETWORKS:

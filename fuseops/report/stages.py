@@ -13,11 +13,10 @@ from dataclasses import dataclass
 import torch
 
 from fuseops.cli.table import markdown_table
+from fuseops.models.names import BLOCK_NETWORKS, FUSE_NETWORKS, FUSE_VARIANTS
 from fuseops.report.document import Section
 
-#: The 25 FuSe networks' variants that the systolic model compares.
-FUSE_VARIANTS = ("full", "half", "full_hybrid", "half_hybrid")
-BLOCK_NETWORKS = ("resnet18", "resnet50", "vgg16", "mobilenet_v1")
+#: The square systolic-array sizes of the FuSe speedup sweep.
 ARRAY_SIZES = (8, 16, 32, 64, 128, 256)
 
 
@@ -108,8 +107,7 @@ def zoo(settings: Settings) -> Section:
 
 # ----------------------------------------------------------------------------- 4. systolic
 def systolic(settings: Settings) -> Section:
-    from fuseops.models.paper import FUSE_NETWORKS
-    from hwmodel.systolic_cli import plot_speedup, sweep, write_csv
+    from fuseops.cli.hwmodel.systolic import plot_speedup, sweep, write_csv
 
     sizes = (16, 64, 256) if settings.quick else ARRAY_SIZES
     networks = ("mobilenet_v3_small",) if settings.tiny else FUSE_NETWORKS
@@ -141,9 +139,9 @@ def systolic(settings: Settings) -> Section:
 
 # ----------------------------------------------------------------------------- 5. FPGA
 def fpga(settings: Settings) -> Section:
+    from fuseops.cli.hwmodel.fpga import plot_traffic
     from fuseops.models import get_model
     from hwmodel.fpga import estimate
-    from hwmodel.fpga.cli import plot_traffic
     from hwmodel.trace import trace
 
     networks = ("resnet18", "vgg16") if settings.quick else BLOCK_NETWORKS
@@ -229,7 +227,7 @@ def _predicted_for(module: str, predicted: dict[str, float]) -> float | None:
 
 
 def _plot_scatter(measured, predicted, title: str, predictor: str, path: str) -> None:
-    from hwmodel._plotting import pyplot
+    from fuseops.cli.plotting import pyplot
 
     plt = pyplot()
 

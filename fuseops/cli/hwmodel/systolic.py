@@ -6,7 +6,8 @@ import csv
 import os
 import time
 
-from hwmodel import cli
+from fuseops.cli import hwmodel as cli
+from fuseops.models.names import FUSE_NETWORKS, FUSE_VARIANTS
 from hwmodel.systolic import CONVENTIONS, DATAFLOWS, Estimate, SystolicArray
 
 
@@ -40,8 +41,8 @@ def add_parser(sub) -> None:
                        "every FuSe network and variant of the zoo and each square array size. Prints "
                        "the table, writes it as CSV and plots it as PNG.")
     s.add_argument("--arrays", default="8,16,32,64,128,256", help="square array sizes (default 8,...,256)")
-    s.add_argument("--networks", default=",".join(cli.FUSE_NETWORKS), help="comma-separated zoo names")
-    s.add_argument("--variants", default=",".join(cli.FUSE_VARIANTS), help="comma-separated FuSe variants")
+    s.add_argument("--networks", default=",".join(FUSE_NETWORKS), help="comma-separated zoo names")
+    s.add_argument("--variants", default=",".join(FUSE_VARIANTS), help="comma-separated FuSe variants")
     s.add_argument("--dataflow", **common["dataflow"])
     s.add_argument("--convention", **common["convention"])
     s.add_argument("--input-shape", default="1,3,224,224", help="N,C,H,W (default 1,3,224,224)")
@@ -148,7 +149,7 @@ def write_csv(rows: list[dict], path: str) -> None:
 
 def plot_speedup(rows: list[dict], networks, variants, path: str) -> None:
     """Speedup against array size, one panel per variant, one line per network."""
-    from hwmodel._plotting import pyplot
+    from fuseops.cli.plotting import pyplot
 
     plt = pyplot()
     ncols = min(2, len(variants))

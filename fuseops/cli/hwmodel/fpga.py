@@ -52,8 +52,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def load_layers(args: argparse.Namespace) -> list[Layer]:
-    """Build the zoo model (``hwmodel.cli.zoo()``) and trace it."""
-    from hwmodel.cli import CliError, zoo
+    """Build the zoo model (``fuseops.cli.hwmodel.zoo()``) and trace it."""
+    from fuseops.cli.hwmodel import CliError, zoo
     from hwmodel.trace import trace
 
     models = zoo()
@@ -76,8 +76,8 @@ def run(args: argparse.Namespace) -> int:
 
 def report(layers: list[Layer], args: argparse.Namespace) -> int:
     """Estimate every applicable schedule, print the chosen one's tables, the comparison, and plot."""
+    from fuseops.cli.hwmodel import CliError
     from fuseops.cli.table import print_table
-    from hwmodel.cli import CliError
 
     if (args.tm is None) != (args.tn is None):
         raise CliError("give both --tm and --tn, or neither")
@@ -123,7 +123,7 @@ def plot_traffic(panels: dict[str, dict[str, FpgaEstimate]], path: str) -> None:
     """One panel per title: a stacked bar per schedule of DRAM megabytes by kind, with fps."""
     if not panels:
         raise ValueError("plot_traffic needs at least one panel (title -> {schedule: FpgaEstimate})")
-    from hwmodel._plotting import pyplot
+    from fuseops.cli.plotting import pyplot
 
     plt = pyplot()
     fig, axes = plt.subplots(1, len(panels), figsize=(6 if len(panels) == 1 else 3.8 * len(panels), 4),
@@ -148,7 +148,7 @@ def plot_traffic(panels: dict[str, dict[str, FpgaEstimate]], path: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from hwmodel.cli import CliError
+    from fuseops.cli.hwmodel import CliError
 
     parser = _configure(argparse.ArgumentParser(prog="hwmodel fpga", description=__doc__.splitlines()[0]))
     args = parser.parse_args(argv)

@@ -1,4 +1,6 @@
-"""``hwmodel``: hardware-model sub-commands, one module per model listed in ``COMMANDS``.
+"""The ``hwmodel`` console script (also ``python -m fuseops.cli.hwmodel``): hardware-model
+sub-commands, one module per model listed in ``COMMANDS``.  They sit in the CLI layer, above
+the ``hwmodel`` package, which holds only the models.
 
 Each module defines ``add_parser(subparsers)``, registering its sub-commands with a
 ``func`` that takes the parsed args and returns an exit code.  Helpers shared by the
@@ -15,11 +17,8 @@ from collections.abc import Sequence
 
 from hwmodel.layers import Layer
 
-COMMANDS: tuple[str, ...] = ("hwmodel.systolic_cli", "hwmodel.fpga.cli")
+COMMANDS: tuple[str, ...] = ("fuseops.cli.hwmodel.systolic", "fuseops.cli.hwmodel.fpga")
 
-#: The FuSe networks of the model zoo and their FuSe variants (papers.md §1).
-FUSE_NETWORKS = ("mobilenet_v1", "mobilenet_v2", "mnasnet_b1", "mobilenet_v3_small", "mobilenet_v3_large")
-FUSE_VARIANTS = ("full", "half", "full_hybrid", "half_hybrid")
 
 
 class CliError(Exception):
