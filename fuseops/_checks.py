@@ -7,7 +7,9 @@ actionable.  They run once, at the public function; kernels assume valid input.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import operator
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 import torch
 
@@ -70,3 +72,47 @@ def choice(name: str, value: object, choices: Iterable[object]) -> object:
     if value not in options:
         raise ValueError(f"{name} must be one of {options}, got {value!r}")
     return value
+
+
+_METADATA = operator.attrgetter("shape", "dtype", "device")
+
+
+class ValidatedCalls:
+    """One op's argument checks, run once per distinct call signature.
+
+    The checks depend only on metadata: the tensors' types, shapes, dtypes and devices,
+    and the options.  On small maps they cost about as much as the kernel
+    (docs/fuse_conv_cpu.md, "Python-side cost per call"), so a signature seen before
+    returns the earlier result without running them.  The key holds every option's type
+    and repr as well as its value, because ``True == 1``, ``1.0 == 1`` and
+    ``(True, 1) == (1, 1)`` hash alike.  Arguments
+    that cannot form a key (not tensors, unhashable options) run the checks, which then
+    say what is wrong.  Under ``torch.compile`` the checks run while tracing, once per
+    graph, since a global cache would only add guards.
+
+    ``validate(*tensors, optional, *options)`` raises on bad input and returns what the
+    op needs; it must return immutable values, as they are shared between calls.
+    """
+
+    def __init__(self, validate: Callable[..., Any], max_entries: int = 4096) -> None:
+        self.validate = validate
+        self.max_entries = max_entries
+        self._results: dict[tuple, Any] = {}
+
+    def __call__(self, tensors: tuple, optional: torch.Tensor | None, options: tuple) -> Any:
+        """``tensors``: the required tensor arguments; ``optional``: the one optional tensor
+        (a bias) or None; ``options``: every other argument, in ``validate``'s order."""
+        if torch.compiler.is_compiling():
+            return self.validate(*tensors, optional, *options)
+        try:
+            key = (tuple(map(type, tensors)), tuple(map(_METADATA, tensors)),
+                   None if optional is None else (type(optional), _METADATA(optional)),
+                   options, tuple(map(type, options)), tuple(map(repr, options)))
+            result = self._results.get(key)
+        except (AttributeError, TypeError):
+            key, result = None, None
+        if result is None:
+            result = self.validate(*tensors, optional, *options)
+            if key is not None and len(self._results) < self.max_entries:
+                self._results[key] = result
+        return result

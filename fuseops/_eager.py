@@ -23,14 +23,19 @@ from fuseops import backends
 
 def dispatcher_bypass_allowed(*tensors: torch.Tensor | None) -> bool:
     """True in plain eager mode on plain tensors: the op's backend may be called directly."""
-    if torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.jit.is_scripting():
+    # torch.jit.is_scripting() is not asked: this runs only as Python, never in TorchScript.
+    if torch.compiler.is_compiling() or torch._C._is_tracing():
         return False
     if torch._C._are_functorch_transforms_active():  # vmap / grad / jvp need the op's rules
         return False
     if torch._C._is_torch_function_mode_enabled() or _get_current_dispatch_mode() is not None:
         return False  # e.g. FlopCounterMode, FakeTensorMode: they must see the registered op
     # Subclasses (FakeTensor, DTensor, ...) dispatch through the op; exact torch.Tensor only.
-    return all(t is None or type(t) is torch.Tensor or type(t) is torch.nn.Parameter for t in tensors)
+    # A loop rather than all(<generator>): this runs on every call, and a generator is a frame.
+    for t in tensors:
+        if t is not None and type(t) is not torch.Tensor and type(t) is not torch.nn.Parameter:
+            return False
+    return True
 
 
 def eager_op(select_impl: Callable[[str, tuple], Any], tensor_count: int) -> Callable[..., torch.Tensor]:
@@ -66,8 +71,10 @@ def eager_op(select_impl: Callable[[str, tuple], Any], tensor_count: int) -> Cal
             return grads + (None,) * len(ctx.options)
 
     def call(*args) -> torch.Tensor:
-        if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in args[:tensor_count]):
-            return EagerFunction.apply(*args)
+        if torch.is_grad_enabled():
+            for t in args[:tensor_count]:  # a loop, not any(<generator>): see dispatcher_bypass_allowed
+                if t is not None and t.requires_grad:
+                    return EagerFunction.apply(*args)
         return select_impl("forward", args, backends.current_backend()).forward(*args)
 
     return call

@@ -129,15 +129,23 @@ class use_backend:  # noqa: N801 (a context manager used like a function: with u
         _selected.reset(self._token)
 
 
+# The last $FUSEOPS_BACKEND value read and its checked name: the check runs when the value changes.
+_env_choice: tuple[str | None, str] = (None, "auto")
+
+
 def current_backend() -> str:
     """The backend name in force: the innermost ``use_backend``, else $FUSEOPS_BACKEND, else "auto"."""
+    global _env_choice
     name = _selected.get()
     if name is None:
-        env = _env(ENV_VAR) or "auto"
-        try:
-            name = _check_name(env)
-        except ValueError as exc:
-            raise ValueError(f"${ENV_VAR}: {exc}") from None
+        env = _env(ENV_VAR)
+        last, name = _env_choice
+        if env != last:
+            try:
+                name = _check_name(env or "auto")
+            except ValueError as exc:
+                raise ValueError(f"${ENV_VAR}: {exc}") from None
+            _env_choice = (env, name)
     return name
 
 

@@ -34,43 +34,11 @@ def _check_reflect(padding_mode: str, padding: tuple[int, int], spans) -> None:
             )
 
 
-def block_conv2d(
-    x: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor | None = None,
-    stride: int | tuple[int, int] = 1,
-    padding: int | tuple[int, int] = 0,
-    dilation: int | tuple[int, int] = 1,
-    groups: int = 1,
-    *,
-    block_size: int | tuple[int, int],
-    padding_mode: str = "constant",
-    blocking: str = "fixed",
-    stride_mode: str = "conv",
-) -> torch.Tensor:
-    """Block convolution: each spatial block is padded on its own and convolved alone.
-
-    Args:
-        x: (N, C_in, H, W).
-        weight: (C_out, C_in/groups, kh, kw); bias: optional (C_out,).
-        stride, padding, dilation, groups: as ``F.conv2d``, applied to every block;
-            ``padding`` pads each block by (ph, pw) using only that block's values.
-        block_size: "fixed": the block size in pixels (bh, bw); "hierarchical": the
-            number of blocks (nh, nw).  See :func:`fuseops.block_grid`.
-        padding_mode: "constant" (zeros), "replicate" (the block's own edge) or
-            "reflect" (mirror inside the block; needs padding < every block's size).
-        blocking: "fixed" or "hierarchical".
-        stride_mode: "conv" (true strided conv) or "pool" (stride-1 block conv, then
-            max-pooling with kernel = stride: the paper code's behaviour).
-
-    Returns:
-        (N, C_out, H_out, W_out) where H_out sums floor((b + 2p - d(k-1) - 1)/s) + 1
-        over the blocks (for "pool": the stride-1 size, max-pooled by the stride).
-        Under ``torch.autocast`` the inputs are cast to the autocast dtype, as
-        ``nn.Conv2d``'s are, and so is the output.
-    """
-    if isinstance(x, torch.Tensor) and torch.is_autocast_enabled(x.device.type):
-        x, weight, bias = autocast_inputs(x, weight, bias)
+def _validate(x, weight, bias, stride, padding, dilation, groups, block_size, padding_mode, blocking, stride_mode
+              ) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int], tuple[int, int], int, tuple[int, ...],
+                         tuple[int, ...]]:
+    """Every argument check of :func:`block_conv2d`; returns (stride, conv stride, padding,
+    dilation, groups, row bounds, column bounds), as tuples since they are cached."""
     _checks.tensor("x", x, ndim=4)
     _checks.floating_input("x", x)
     _checks.tensor("weight", weight, ndim=4)
@@ -111,8 +79,54 @@ def block_conv2d(
                     f"a block of {stop - start} pixels along {'HW'[dim]} is too small for kernel {kernel[dim]} "
                     f"with padding {padding_hw[dim]} and dilation {dilation_hw[dim]}"
                 )
+    return (stride_hw, conv_stride, padding_hw, dilation_hw, groups, tuple(spans_to_bounds(spans[0])),
+            tuple(spans_to_bounds(spans[1])))
+
+
+_checked = _checks.ValidatedCalls(_validate)
+
+
+def block_conv2d(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    stride: int | tuple[int, int] = 1,
+    padding: int | tuple[int, int] = 0,
+    dilation: int | tuple[int, int] = 1,
+    groups: int = 1,
+    *,
+    block_size: int | tuple[int, int],
+    padding_mode: str = "constant",
+    blocking: str = "fixed",
+    stride_mode: str = "conv",
+) -> torch.Tensor:
+    """Block convolution: each spatial block is padded on its own and convolved alone.
+
+    Args:
+        x: (N, C_in, H, W).
+        weight: (C_out, C_in/groups, kh, kw); bias: optional (C_out,).
+        stride, padding, dilation, groups: as ``F.conv2d``, applied to every block;
+            ``padding`` pads each block by (ph, pw) using only that block's values.
+        block_size: "fixed": the block size in pixels (bh, bw); "hierarchical": the
+            number of blocks (nh, nw).  See :func:`fuseops.block_grid`.
+        padding_mode: "constant" (zeros), "replicate" (the block's own edge) or
+            "reflect" (mirror inside the block; needs padding < every block's size).
+        blocking: "fixed" or "hierarchical".
+        stride_mode: "conv" (true strided conv) or "pool" (stride-1 block conv, then
+            max-pooling with kernel = stride: the paper code's behaviour).
+
+    Returns:
+        (N, C_out, H_out, W_out) where H_out sums floor((b + 2p - d(k-1) - 1)/s) + 1
+        over the blocks (for "pool": the stride-1 size, max-pooled by the stride).
+        Under ``torch.autocast`` the inputs are cast to the autocast dtype, as
+        ``nn.Conv2d``'s are, and so is the output.
+    """
+    if isinstance(x, torch.Tensor) and torch.is_autocast_enabled(x.device.type):
+        x, weight, bias = autocast_inputs(x, weight, bias)
+    stride_hw, conv_stride, padding_hw, dilation_hw, groups, row_bounds, col_bounds = _checked(
+        (x, weight), bias, (stride, padding, dilation, groups, block_size, padding_mode, blocking, stride_mode))
     args = (x, weight, bias, list(conv_stride), list(padding_hw), list(dilation_hw), groups,
-            spans_to_bounds(spans[0]), spans_to_bounds(spans[1]), padding_mode)
+            list(row_bounds), list(col_bounds), padding_mode)
     if _eager.dispatcher_bypass_allowed(x, weight, bias):
         out = block_conv2d_eager(*args)  # the same backends, without the custom op's Python layers
     else:

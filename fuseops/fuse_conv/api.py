@@ -70,35 +70,7 @@ def _validate(x, weight_row, weight_col, bias, variant, stride, padding, dilatio
     return full, stride, padding, dilation, act
 
 
-# Argument checks depend only on the arguments' metadata (types, shapes, dtypes, devices)
-# and the options, so a call whose metadata was validated before skips them: on small maps
-# the checks cost about as much as the kernel (docs/fuse_conv_cpu.md, "Python-side cost per call").  The key holds every
-# option's type as well as its value, because True == 1 and 1.0 == 1 hash alike.
-_VALIDATED_MAX = 4096
-_validated: dict[tuple, tuple[bool, int, int, int, str]] = {}
-
-
-def _tensor_key(t) -> tuple:
-    if t is None:
-        return (None,)
-    return (type(t), t.shape, t.dtype, t.device)
-
-
-def _checked(x, weight_row, weight_col, bias, variant, stride, padding, dilation, activation):
-    if torch.compiler.is_compiling():  # traced once per graph; a global cache would only add guards
-        return _validate(x, weight_row, weight_col, bias, variant, stride, padding, dilation, activation)
-    options = (variant, stride, padding, dilation, activation)
-    try:
-        key = (_tensor_key(x), _tensor_key(weight_row), _tensor_key(weight_col), _tensor_key(bias),
-               options, tuple(map(type, options)))
-        hit = _validated.get(key)
-    except (AttributeError, TypeError):  # not tensors, or unhashable options: let the checks say why
-        key, hit = None, None
-    if hit is None:
-        hit = _validate(x, weight_row, weight_col, bias, variant, stride, padding, dilation, activation)
-        if key is not None and len(_validated) < _VALIDATED_MAX:
-            _validated[key] = hit
-    return hit
+_checked = _checks.ValidatedCalls(_validate)
 
 
 def fuse_conv2d(
@@ -136,8 +108,8 @@ def fuse_conv2d(
     """
     if isinstance(x, torch.Tensor) and torch.is_autocast_enabled(x.device.type):
         x, weight_row, weight_col, bias = autocast_inputs(x, weight_row, weight_col, bias)
-    full, stride, padding, dilation, act = _checked(x, weight_row, weight_col, bias, variant, stride, padding,
-                                                    dilation, activation)
+    full, stride, padding, dilation, act = _checked((x, weight_row, weight_col), bias,
+                                                    (variant, stride, padding, dilation, activation))
     args = (x, weight_row, weight_col, bias, full, stride, padding, dilation, act)
     if _eager.dispatcher_bypass_allowed(x, weight_row, weight_col, bias):
         return fuse_conv2d_eager(*args)  # the same backends, without the custom op's Python layers
