@@ -12,7 +12,7 @@ import pytest
 
 from hwmodel.fpga import Device, Engine, estimate
 from hwmodel.fpga import engine as eng
-from hwmodel.fpga.estimate import _fmt, _text_table
+from hwmodel.fpga.estimate import _collect, _fmt, _text_table
 from hwmodel.fpga.graph import (
     NETWORK_INPUT,
     Edge,
@@ -839,3 +839,267 @@ def test_plan_block_refuses_grids_coarser_along_one_axis_and_finer_along_the_oth
     # The detail names the first and the last layer's block counts.
     xyz = [_blocked("x", 8, 1), _blocked("y", 1, 1), conv("z", 1, 1, 4, k=3, p=1)]
     assert sch.plan_block(_ctx(xyz, Engine(1, 1), 10**6), 0, 3).detail == "blocks 4->1; weights on chip"
+
+
+# ---------------------------------------------------------------------------- fusion search: the finer points
+# Cases the mutation run (CONTRIBUTING.md, "Mutation testing") found unpinned: ties in the search,
+# tensors read twice at a group's edge, and liveness and buffer keys in block groups with residuals.
+
+
+def test_engine_exploration_tie_goes_to_fewer_macs_not_to_the_squarer_array():
+    # One 1x1 conv 4 -> 1 on a 1 x 1 map: cycles = ceil(1/Tm) * ceil(4/Tn).  3 MACs: Tn=1 -> 4 cycles,
+    # Tn=2 -> 2, Tn=3 -> ceil(4/3) = 2, each with Tm=1 (M = 1).  Tn=2 and Tn=3 tie at 2 cycles; the
+    # smaller array (2 MACs, not 3) wins.  (Ordering by Tm/Tn instead would pick Tn=3.)
+    assert eng.explore_engine([conv("e", 4, 1, 1)], dsp_budget=3, bits=16) == Engine(1, 2)
+
+
+def test_collect_sums_the_recomputed_macs_of_every_group():
+    # Two tiled groups that recompute 5 and 7 MACs: the estimate reports 12, and each layer its own.
+    layers = [conv("a", 1, 1, 4, k=3, p=1), conv("b", 1, 1, 4, k=3, p=1)]
+    traffic = {"input": 2, "weights": 2, "output": 2, "intermediate": 2}
+    plans = [sch.GroupPlan(0, 1, "tiled", dict(traffic), 8, 100, extra_macs=5, layer_cycles=[100],
+                            layer_extra_macs=[5]),
+             sch.GroupPlan(1, 2, "tiled", dict(traffic), 8, 100, extra_macs=7, layer_cycles=[100],
+                            layer_extra_macs=[7])]
+    est = _collect(layers, plans, TOY, 16, "tiled-fused", Engine(1, 1), 200.0, 1)
+    assert est.extra_macs == 12
+    assert [row["extra_MMAC"] for row in est.layers] == [5e-6, 7e-6]
+    assert est.dram_bytes == {"input": 4, "weights": 4, "output": 4, "intermediate": 4}
+
+
+def test_boundary_reads_an_outside_tensor_once_at_its_largest():
+    # a (1 -> 2, 1x1) reads the 1 x 8 x 8 network input; b (1 -> 3, 1x1 on 4 x 4) reads it too, after 2x2
+    # pooling (a's 2 channels don't match b's 1).  Fused, the input is read once, whole: 64 words, not b's
+    # pooled 16 (the later, smaller read must not replace the earlier, larger one).  Nobody reads a, so it
+    # is folded into b; b's 3 x 4 x 4 = 48 words are the output.
+    ctx = _ctx([conv("a", 1, 2, 8), conv("b", 1, 3, 4)], Engine(1, 1), 10**6)
+    assert ctx.graph.inputs[1] == Edge(NETWORK_INPUT, 1, 2, 2) and ctx.graph.merges == ((0, 1),)
+    assert sch._boundary_traffic(ctx, 0, 2) == {"input": 64, "weights": 0, "output": 48, "intermediate": 0}
+
+
+def test_boundary_reads_a_concatenated_tensor_once_at_its_largest():
+    # On 4 x 4, 1x1 convs: p (1 -> 2), q (1 -> 3), r (1 -> 4) all read the 1-channel input; X reads 5
+    # channels, the concatenation [p, q] (2 + 3), and Y 7, the concatenation [q, r] (3 + 4).  A read of a
+    # concatenation is counted under its second part, and its first part is joined to the second:
+    # inputs X <- q, Y <- r; merges (p, q), (q, r); nobody reads X, so it is added into Y (same shape).
+    layers = [conv("p", 1, 2, 4), conv("q", 1, 3, 4), conv("r", 1, 4, 4), conv("X", 5, 1, 4), conv("Y", 7, 1, 4)]
+    ctx = _ctx(layers, Engine(1, 1), 10**6)
+    assert [e.source for e in ctx.graph.inputs] == [NETWORK_INPUT, NETWORK_INPUT, NETWORK_INPUT, 1, 2]
+    assert ctx.graph.merges == ((0, 1), (1, 2), (3, 4))
+    # Group [r, X]: r reads the input (16 words).  X reads [p, q] under q: 5 x 16 = 80 words; q is needed
+    # again to join r's output, and its 3 x 16 = 48 words are part of that read: q counts once, 80 (not 48).
+    # Written: r's output for Y, whose input is 7 x 16 = 112 words, and X's 16, added into Y outside.
+    assert sch._boundary_traffic(ctx, 2, 4) == {"input": 16, "weights": 0, "output": 0,
+                                                "intermediate": 80 + 112 + 16}
+
+
+def test_choose_groups_intermediate_objective_keeps_maps_on_chip_at_a_traffic_cost():
+    # a, b: 1x1 convs 4 -> 4 -> 4 on 2 x 2 in 1-pixel blocks (4 blocks); Engine(1, 1); 32 words of BRAM.
+    # Fused [a, b]: live words at a: its input block streamed in 2 * 4 + a's block 4 = 12; at b: 4 + b's 4
+    # + drain 4 = 12.  12 + 32 weights > 32: the weights stream (2 words) and a is pinned (14 + 16 = 30),
+    # b (46) is not: weights 16 + 4 * 16 = 80; traffic 16 in + 16 out + 80 = 112 words, intermediate 0.
+    # Split, each block-planned alone: [a] 2 * 4 + 4 + drain 4 = 16 live + 16 weights = 32 fits; it moves
+    # 16 in + 16 out (intermediate) + 16 weights = 48; [b] the same 48 (its input comes back in).  96 words.
+    # Layer by layer each conv re-reads its input once per output channel with Tm = 1: 64 + 16 + 16 = 96
+    # words, worse than 48.  So: least traffic splits (96 < 112); least intermediate first fuses (0 < 32).
+    layers = [conv(n, 4, 4, 2, block_rows=((0, 1), (1, 2)), block_cols=((0, 1), (1, 2))) for n in ("a", "b")]
+    ctx = _ctx(layers, Engine(1, 1), 2 * 32)
+    split = sch.choose_groups(ctx, "block")
+    assert [(p.start, p.stop, p.mode, p.dram_bytes, p.traffic["intermediate"]) for p in split] == [
+        (0, 1, "block", 2 * 48, 2 * 16), (1, 2, "block", 2 * 48, 2 * 16)]
+    fused = sch.choose_groups(ctx, "block", objective="intermediate")
+    assert [(p.start, p.stop, p.mode, p.dram_bytes, p.traffic["intermediate"]) for p in fused] == [
+        (0, 2, "block", 2 * 112, 0)]
+    assert fused[0].detail == "blocks 4; weights streamed, 1 of 2 layers pinned"
+
+
+def test_choose_groups_breaks_a_traffic_tie_by_fewer_cycles():
+    # t0, t1: 1x1 convs 1 -> 1; t2: 3x3 padding 1, 1 -> 1; all on 4 x 4; Engine(1, 1); 41 words of BRAM.
+    # Whole-map tiles need 16 + 16 live + 16 + 16 at the DRAM ends > 41 words in any group; 2 x 2 tiles fit:
+    # * [t0, t1] tiled: 1x1 convs have no halo: 16 in, 16 out, 2 weights = 34 words; 16 + 16 cycles.
+    # * [t2] alone: its 2 x 2 tiles read rows [0,3) [1,4) and the same columns: 6 x 6 = 36 in, 16 out,
+    #   9 weights = 61 words; 16 * 9 = 144 cycles.  (Peak 9 + 4 + 9 + 4 + 9 = 35 words.)
+    # * [t0] alone: 16 + 16 + 1 = 33 words, 16 cycles.
+    # * [t1, t2] tiled: the same 6 x 6 halo read (of t0's output), 16 out, 10 weights = 62 words (peak
+    #   t1 9 + 9, + 9 + 4 at the ends, + 10 = 41); t1 computes 6 x 6 = 36 outputs for its 16: 36 + 144 cycles.
+    # [t0, t1] + [t2] and [t0] + [t1, t2] both move 95 words; the first takes 176 cycles, the second 196.
+    # (All three fused only fit with 1-pixel tiles: 100 in + 16 + 11 = 127 words.  On the tiled engine
+    # alone t0 and t1 move 34 words each (2 x 4 tiles, weights per tile); t2 fits only 1 x 1 tiles: 16 *
+    # (9 + 9) + 16 = 304 words.)
+    layers = [conv("t0", 1, 1, 4), conv("t1", 1, 1, 4), conv("t2", 1, 1, 4, k=3, p=1)]
+    ctx = _ctx(layers, Engine(1, 1), 2 * 41)
+    other = [sch.plan_tiled(ctx, 0, 1), sch.plan_tiled(ctx, 1, 3)]
+    assert [(p.dram_bytes, p.cycles) for p in other] == [(2 * 33, 16), (2 * 62, 36 + 144)]
+    plans = sch.choose_groups(ctx, "tiled")
+    assert [(p.start, p.stop, p.mode, p.dram_bytes, p.cycles) for p in plans] == [
+        (0, 2, "tiled", 2 * 34, 32), (2, 3, "tiled", 2 * 61, 144)]
+
+
+def test_choose_groups_exact_tie_keeps_the_layer_plan():
+    # A 1x1 conv 2 -> 2 on 4 x 4 with Engine(2, 2) and room for everything: the tiled engine moves the
+    # input (32), the weights (4) and the output (32) once, as does a one-layer fused tile: 68 words and
+    # 16 cycles both ways.  On an exact tie the first option found, the plain layer plan, stays.
+    ctx = _ctx([conv("pw", 2, 2, 4)], Engine(2, 2), 10**6)
+    assert sch.plan_tiled(ctx, 0, 1).dram_bytes == sch.plan_layer(ctx, 0).dram_bytes == 2 * 68
+    [plan] = sch.choose_groups(ctx, "tiled")
+    assert (plan.mode, plan.dram_bytes, plan.cycles) == ("layer", 2 * 68, 16)
+
+
+def test_plan_block_coarser_input_is_live_only_through_the_finer_run():
+    # u (unblocked 1 -> 1, 3x3 on 8 x 8), y (blocked 1 -> 1), x (blocked 1 -> 4), z (unblocked 4 -> 1 on
+    # 4 x 4 after 2x2 pooling), w (1x1 1 -> 4 on 4 x 4).  Block counts 1, 4, 4, 1, 1.  z is coarser than x:
+    # x's blocks are assembled into z's 4 x 4 x 4 input (64 words), live while the run of finer layers
+    # before z (y and x) runs and at z: not at u, before the run, nor at w, after z.
+    # Live words: u: its input 2 * 64 + its whole output 64 (read by y) = 192; y: 64 + y's block 16 + z's
+    # input 64 = 144; x: 16 + 64 = 80; z: 64 + its output 16 = 80; w: 16 + w's 4 x 16 = 64 + drain 64 = 144.
+    # Weights 9 + 9 + 36 + 36 + 4 = 94 fit: 192 + 94 words.  (Held at u too: 256; at w too: 208.)
+    layers = [conv("u", 1, 1, 8, k=3, p=1), _blocked("y", 1, 1), _blocked("x", 1, 4), conv("z", 4, 1, 4, k=3, p=1),
+              conv("w", 1, 4, 4)]
+    ctx = _ctx(layers, Engine(1, 1), 10**6)
+    assert [e.source for e in ctx.graph.inputs] == [NETWORK_INPUT, 0, 1, 2, 3] and ctx.graph.merges == ()
+    plan = sch.plan_block(ctx, 0, 5)
+    assert plan.buffer_bytes == 2 * (192 + 94)
+    assert plan.traffic == {"input": 2 * 64, "weights": 2 * 94, "output": 2 * 64, "intermediate": 0}
+
+
+def test_plan_block_two_streamed_inputs_are_two_buffers():
+    # x1 (unblocked 1 -> 2, 3x3 on 8 x 8) -> x2 (blocked 2 -> 6); ds (blocked 1x1 1 -> 6) reads the network
+    # input again (x1's 2 channels don't match), and x2, read by nobody, is added into ds (same shape).
+    # Each streamed input has its own double buffer, live only at its reader: x1's 2 * 64 and ds's 2 * 16.
+    # Live words: x1: 128 + its whole output 128 = 256; x2: 128 + its block 6 * 16 = 96 -> 224; ds: 32 +
+    # its block 96 + drain 96 + x2's block kept for the add 96 = 320 (not 416 with x1's 128 in place of 32).
+    # Weights 18 + 108 + 6 = 132 fit.
+    layers = [conv("x1", 1, 2, 8, k=3, p=1), _blocked("x2", 2, 6), conv("ds", 1, 6, 8, block_rows=BLOCKS,
+                                                                         block_cols=BLOCKS)]
+    ctx = _ctx(layers, Engine(1, 1), 10**6)
+    assert [e.source for e in ctx.graph.inputs] == [NETWORK_INPUT, 0, NETWORK_INPUT]
+    assert ctx.graph.merges == ((1, 2),)
+    plan = sch.plan_block(ctx, 0, 3)
+    assert plan.buffer_bytes == 2 * (320 + 132)
+    # The input is read once (64 words, though two layers read it); ds's 6 x 64 is the output.
+    assert plan.traffic == {"input": 2 * 64, "weights": 2 * 132, "output": 2 * 384, "intermediate": 0}
+
+
+# A residual block, all in blocks of 4 on 8 x 8: x1 (1 -> 5) -> x2 (5 -> 2); the shortcut ds (1x1, 1 -> 2) reads
+# the input; x2's output is added into ds's (same shape); n (2 -> 2) reads ds.
+RESIDUAL = [_blocked("x1", 1, 5), _blocked("x2", 5, 2), conv("ds", 1, 2, 8, block_rows=BLOCKS, block_cols=BLOCKS),
+            _blocked("n", 2, 2)]
+
+
+def test_plan_block_residual_held_from_its_producer_to_the_add():
+    ctx = _ctx(RESIDUAL, Engine(1, 1), 10**6)
+    assert [e.source for e in ctx.graph.inputs] == [NETWORK_INPUT, 0, NETWORK_INPUT, 2]
+    assert ctx.graph.merges == ((1, 2),)
+    # Live words: x1: input 2 * 16 + its block 80 = 112; x2: 80 + x2's block 32 = 112 (counted once,
+    # though it is also the residual); ds: 32 + ds's 32 + the residual 32 = 96; n: ds's 32 + n's 32 + drain
+    # 32 = 96 (the residual is gone once ds has added it).  Weights 45 + 90 + 2 + 36 = 173 fit.
+    whole = sch.plan_block(ctx, 0, 4)
+    assert whole.buffer_bytes == 2 * (112 + 173)
+    # [x1, x2] alone: x2's output leaves (added into ds outside) and has a drain buffer; x1's does not, as
+    # x2 reads it inside.  x1: 32 + 80 = 112; x2: 80 + 32 + 32 = 144.  Weights 45 + 90.
+    head = sch.plan_block(ctx, 0, 2)
+    assert head.buffer_bytes == 2 * (144 + 135)
+    assert head.traffic == {"input": 2 * 64, "weights": 2 * 135, "output": 0, "intermediate": 2 * 128}
+
+
+def test_plan_block_residual_read_back_at_the_add_by_output_block():
+    # The residual block with stride 2, as in a ResNet downsample: x1 (1 -> 2, 3x3 stride 2, blocks of 4
+    # on 8 x 8 -> 2 x 2 output blocks on 4 x 4), x2 (2 -> 2 on 4 x 4, blocks of 2), ds (1x1 stride 2, 1 ->
+    # 2, blocks of 4 -> 2 x 2), n (2 -> 2 on 4 x 4, blocks of 2).  The group [ds, n]: x2's output comes back
+    # from DRAM to be added to ds's, block by block in ds's *output* blocks: 2 * 2 x 2 x 2 = 16 words.
+    halves = ((0, 2), (2, 4))
+    layers = [conv("x1", 1, 2, 8, k=3, s=2, p=1, block_rows=BLOCKS, block_cols=BLOCKS),
+              conv("x2", 2, 2, 4, k=3, p=1, block_rows=halves, block_cols=halves),
+              conv("ds", 1, 2, 8, s=2, block_rows=BLOCKS, block_cols=BLOCKS),
+              conv("n", 2, 2, 4, k=3, p=1, block_rows=halves, block_cols=halves)]
+    ctx = _ctx(layers, Engine(1, 1), 10**6)
+    assert [e.source for e in ctx.graph.inputs] == [NETWORK_INPUT, 0, NETWORK_INPUT, 2]
+    assert ctx.graph.merges == ((1, 2),)
+    # Live words: ds: its 4 x 4 input block 2 * 16 + its output block 2 * 4 = 8 + the residual 16 = 56;
+    # n: 8 + 8 + drain 8 = 24.  Weights 2 + 36.
+    tail = sch.plan_block(ctx, 2, 4)
+    assert tail.buffer_bytes == 2 * (56 + 38)
+    # Reads the input (64) and x2's 2 x 4 x 4 = 32; writes n's 32.
+    assert tail.traffic == {"input": 2 * 64, "weights": 2 * 38, "output": 2 * 32, "intermediate": 2 * 32}
+
+
+def test_plan_block_two_residuals_from_outside_are_two_buffers():
+    # Input 3 x 8 x 8, all in blocks of 4: t1 (3 -> 1), t2 (3 -> 2), k1 (3 -> 1) read the input; k2 (1 -> 2)
+    # reads k1.  Nobody reads t1 or t2: each is added into the next tensor of its shape, t1 into k1, t2 into
+    # k2.  The group [k1, k2] reads both back, each double-buffered at its own add: 2 * 16 at k1, 2 * 32 at k2.
+    # Live words: k1: input 2 * 3 * 16 = 96 + k1's block 16 + t1's 32 = 144; k2: 16 + k2's 32 + drain 32 +
+    # t2's 64 = 144.  (One shared buffer of 64 would make k1 176.)  Weights 27 + 18.
+    layers = [_blocked("t1", 3, 1), _blocked("t2", 3, 2), _blocked("k1", 3, 1), _blocked("k2", 1, 2)]
+    ctx = _ctx(layers, Engine(1, 1), 10**6)
+    assert [e.source for e in ctx.graph.inputs] == [NETWORK_INPUT, NETWORK_INPUT, NETWORK_INPUT, 2]
+    assert ctx.graph.merges == ((0, 2), (1, 3))
+    plan = sch.plan_block(ctx, 2, 4)
+    assert plan.buffer_bytes == 2 * (144 + 45)
+    # Reads the input (3 x 64), t1 (64) and t2 (128); writes k2 (128).
+    assert plan.traffic == {"input": 2 * 192, "weights": 2 * 45, "output": 2 * 128, "intermediate": 2 * 192}
+
+
+def test_plan_block_two_outputs_leaving_are_two_buffers():
+    # a (1 -> 4) -> b (4 -> 3), and c (4 -> 3) reads a again; nobody reads b, so it is added into c.  The
+    # group [a, b] writes both a's and b's outputs, each through its own drain buffer: 64 at a, 48 at b.
+    # Live words: a: input 2 * 16 + a's block 64 + drain 64 = 160; b: a's 64 + b's 48 + drain 48 = 160.
+    # (One shared drain of 64 would make b 176.)  Weights 36 + 108.
+    layers = [_blocked("a", 1, 4), _blocked("b", 4, 3), _blocked("c", 4, 3)]
+    ctx = _ctx(layers, Engine(1, 1), 10**6)
+    assert [e.source for e in ctx.graph.inputs] == [NETWORK_INPUT, 0, 0] and ctx.graph.merges == ((1, 2),)
+    plan = sch.plan_block(ctx, 0, 2)
+    assert plan.buffer_bytes == 2 * (160 + 144)
+    # Writes c's input (a's 4 x 64) and b's 3 x 64.
+    assert plan.traffic == {"input": 2 * 64, "weights": 2 * 144, "output": 0, "intermediate": 2 * (256 + 192)}
+
+
+UNEVEN = ((0, 3), (3, 8))
+
+
+@pytest.mark.parametrize(
+    ("t_grid", "k_grid", "peak_words"),
+    [
+        # Both the same, blocks of 3 and 5 along both axes (largest block 25 pixels).  Live words: at t its
+        # input 2 * 25 + its block 50 = 100; at k 50 + 50 + drain 50 + t's block kept for the add 50 = 200.
+        ((UNEVEN, UNEVEN), (UNEVEN, UNEVEN), 200),
+        # Both the same, blocks of 4 along H and 3 and 5 along W (20 pixels): k 4 * 40.
+        ((BLOCKS, UNEVEN), (BLOCKS, UNEVEN), 160),
+        # t's row blocks (3, 5) straddle k's (4, 4): refused.
+        ((UNEVEN, BLOCKS), (BLOCKS, BLOCKS), None),
+        # t's column blocks straddle k's: refused.
+        ((BLOCKS, UNEVEN), (BLOCKS, BLOCKS), None),
+    ],
+    ids=["same-uneven", "same-rows4-cols-uneven", "rows-straddle", "cols-straddle"],
+)
+def test_plan_block_residual_grids_must_nest_row_with_row_and_column_with_column(t_grid, k_grid, peak_words):
+    # t and k (1 -> 2, 3x3 padding 1, on 8 x 8) both read the input; t is added into k.  The add needs t's
+    # blocks and k's to nest along H (rows with rows) and along W (columns with columns), without pooling.
+    t = conv("t", 1, 2, 8, k=3, p=1, block_rows=t_grid[0], block_cols=t_grid[1])
+    k = conv("k", 1, 2, 8, k=3, p=1, block_rows=k_grid[0], block_cols=k_grid[1])
+    ctx = _ctx([t, k], Engine(1, 1), 10**6)
+    assert ctx.graph.merges == ((0, 1),)
+    plan = sch.plan_block(ctx, 0, 2)
+    if peak_words is None:
+        assert plan is None
+    else:
+        assert plan.buffer_bytes == 2 * (peak_words + 36)
+
+
+def test_plan_block_drains_only_outputs_that_leave_the_group():
+    # RESIDUAL's [x1, x2] inside a longer network: x2's output is added into ds outside the group, and
+    # that add has nothing to do with x1, which x2 alone reads: x1 gets no drain buffer.  The peak is at x2
+    # (144 words); a drain at x1 would make it 112 + 80 = 192.
+    ctx = _ctx(RESIDUAL, Engine(1, 1), 10**6)
+    assert sch.plan_block(ctx, 0, 2).buffer_bytes == 2 * (144 + 135)
+
+
+def test_plan_block_pins_weights_in_a_group_inside_the_network():
+    # p (1 -> 2), a (2 -> 4), b (4 -> 2), q (2 -> 1), all in blocks of 4 on 8 x 8; Engine(1, 1); the group
+    # [a, b] with 271 words.  Live words: a: its input 2 * 32 + a's 64 = 128; b: 64 + 32 + drain 32 = 128.
+    # 128 + 144 weights > 271: stream (18 words: 146), pin a (146 + 72 = 218), b re-read per block: the
+    # group's own two layers, four blocks each, whatever lies before or after it.
+    layers = [_blocked("p", 1, 2), _blocked("a", 2, 4), _blocked("b", 4, 2), _blocked("q", 2, 1)]
+    plan = sch.plan_block(_ctx(layers, Engine(1, 1), 2 * 271), 1, 3)
+    assert (plan.buffer_bytes, plan.detail) == (2 * 218, "blocks 4; weights streamed, 1 of 2 layers pinned")
+    # Reads p's 2 x 64, writes b's 2 x 64 for q; weights 72 + 4 * 72.
+    assert plan.traffic == {"input": 0, "weights": 2 * 360, "output": 0, "intermediate": 2 * 256}
