@@ -89,9 +89,44 @@ def test_block_bench_rejects_fewer_than_one_sweep(capsys):
         with pytest.raises(ValueError, match="sweeps must be an int >= 1"):
             bb.run(quick=True, compile_composition=False, progress=False, sweeps=bad)
     with pytest.raises(SystemExit) as exc:
-        bb.cli_main(["--sweeps", "0"])
+        main(["bench", "block", "--sweeps", "0"])
     assert exc.value.code == 2
     assert "--sweeps: must be >= 1" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("target, argv, expected", [
+    ("block", ["--sweeps", "3", "--rounds", "2", "--no-compile"],
+     dict(sweeps=3, rounds=2, compile_composition=False)),
+    ("block", [], dict(sweeps=1, rounds=None, compile_composition=True)),
+    ("network", ["--size", "64", "--no-compile"], dict(compile_=False, size=64)),
+    ("network", [], dict(compile_=True)),
+    ("fuse", [], {}),
+])
+def test_bench_passes_target_options_to_the_target(monkeypatch, target, argv, expected):
+    import importlib
+
+    module = importlib.import_module(TARGETS[target])
+    seen = {}
+    monkeypatch.setattr(module, "main", lambda **kwargs: seen.update(kwargs) or 0)
+    assert main(["bench", target, "--quick", "--no-write", "--threads", "1", *argv]) == 0
+    common = dict(quick=True, threads=1, min_time=None, out_dir=None, markdown=False, progress=True)
+    assert seen == {**common, **expected}
+
+
+@pytest.mark.parametrize("target, argv, flag", [
+    ("fuse", ["--sweeps", "2"], "--sweeps"),
+    ("network", ["--rounds", "3"], "--rounds"),
+    ("fuse", ["--no-compile"], "--no-compile"),
+    ("block", ["--size", "64"], "--size"),
+])
+def test_bench_rejects_an_option_the_target_lacks(monkeypatch, capsys, target, argv, flag):
+    import importlib
+
+    module = importlib.import_module(TARGETS[target])
+    monkeypatch.setattr(module, "main", lambda **kwargs: pytest.fail("the target must not run"))
+    assert main(["bench", target, *argv]) == 2
+    err = capsys.readouterr().err
+    assert flag in err and f"not {target}" in err
 
 
 def test_fuse_bench_times_with_the_threads_it_was_given():

@@ -3,12 +3,11 @@
 
 One function, :func:`run`, measures every case side by side (providers interleaved
 round by round, so a busy machine slows them alike) and returns rows;
-``bench/block_table.py`` and ``bench/bench_block_conv.py`` share :func:`make_case`.
+``python -m fuseops bench block`` and ``bench/bench_block_conv.py`` share :func:`make_case`.
 """
 
 from __future__ import annotations
 
-import argparse
 import platform
 import statistics
 import time
@@ -211,24 +210,3 @@ def main(quick: bool = False, threads: int | None = 2, min_time: float | None = 
 
         print(f"wrote {write_csv(out_dir, 'block.csv', COLUMNS, rows)}")
     return 0
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
-def cli_main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Block conv timings against the composition and plain F.conv2d.")
-    parser.add_argument("--quick", action="store_true", help="F14 and H4x4, constant padding only")
-    parser.add_argument("--rounds", type=int, default=None, help="timing rounds per case (best of)")
-    parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")
-    parser.add_argument("--no-compile", action="store_true", help="skip torch.compile of the composition")
-    parser.add_argument("--markdown", action="store_true", help="also print a markdown table")
-    parser.add_argument("--sweeps", type=_positive_int, default=1,
-                        help="measure every case this many times, one sweep after the other; report medians")
-    args = parser.parse_args(argv)
-    return main(quick=args.quick, threads=args.threads, markdown=args.markdown, rounds=args.rounds,
-                compile_composition=not args.no_compile, sweeps=args.sweeps)

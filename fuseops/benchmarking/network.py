@@ -14,7 +14,6 @@ calls to fill :data:`ROUND_SECONDS`.  A compile failure is reported in its cell,
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
 from collections.abc import Callable
@@ -185,13 +184,3 @@ def main(quick: bool = False, threads: int | None = 2, min_time: float | None = 
     if out_dir:
         print(f"wrote {write_csv(out_dir, 'network.csv', COLUMNS, cells)}")
     return 0
-
-
-def cli_main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="mobilenet_v2 and resnet18 with their baselines")
-    parser.add_argument("--size", type=int, default=224, help="input H = W (default 224)")
-    parser.add_argument("--no-compile", action="store_true", help="eager settings only")
-    parser.add_argument("--markdown", action="store_true")
-    args = parser.parse_args(argv)
-    return main(quick=args.quick, size=args.size, compile_=not args.no_compile, markdown=args.markdown)
