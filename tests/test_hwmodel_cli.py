@@ -187,11 +187,13 @@ def test_cli_help_and_mounting():
     cli.add_parser(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["fpga", "resnet18", "--device", "zcu102", "--bits", "8"])
     assert (args.model, args.device, args.bits, args.func) == ("resnet18", "zcu102", 8, cli.run)
+    from fuseops.cli import hwmodel as hw
+
     with pytest.raises(SystemExit) as exc:
-        cli.main(["--help"])
+        hw.main(["fpga", "--help"])
     assert exc.value.code == 0
     with pytest.raises(SystemExit):
-        cli.main(["vgg16", "--bits", "12"])
+        hw.main(["fpga", "vgg16", "--bits", "12"])
 
 
 def test_hwmodel_fpga_command_end_to_end(monkeypatch, capsys, tmp_path):

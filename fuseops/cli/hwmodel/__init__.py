@@ -10,19 +10,16 @@ sub-commands (network loading, array parsing) live here.
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 import sys
 from collections.abc import Sequence
 
+from fuseops.cli import CliError, command_parser, run_command
 from hwmodel.layers import Layer
 
 COMMANDS: tuple[str, ...] = ("fuseops.cli.hwmodel.systolic", "fuseops.cli.hwmodel.fpga")
 
-
-
-class CliError(Exception):
-    """A problem with the command line: printed as one line, exit code 2."""
+__all__ = ["COMMANDS", "CliError", "build_parser", "load_layers", "main", "parse_array", "parse_int_list", "zoo"]
 
 
 def zoo():
@@ -83,24 +80,11 @@ def load_layers(model: str, variant: str, input_shape: Sequence[int]) -> list[La
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="hwmodel", description="Analytical hardware models of CNNs.")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMANDS:
-        importlib.import_module(name).add_parser(sub)
-    return parser
+    return command_parser("hwmodel", "Analytical hardware models of CNNs.", COMMANDS)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.command is None:
-        parser.print_help()
-        return 2
-    try:
-        return int(args.func(args) or 0)
-    except CliError as err:
-        print(f"hwmodel {args.command}: error: {err}", file=sys.stderr)
-        return 2
+    return run_command(build_parser(), argv)
 
 
 if __name__ == "__main__":

@@ -1,13 +1,12 @@
 """``hwmodel fpga MODEL``: a zoo network on an FPGA board, every schedule, tables and a traffic chart.
 
-Mount as a sub-command with :func:`add_parser`, or run :func:`main` on its own.
+Mounted as a sub-command of ``hwmodel`` with :func:`add_parser`.
 rich (tables) and matplotlib (the PNG) are imported only here, and only when used.
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 
 from hwmodel.fpga.devices import DEVICES
 from hwmodel.fpga.engine import Engine
@@ -145,19 +144,3 @@ def plot_traffic(panels: dict[str, dict[str, FpgaEstimate]], path: str) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
-
-
-def main(argv: list[str] | None = None) -> int:
-    from fuseops.cli.hwmodel import CliError
-
-    parser = _configure(argparse.ArgumentParser(prog="hwmodel fpga", description=__doc__.splitlines()[0]))
-    args = parser.parse_args(argv)
-    try:
-        return int(args.func(args) or 0)
-    except CliError as err:
-        print(f"hwmodel fpga: error: {err}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())
