@@ -37,10 +37,11 @@
 
 namespace {
 
-// NCHW input: gather into channels_last blocks (true) or NCHW blocks (false).
-constexpr bool kChannelsLastForNchw = true;
-// Depthwise forward: the direct per-plane kernel (true) or gather + ATen conv (false).
-constexpr bool kDirectDepthwise = true;
+// The gathered padded blocks (and so ATen's conv on them) are channels_last whatever x's
+// layout: oneDNN's CPU conv is fastest there (depthwise ~10x faster than NCHW), and the
+// gather transposes NCHW input for free while it pads (docs/block-conv.md, "channels_last
+// buffers").
+constexpr auto kBufferFormat = at::MemoryFormat::ChannelsLast;
 
 enum class PadMode { kConstant, kReplicate, kReflect };
 
@@ -865,20 +866,6 @@ Geometry make_geometry(const at::Tensor& x, const at::Tensor& weight, c10::IntAr
   return g;
 }
 
-// Whether the gathered blocks (and so ATen's conv) use channels_last.  oneDNN's CPU conv
-// is fastest on channels_last, and the gather transposes NCHW input for free while it
-// pads (see docs/block-conv.md, "channels_last buffers").
-bool buffer_channels_last(const at::Tensor& x) {
-  static const int forced = [] {
-    const char* env = std::getenv("FUSEOPS_BLOCK_CPU_LAYOUT");  // "nchw" | "nhwc": for measurements only
-    if (env == nullptr) return -1;
-    return std::string(env) == "nhwc" ? 1 : 0;
-  }();
-  if (forced >= 0) return forced == 1;
-  if (x.suggest_memory_format() == at::MemoryFormat::ChannelsLast) return true;
-  return kChannelsLastForNchw;
-}
-
 // Scratch for the buffers that never leave one op call: the gathered padded blocks and the
 // gathered output-gradient blocks.  A fresh multi-megabyte allocation is fresh pages from
 // the kernel, and on the development VM first-touch page faults cost ~1 us per 4 KiB page:
@@ -920,11 +907,10 @@ void release_workspace() {
 }
 
 at::Tensor gather_class(const at::Tensor& x, const SizeClass& rows, const SizeClass& cols, int64_t pad_w,
-                        bool channels_last, bool scratch = true) {
+                        at::MemoryFormat format = kBufferFormat, bool scratch = true) {
   const int64_t nr = rows.in_starts.size(), nc = cols.in_starts.size();
   const std::vector<int64_t> sizes = {x.size(0) * nr * nc, x.size(1), static_cast<int64_t>(rows.table.size()),
                                       static_cast<int64_t>(cols.table.size())};
-  const auto format = channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
   at::Tensor buf = scratch ? workspace(kGatherX, sizes, x.options(), format)
                            : at::empty(sizes, x.options().memory_format(format));
   AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, x.scalar_type(), "block_gather_padded",
@@ -938,14 +924,13 @@ at::Tensor block_conv2d_forward(const at::Tensor& x, const at::Tensor& weight, c
                                 c10::string_view padding_mode) {
   const Geometry g = make_geometry(x, weight, stride, padding, dilation, groups, row_bounds, col_bounds,
                                    std::string(padding_mode));
-  const bool channels_last = buffer_channels_last(x);
   const bool one_block = row_bounds.size() == 2 && col_bounds.size() == 2;
   if (one_block && g.mode == PadMode::kConstant) {
     // One block with zero padding is exactly the plain conv: no gather at all.
     return at::convolution(x, weight, bias, stride, padding, dilation, false, {0, 0}, groups).contiguous();
   }
   at::Tensor out = at::empty({x.size(0), weight.size(0), g.out_h, g.out_w}, x.options());
-  if (kDirectDepthwise && groups == x.size(1) && weight.size(0) == groups && weight.size(1) == 1) {
+  if (groups == x.size(1) && weight.size(0) == groups && weight.size(1) == 1) {  // depthwise: direct kernels
     const at::Tensor xc = x.contiguous();
     const at::Tensor wc = weight.contiguous();
     AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, x.scalar_type(), "block_depthwise_direct", [&] {
@@ -961,7 +946,7 @@ at::Tensor block_conv2d_forward(const at::Tensor& x, const at::Tensor& weight, c
   }
   for (const auto& rows : g.rows) {
     for (const auto& cols : g.cols) {
-      at::Tensor buf = gather_class(x, rows, cols, padding[1], channels_last);
+      at::Tensor buf = gather_class(x, rows, cols, padding[1]);
       at::Tensor y = at::convolution(buf, weight, bias, stride, {0, 0}, dilation, false, {0, 0}, groups);
       if (one_block) return y.contiguous();
       AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, x.scalar_type(), "block_scatter_out", [&] {
@@ -985,16 +970,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> block_conv2d_backward(
               "block_conv2d_backward: grad_out has shape ", grad_out.sizes(), ", expected (", x.size(0), ", ",
               weight.size(0), ", ", g.out_h, ", ", g.out_w, ")");
   TORCH_CHECK(grad_out.scalar_type() == x.scalar_type(), "block_conv2d_backward: grad_out dtype differs from x");
-  const bool channels_last = buffer_channels_last(x);
-  const auto buf_format = channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
   const bool one_block = row_bounds.size() == 2 && col_bounds.size() == 2;
   if (one_block && g.mode == PadMode::kConstant) {  // the plain conv's backward (see the forward)
     auto grads = at::convolution_backward(grad_out, x, weight, c10::nullopt, stride, padding, dilation, false, {0, 0},
                                           groups, {true, true, false});
     return {std::get<0>(grads).contiguous(), std::get<1>(grads).contiguous(), grad_out.sum({0, 2, 3})};
   }
-  if (kDirectDepthwise && groups == x.size(1) && weight.size(0) == groups && weight.size(1) == 1 && stride[0] == 1 &&
-      stride[1] == 1) {
+  if (groups == x.size(1) && weight.size(0) == groups && weight.size(1) == 1 && stride[0] == 1 && stride[1] == 1) {
     const at::Tensor xc = x.contiguous();
     const at::Tensor wc = weight.contiguous();
     const at::Tensor gc = grad_out.contiguous();
@@ -1009,14 +991,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> block_conv2d_backward(
   at::Tensor grad_weight;
   for (const auto& rows : g.rows) {
     for (const auto& cols : g.cols) {
-      at::Tensor buf = gather_class(x, rows, cols, padding[1], channels_last);
+      at::Tensor buf = gather_class(x, rows, cols, padding[1]);
       const int64_t oh = out_size(rows.size, weight.size(2), stride[0], padding[0], dilation[0]);
       const int64_t ow = out_size(cols.size, weight.size(3), stride[1], padding[1], dilation[1]);
       at::Tensor grad_blocks;
       if (one_block) {
-        grad_blocks = grad_out.contiguous(buf_format);
+        grad_blocks = grad_out.contiguous(kBufferFormat);
       } else {
-        grad_blocks = workspace(kGatherGrad, {buf.size(0), weight.size(0), oh, ow}, grad_out.options(), buf_format);
+        grad_blocks = workspace(kGatherGrad, {buf.size(0), weight.size(0), oh, ow}, grad_out.options(), kBufferFormat);
         AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, x.scalar_type(), "block_gather_out", [&] {
           move_blocks<scalar_t>(grad_blocks, grad_out, rows, cols, oh, ow, false);
         });
@@ -1046,7 +1028,8 @@ at::Tensor block_pad_forward(const at::Tensor& x_in, c10::IntArrayRef row_bounds
   auto rows = size_classes(row_bounds.vec(), x_in.size(2), 1, 1, padding[0], 1, mode, "H");
   auto cols = size_classes(col_bounds.vec(), x_in.size(3), 1, 1, padding[1], 1, mode, "W");
   TORCH_CHECK(rows.size() == 1 && cols.size() == 1, "block_pad_forward needs blocks of one size");
-  return gather_class(x_in, rows[0], cols[0], padding[1], false, /*scratch=*/false);  // returned to the caller
+  // NCHW and not from the scratch workspace: the result is returned to the caller.
+  return gather_class(x_in, rows[0], cols[0], padding[1], at::MemoryFormat::Contiguous, /*scratch=*/false);
 }
 
 at::Tensor block_pad_backward(const at::Tensor& grad_in, c10::IntArrayRef x_sizes, c10::IntArrayRef row_bounds,
