@@ -1103,3 +1103,80 @@ def test_plan_block_pins_weights_in_a_group_inside_the_network():
     assert (plan.buffer_bytes, plan.detail) == (2 * 218, "blocks 4; weights streamed, 1 of 2 layers pinned")
     # Reads p's 2 x 64, writes b's 2 x 64 for q; weights 72 + 4 * 72.
     assert plan.traffic == {"input": 0, "weights": 2 * 360, "output": 0, "intermediate": 2 * 256}
+
+
+# ---------------------------------------------------------------------------- mutation follow-ups
+
+
+def test_estimate_accepts_a_clock_below_one_mhz_and_passes_the_objective_on():
+    # freq_mhz only has to be > 0: 0.5 MHz is a valid clock; TOY_LAYER's 9216 cycles then take
+    # 9216 / 0.5e6 = 18.432 ms (its 74368 bytes at 2 GB/s take 37 us, so it stays compute-bound).
+    slow = estimate([TOY_LAYER], device=TOY, engine=TOY_ENGINE, freq_mhz=0.5)
+    assert slow.freq_mhz == 0.5 and slow.latency_s == pytest.approx(9216 / 0.5e6)
+    # The objective reaches the grouping: the two blocked convs of
+    # test_choose_groups_intermediate_objective_... split under "traffic" (2 x 48 words, 32 of them
+    # intermediate) and fuse under "intermediate" (112 words, none intermediate); 16-bit words.
+    layers = [conv(n, 4, 4, 2, block_rows=((0, 1), (1, 2)), block_cols=((0, 1), (1, 2))) for n in ("a", "b")]
+    tiny = Device("tiny", dsp=1, bram_bytes=2 * 32, dram_gbps=1.0, freq_mhz=1.0)
+    kw = {"device": tiny, "engine": Engine(1, 1), "schedule": "block-fused"}
+    split = estimate(layers, **kw)
+    assert (len(split.groups), split.total_dram_bytes, split.dram_bytes["intermediate"]) == (2, 2 * 96, 2 * 32)
+    fused = estimate(layers, objective="intermediate", **kw)
+    assert (len(fused.groups), fused.total_dram_bytes, fused.dram_bytes["intermediate"]) == (1, 2 * 112, 0)
+
+
+def test_estimate_block_fused_refusal_message_in_full():
+    # The whole message, start to end, as the docstring's "Raises" promises it.
+    with pytest.raises(ValueError) as info:
+        estimate([TOY_LAYER], device=TOY, schedule="block-fused")
+    assert str(info.value) == (
+        "schedule='block-fused' needs a network with block convolutions (layers with block_rows/block_cols); "
+        "this one has none: use schedule='layer' or 'tiled-fused', or a block variant of the model")
+
+
+def test_collect_of_groups_that_do_no_work():
+    # A group with no cycles and no DRAM traffic: latency 0, so fps and the CTCs (ops per byte of
+    # nothing) are infinite, GOPS and the layer's utilisation are 0 (nothing ran), not errors.
+    layers = [conv("z", 1, 1, 1)]
+    plan = sch.GroupPlan(0, 1, "layer", sch.empty_traffic(), 0, 0, layer_cycles=[0], layer_extra_macs=[0])
+    est = _collect(layers, [plan], TOY, 16, "layer", Engine(1, 1), 200.0, 1)
+    assert est.latency_s == 0.0 and est.fps == float("inf") and est.gops == 0.0
+    assert est.ctc == float("inf") and est.groups[0]["ctc"] == float("inf")
+    assert est.layers[0]["util"] == 0.0
+
+
+@pytest.mark.parametrize("second_fits", [True, False])
+def test_collect_second_group_rows_tie_and_fit(second_fits):
+    # 1 MHz and 1 GB/s.  a: 1x1 conv 1 -> 2 on 1 x 1 (2 MACs); b: 2 -> 3 (6 MACs).
+    # Group 0 = [a]: 1000 cycles = 1 ms, no traffic, buffer exactly the 100-byte BRAM: that fits (<=).
+    # Group 1 = [b]: 1000 cycles = 1 ms and 1e6 intermediate bytes = 1 ms: a tie is compute-bound
+    # (memory-bound only when the transfer is slower).  Its row: one layer "b", n = 1, 1.0 MB
+    # intermediate, CTC = its own 2 * 6 ops / 1e6 bytes (a's MACs belong to group 0).
+    # Whole: latency 2 ms, GOPS = 2 * 8 / 2 ms / 1e9 = 8e-6; roof 2 * 2 * 3 * 1e6 / 1e9 = 0.012.
+    # fits only if every group fits: a plan that says it does not, though its buffer is small, spoils it.
+    layers = [conv("a", 1, 2, 1), conv("b", 2, 3, 1)]
+    dev = Device("edge", dsp=6, bram_bytes=100, dram_gbps=1.0, freq_mhz=1.0)
+    plans = [sch.GroupPlan(0, 1, "layer", sch.empty_traffic(), 100, 1000, layer_cycles=[1000],
+                           layer_extra_macs=[0]),
+             sch.GroupPlan(1, 2, "layer", {**sch.empty_traffic(), "intermediate": 10**6}, 50, 1000,
+                           fits=second_fits, layer_cycles=[1000], layer_extra_macs=[0])]
+    est = _collect(layers, plans, dev, 16, "layer", Engine(2, 3), 1.0, 6)
+    assert est.fits is second_fits and est.buffer_bytes == 100
+    row = est.groups[1]
+    assert (row["layers"], row["n"], row["inter_MB"], row["bound"]) == ("b", 1, 1.0, "compute")
+    assert row["ctc"] == pytest.approx(12 / 1e6, rel=1e-12, abs=0)
+    assert est.latency_s == pytest.approx(2e-3, rel=1e-12) and est.fps == pytest.approx(500, rel=1e-12)
+    assert est.gops == pytest.approx(8e-6, rel=1e-12, abs=0)  # abs=0: the default 1e-12 would hide 1e-9 here
+    assert est.compute_roof_gops == pytest.approx(0.012, rel=1e-12)
+
+
+def test_graph_fuse_col_first_and_fuse_halves_at_the_start():
+    # The halves rule looks at the layer before; layer 0 has none (not the list's last layer): a
+    # column conv first and a row conv last read the input and the column conv's output.
+    row = Layer("f.row", "fuse_row", 1, 4, 12, 12, 4, 1, 3, 1, 1, 0, 1, 1, 1, 4)
+    col = Layer("f.col", "fuse_col", 1, 4, 12, 12, 4, 3, 1, 1, 1, 1, 0, 1, 1, 4)
+    assert build_graph([col, row]).inputs == (Edge(NETWORK_INPUT, 0, 1, 1), Edge(0, 1, 1, 1))
+    # Row then column as the first two layers: the column half copies the row half's edge exactly
+    # (source, pooling, no flatten), with only that one edge before it.
+    assert build_graph([row, col]).inputs == (Edge(NETWORK_INPUT, 0, 1, 1, False),
+                                              Edge(NETWORK_INPUT, 1, 1, 1, False))
