@@ -1180,3 +1180,137 @@ def test_graph_fuse_col_first_and_fuse_halves_at_the_start():
     # (source, pooling, no flatten), with only that one edge before it.
     assert build_graph([row, col]).inputs == (Edge(NETWORK_INPUT, 0, 1, 1, False),
                                               Edge(NETWORK_INPUT, 1, 1, 1, False))
+
+
+# ---------------------------------------------------------------------------- build_graph: rule by rule
+# The 14 build_graph mutants the second mutation run left (CONTRIBUTING.md).  Each graph is worked out
+# from the rules in hwmodel/fpga/graph.py's docstring: nearest single tensor first (channels equal, or a
+# channel slice for a FuSe half; H and W each pooled by an integer factor, floor), a FuSe conv's [row, col]
+# concatenation right after it, else the concatenation of two consecutive same-size outputs, nearest first.
+
+
+def fuse_half(kind, name, c, h, w=None, pad=1):
+    """A FuSe half on c channels as hwmodel.trace records it: 1x3 ("fuse_row", padded along W only)
+    or 3x1 ("fuse_col", padded along H only), depthwise, stride 1."""
+    w = h if w is None else w
+    kh, kw, ph, pw = (1, 3, 0, pad) if kind == "fuse_row" else (3, 1, pad, 0)
+    return Layer(name, kind, 1, c, h, w, c, kh, kw, 1, 1, ph, pw, 1, 1, c)
+
+
+def test_graph_layer_after_a_lone_row_half_reads_the_nearest_tensor_not_a_concatenation():
+    # Pins that the FuSe concatenation rule needs a row half two back AND a column half just before.
+    # stem 8 x 12 x 12; a row-only FuSe conv reads 4 of its channels; mid (4 -> 4) reads the row half;
+    # x needs 8 channels on 12 x 12: the nearest single tensor with them is the stem (mid 4, row 4),
+    # so x reads the stem, and [row, mid] is no concatenation.  Nobody reads mid, and no later tensor
+    # has its 4 x 12 x 12 shape (x's is 2 x 12 x 12): it folds into the next layer's output, x's.
+    layers = [conv("stem", 3, 8, 12, k=3, p=1), fuse_half("fuse_row", "f.row", 4, 12),
+              conv("mid", 4, 4, 12), conv("x", 8, 2, 12)]
+    g = build_graph(layers)
+    assert g.inputs == (Edge(NETWORK_INPUT, 0, 1, 1), Edge(0, 1, 1, 1), Edge(1, 2, 1, 1), Edge(0, 3, 1, 1))
+    assert g.merges == ((2, 3),)
+
+
+def test_graph_two_fuse_convs_at_the_start_with_an_odd_channel_split():
+    # Pins the FuSe concatenation rule at i = 2, the first index it can apply to.  Two half FuSe convs
+    # on 7 channels (c_row = (7 + 1) // 2 = 4, c_col = 3, as hwmodel.trace splits them) open the network.
+    # f2.row (4 channels) comes right after f1's [row, col], so it reads a 4-channel slice of that
+    # 7-channel concatenation (tensor 1), not f1.row's own 4-channel output, the nearest single match;
+    # f2.col copies f2.row's edge; pw (7 -> 8) reads f2's concatenation (tensor 3).  Both pairs are
+    # concatenations; every tensor is read.
+    layers = [fuse_half("fuse_row", "f1.row", 4, 12), fuse_half("fuse_col", "f1.col", 3, 12),
+              fuse_half("fuse_row", "f2.row", 4, 12), fuse_half("fuse_col", "f2.col", 3, 12),
+              conv("pw", 7, 8, 12)]
+    g = build_graph(layers)
+    assert g.inputs == (Edge(NETWORK_INPUT, 0, 1, 1), Edge(NETWORK_INPUT, 1, 1, 1), Edge(1, 2, 1, 1),
+                        Edge(1, 3, 1, 1), Edge(3, 4, 1, 1))
+    assert g.merges == ((0, 1), (2, 3))
+
+
+def test_graph_fuse_concatenation_adds_the_row_and_column_channel_counts():
+    # Pins c_row + c_col (not twice either half): stem 7 x 12 x 12, a FuSe conv split 4 + 3, pw 7 -> 8.
+    # pw reads the 7-channel [row, col] concatenation (tensor 2), even though the stem too has 7 x 12 x 12.
+    layers = [conv("stem", 3, 7, 12, k=3, p=1), fuse_half("fuse_row", "f.row", 4, 12),
+              fuse_half("fuse_col", "f.col", 3, 12), conv("pw", 7, 8, 12)]
+    g = build_graph(layers)
+    assert g.inputs == (Edge(NETWORK_INPUT, 0, 1, 1), Edge(0, 1, 1, 1), Edge(0, 2, 1, 1), Edge(2, 3, 1, 1))
+    assert g.merges == ((1, 2),)
+
+
+def test_graph_fuse_halves_of_different_sizes_are_not_concatenated():
+    # Pins the same-size check of the FuSe rule.  Without padding, the 1x3 row half maps 12 x 12 to
+    # 12 x 10 and the 3x1 column half to 10 x 12: they cannot be concatenated.  x (8 channels, 3 x 3)
+    # then reads the stem's 8 x 12 x 12 pooled by 12 // 3 = 4 on both axes.  (The mismatched pair taken
+    # as 8 x 10 x 12 would pool by 10 // 3 = 3 and 12 // 3 = 4.)  Neither half is read: the row half's
+    # 4 x 12 x 10 has no later twin (col 4 x 10 x 12, x 2 x 3 x 3), so it folds into the next layer,
+    # the column half; the column half folds into x.
+    layers = [conv("stem", 3, 8, 12, k=3, p=1), fuse_half("fuse_row", "f.row", 4, 12, pad=0),
+              fuse_half("fuse_col", "f.col", 4, 12, pad=0), conv("x", 8, 2, 3)]
+    assert (tensor_shape(layers, 1), tensor_shape(layers, 2)) == ((4, 12, 10), (4, 10, 12))
+    g = build_graph(layers)
+    assert g.inputs == (Edge(NETWORK_INPUT, 0, 1, 1), Edge(0, 1, 1, 1), Edge(0, 2, 1, 1), Edge(0, 3, 4, 4))
+    assert g.merges == ((1, 2), (2, 3))
+
+
+def test_graph_fuse_concatenation_pooled_per_axis_and_the_layers_after_it():
+    # Pins the pooling of the FuSe rule's edge, H and W apart, and that the layers after its reader are
+    # still placed.  x reads [row, col] (8 x 12 x 12) on 6 x 4: pooled by 12 // 6 = 2 along H and
+    # 12 // 4 = 3 along W; y (16 -> 4 on 6 x 4) then reads x, unpooled.
+    layers = [conv("stem", 3, 8, 12, k=3, p=1), fuse_half("fuse_row", "f.row", 4, 12),
+              fuse_half("fuse_col", "f.col", 4, 12), conv("x", 8, 16, 6, 4), conv("y", 16, 4, 6, 4)]
+    g = build_graph(layers)
+    assert g.inputs == (Edge(NETWORK_INPUT, 0, 1, 1), Edge(0, 1, 1, 1), Edge(0, 2, 1, 1), Edge(2, 3, 2, 3),
+                        Edge(3, 4, 1, 1))
+    assert g.merges == ((1, 2),) and g.consumers(3) == [4]
+
+
+def test_graph_fuse_concatenation_flattened_into_a_linear_layer():
+    # Pins the flatten flag on the FuSe rule's edge: fc's 128 inputs are the 8-channel [row, col]
+    # concatenation pooled by 3 (12 // 3 = 4, 8 * 4 * 4 = 128; p = 1 and 2 give 1152 and 288).
+    layers = [conv("stem", 3, 8, 12, k=3, p=1), fuse_half("fuse_row", "f.row", 4, 12),
+              fuse_half("fuse_col", "f.col", 4, 12), Layer("fc", "linear", 1, 128, 1, 1, 10)]
+    g = build_graph(layers)
+    assert g.inputs[3] == Edge(2, 3, 3, 3, True) and g.merges == ((1, 2),)
+
+
+def test_graph_single_tensor_pooled_per_axis():
+    # Pins the pooling of a single-tensor edge, H and W apart: x reads the stem's 12 x 12 on 6 x 4,
+    # pooled by 2 along H and 3 along W.
+    g = build_graph([conv("stem", 3, 8, 12, k=3, p=1), conv("x", 8, 2, 6, 4)])
+    assert g.inputs == (Edge(NETWORK_INPUT, 0, 1, 1), Edge(0, 1, 2, 3, False))
+
+
+def test_graph_two_branch_concatenation_pooled_per_axis_and_flattened():
+    # Pins the pooling (H and W apart) and the flatten flag of an edge from the fallback
+    # concatenation of two consecutive outputs.  Off a (4 x 12 x 12): b3 (4 -> 3) and c5 (4 -> 5, which
+    # cannot read b3, so reads a).  Nothing single has 8 channels, so:
+    # * e (8 channels on 6 x 4) reads [b3, c5] pooled by 2 along H and 3 along W;
+    # * fc (128 inputs) reads [b3, c5] flattened after pooling by 3 (8 * 4 * 4 = 128); no single tensor
+    #   will do: 128 is no multiple of 5 or 3, and 4 * (12 // p)^2 is never 128.
+    a, b3, c5 = conv("a", 4, 4, 12, k=3, p=1), conv("b3", 4, 3, 12), conv("c5", 4, 5, 12)
+    branches = (Edge(NETWORK_INPUT, 0, 1, 1), Edge(0, 1, 1, 1), Edge(0, 2, 1, 1))
+    g = build_graph([a, b3, c5, conv("e", 8, 2, 6, 4)])
+    assert g.inputs == (*branches, Edge(2, 3, 2, 3, False)) and g.merges == ((1, 2),)
+    g = build_graph([a, b3, c5, Layer("fc", "linear", 1, 128, 1, 1, 10)])
+    assert g.inputs == (*branches, Edge(2, 3, 3, 3, True)) and g.merges == ((1, 2),)
+
+
+def test_graph_concatenation_found_behind_a_change_of_map_size():
+    # Pins that the fallback search skips a pair of different sizes and goes on to older pairs.
+    # a (4 -> 3) and b (4 -> 5) both read the 4 x 12 x 12 input (b cannot read a's 3 channels);
+    # d (1x1 stride 2) maps the input to 6 x 6 x 6.  e (8 channels on 12 x 12) has no single tensor;
+    # the nearest pair [b, d] differs in size (12 x 12 against 6 x 6), the next, [a, b], is 8 x 12 x 12.
+    # d is read by nobody and e's 2 x 12 x 12 is not its shape: it folds into e.
+    layers = [conv("a", 4, 3, 12), conv("b", 4, 5, 12), conv("d", 4, 6, 12, s=2), conv("e", 8, 2, 12)]
+    g = build_graph(layers)
+    assert g.inputs == (Edge(NETWORK_INPUT, 0, 1, 1), Edge(NETWORK_INPUT, 1, 1, 1), Edge(NETWORK_INPUT, 2, 1, 1),
+                        Edge(1, 3, 1, 1))
+    assert g.merges == ((0, 1), (2, 3))
+
+
+def test_graph_unplaceable_layer_message_in_full():
+    # The whole message: z wants 5 channels, and only a's 4 x 8 x 8 and the 4 x 8 x 8 input exist.
+    with pytest.raises(ValueError) as info:
+        build_graph([conv("a", 4, 4, 8, k=3, p=1), conv("z", 5, 2, 8)])
+    assert str(info.value) == (
+        "cannot tell where layer 1 ('z', input 5x8x8) reads from: no earlier layer output (or the network "
+        "input) has its channels and a size that pools down to its size")
