@@ -98,8 +98,8 @@ def test_block_bench_rejects_fewer_than_one_sweep(capsys):
     ("block", ["--sweeps", "3", "--rounds", "2", "--no-compile"],
      dict(sweeps=3, rounds=2, compile_composition=False)),
     ("block", [], dict(sweeps=1, rounds=None, compile_composition=True)),
-    ("network", ["--size", "64", "--no-compile"], dict(compile_=False, size=64)),
-    ("network", [], dict(compile_=True)),
+    ("network", ["--size", "64", "--no-compile", "--rounds", "3"], dict(compile_=False, size=64, rounds=3)),
+    ("network", [], dict(compile_=True, rounds=None)),
     ("fuse", [], {}),
 ])
 def test_bench_passes_target_options_to_the_target(monkeypatch, target, argv, expected):
@@ -115,7 +115,7 @@ def test_bench_passes_target_options_to_the_target(monkeypatch, target, argv, ex
 
 @pytest.mark.parametrize("target, argv, flag", [
     ("fuse", ["--sweeps", "2"], "--sweeps"),
-    ("network", ["--rounds", "3"], "--rounds"),
+    ("network", ["--sweeps", "3"], "--sweeps"),
     ("fuse", ["--no-compile"], "--no-compile"),
     ("block", ["--size", "64"], "--size"),
 ])

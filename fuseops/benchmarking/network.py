@@ -166,12 +166,13 @@ def run(quick: bool = False, networks: dict[str, tuple[str, ...]] | None = None,
 
 def main(quick: bool = False, threads: int | None = 2, min_time: float | None = None, out_dir: str | None = None,
          markdown: bool = False, progress: bool = True, size: int = 224, compile_: bool = True,
-         networks: dict[str, tuple[str, ...]] | None = None) -> int:
+         networks: dict[str, tuple[str, ...]] | None = None, rounds: int | None = None) -> int:
     """The ``fuseops bench network`` target: measure, print the table, write network.csv."""
     global ROUND_SECONDS
     if min_time is not None:
         ROUND_SECONDS = min_time
-    rows = run(quick=quick, networks=networks, size=size, threads=threads, compile_=compile_, progress=progress)
+    rows = run(quick=quick, networks=networks, size=size, rounds=rounds, threads=threads, compile_=compile_,
+               progress=progress)
     from fuseops.cli.output import write_csv
     from fuseops.cli.table import markdown_table, print_table
 

@@ -17,7 +17,7 @@ from fuseops.benchmarking import TARGETS
 #: Options that only some targets take: argparse dest -> the targets that accept it.
 TARGET_OPTIONS: dict[str, tuple[str, ...]] = {
     "sweeps": ("block",),
-    "rounds": ("block",),
+    "rounds": ("block", "network"),
     "no_compile": ("block", "network"),
     "size": ("network",),
 }
@@ -36,7 +36,7 @@ def _target_kwargs(args: argparse.Namespace) -> dict:
     if args.target == "block":
         kwargs.update(sweeps=args.sweeps, rounds=args.rounds, compile_composition=not args.no_compile)
     elif args.target == "network":
-        kwargs.update(compile_=not args.no_compile)
+        kwargs.update(compile_=not args.no_compile, rounds=args.rounds)
         if args.size is not None:
             kwargs["size"] = args.size
     return kwargs
@@ -77,7 +77,8 @@ def add_parser(sub) -> None:
     only = parser.add_argument_group("options of some targets")
     only.add_argument("--sweeps", type=_positive_int, default=1,
                       help="block: measure every case this many times, one sweep after the other; report medians")
-    only.add_argument("--rounds", type=_positive_int, default=None, help="block: timing rounds per case (best of)")
+    only.add_argument("--rounds", type=_positive_int, default=None,
+                      help="block: timing rounds per case (best of); network: rounds (median of)")
     only.add_argument("--no-compile", action="store_true",
                       help="block, network: skip the torch.compile providers/settings")
     only.add_argument("--size", type=_positive_int, default=None, help="network: input H = W (default 224)")
