@@ -8,6 +8,8 @@ second and can serve the mutation runs (CONTRIBUTING.md).
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 
 from hwmodel.fpga import Device, Engine, estimate
@@ -1314,3 +1316,42 @@ def test_graph_unplaceable_layer_message_in_full():
     assert str(info.value) == (
         "cannot tell where layer 1 ('z', input 5x8x8) reads from: no earlier layer output (or the network "
         "input) has its channels and a size that pools down to its size")
+
+
+# ---------------------------------------------------------------------------- third run's survivors
+
+
+def test_conv_shape_pads_each_axis_on_both_sides():
+    # Padding (1, 2) on a 5 x 4 input, 3x3 kernel: the padded input is 5 + 2*1 = 7 by 4 + 2*2 = 8
+    # (padding on both sides, per axis); out (7 - 3) + 1 = 5 by (8 - 3) + 1 = 6.
+    layer = Layer("pw", "conv", 1, 2, 5, 4, 2, kernel_h=3, kernel_w=3, pad_h=1, pad_w=2)
+    assert eng.conv_shape(layer) == eng.ConvShape(groups=1, m=2, n=2, r=5, c=6, kh=3, kw=3, sh=1, sw=1, ext_h=3,
+                                                  ext_w=3, in_h=7, in_w=8, batch=1)
+
+
+def test_as_layers_messages_in_full_and_the_no_torch_fallback(monkeypatch):
+    # The two refusals of a module, word for word (ValueError with exactly this text).
+    nn = pytest.importorskip("torch.nn")
+    with pytest.raises(ValueError) as info:
+        estimate(nn.Conv2d(3, 4, 1), device=TOY)
+    assert str(info.value) == "input_shape is required when model_or_layers is an nn.Module, e.g. (1, 3, 224, 224)"
+    with pytest.raises(ValueError) as info:
+        estimate(nn.Sequential(nn.ReLU()), input_shape=(1, 3, 4, 4), device=TOY)
+    assert str(info.value) == "the model has no conv or linear layers to place on the FPGA"
+    # Without torch.nn importable nothing can be a module: a non-layer argument gets the TypeError.
+    monkeypatch.setitem(sys.modules, "torch.nn", None)
+    with pytest.raises(TypeError, match="^model_or_layers must be an nn.Module or a list of hwmodel.Layer, got str$"):
+        estimate("c1", device=TOY)
+
+
+def test_match_needs_both_axes_to_pool_and_flattens_only_into_linear_layers():
+    from hwmodel.fpga.graph import _match
+
+    # A 4-channel conv on 4 x 3 against a 4 x 8 x 8 tensor: H pools by 2 (8 // 2 = 4), but no
+    # factor takes W from 8 to 3 (8 // 2 = 4, 8 // 3 = 2): no match.  The same tensor on 4 x 4: (2, 2).
+    assert _match(conv("x", 4, 2, 4, 3), (4, 8, 8)) is None
+    assert _match(conv("x", 4, 2, 4, 4), (4, 8, 8)) == (2, 2, False)
+    # A conv on a 1 x 1 map with 4 input channels does not flatten a 1 x 2 x 2 tensor (1 * 2 * 2 = 4):
+    # only a linear layer matches a tensor it flattens; a linear layer with 4 inputs does, unpooled.
+    assert _match(conv("x", 4, 2, 1), (1, 2, 2)) is None
+    assert _match(Layer("fc", "linear", 1, 4, 1, 1, 2), (1, 2, 2)) == (1, 1, True)

@@ -312,3 +312,50 @@ def test_a_leaf_whose_first_argument_is_not_a_tensor_is_listed_without_macs():
             return self.scale(2.0, x)
 
     assert [(r.name, r.params, r.macs) for r in profile(Model(), (2, 2)).layers] == [("scale", 1, 0)]
+
+
+def test_a_leaf_called_without_any_tensor_is_listed_without_macs():
+    # A learned bias called with no arguments, and once with only a float keyword: there is no
+    # input tensor (no positional argument, no tensor keyword), so no MACs; it holds 3 parameters,
+    # so each call still gets a row with its (3,) output.
+    class Bias(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.b = nn.Parameter(torch.zeros(3))
+
+        def forward(self, scale=1.0):
+            return self.b * scale
+
+    class Model(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.bias = Bias()
+            self.scaled = Bias()
+
+        def forward(self, x):
+            return x + self.bias() + self.scaled(scale=2.0)
+
+    result = profile(Model(), (2, 3))
+    assert [(r.name, r.kind, r.output_shape, r.params, r.macs) for r in result.layers] == [
+        ("bias", "Bias", (3,), 3, 0), ("scaled", "Bias", (3,), 3, 0)]
+    assert (result.params, result.macs) == (6, 0)
+
+
+def test_a_linear_layer_whose_first_argument_is_not_a_tensor_is_listed_without_macs():
+    # A Linear(4, 2) subclass taking a list of tensors: its first argument is no tensor, so its MACs
+    # are not counted (0), not guessed from the list; its 4*2 + 2 = 10 parameters still get a row.
+    class Pick(nn.Linear):
+        def forward(self, xs):
+            return super().forward(xs[0])
+
+    class Model(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.pick = Pick(4, 2)
+
+        def forward(self, x):
+            return self.pick([x, x])
+
+    result = profile(Model(), (3, 4))
+    assert [(r.name, r.kind, r.output_shape, r.params, r.macs) for r in result.layers] == [
+        ("pick", "Pick", (3, 2), 10, 0)]
