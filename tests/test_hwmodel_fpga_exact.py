@@ -1355,3 +1355,19 @@ def test_match_needs_both_axes_to_pool_and_flattens_only_into_linear_layers():
     # only a linear layer matches a tensor it flattens; a linear layer with 4 inputs does, unpooled.
     assert _match(conv("x", 4, 2, 1), (1, 2, 2)) is None
     assert _match(Layer("fc", "linear", 1, 4, 1, 1, 2), (1, 2, 2)) == (1, 1, True)
+
+
+def test_estimate_refuses_a_layer_without_output():
+    """A kernel larger than its padded input (or block) leaves no output pixel: refused by name,
+    rather than costed with a negative output size."""
+    with pytest.raises(ValueError, match=r"^layer 'x' has no output along H: a kernel of 5 \(dilation 1\) does not "
+                                         r"fit 2 input pixels with padding 1$"):
+        estimate([Layer("x", "conv", 1, 1, 2, 2, 1, kernel_h=5, kernel_w=5, pad_h=1, pad_w=1)])
+    with pytest.raises(ValueError, match=r"^layer 'd' has no output along W: a kernel of 3 \(dilation 2\)"):
+        estimate([Layer("d", "conv", 1, 1, 9, 4, 1, kernel_h=3, kernel_w=3, dilation_w=2)])  # spans 5 > 4
+    blocked = Layer("b", "conv", 1, 1, 6, 6, 1, kernel_h=3, kernel_w=1, block_rows=((0, 4), (4, 6)))
+    with pytest.raises(ValueError, match=r"^layer 'b' has no output along H: .* fit 2 input pixels"):
+        estimate([blocked], schedule="block-fused")  # the whole map fits the kernel, its 2-pixel block does not
+    # A kernel that exactly fits gives one output pixel and is costed.
+    fits = Layer("e", "conv", 1, 1, 3, 5, 1, kernel_h=5, kernel_w=5, pad_h=1)
+    assert estimate([fits]).macs == 25  # a 1x1 output of 5x5 taps

@@ -104,6 +104,20 @@ def _as_layers(model_or_layers: object, input_shape: tuple[int, ...] | None) -> 
     )
 
 
+def _check_outputs(layers: list[Layer]) -> None:
+    """Every layer (every block of a blocked one) must have at least one output pixel per axis:
+    the tiling divides by the output's size, and a negative size would give negative traffic."""
+    for layer in layers:
+        for axis, spans, size, kernel, stride, pad, dilation in (
+                ("H", layer.block_rows, layer.in_h, layer.kernel_h, layer.stride_h, layer.pad_h, layer.dilation_h),
+                ("W", layer.block_cols, layer.in_w, layer.kernel_w, layer.stride_w, layer.pad_w, layer.dilation_w)):
+            for start, stop in spans if spans is not None else ((0, size),):
+                if Layer._out(stop - start, kernel, stride, pad, dilation) < 1:
+                    raise ValueError(
+                        f"layer {layer.name!r} has no output along {axis}: a kernel of {kernel} (dilation "
+                        f"{dilation}) does not fit {stop - start} input pixels with padding {pad}")
+
+
 def estimate(
     model_or_layers: object,
     *,
@@ -144,6 +158,7 @@ def estimate(
     elif isinstance(freq_mhz, bool) or not isinstance(freq_mhz, int | float) or not freq_mhz > 0:
         raise ValueError(f"freq_mhz must be a number > 0, got {freq_mhz!r}")
     layers = _as_layers(model_or_layers, input_shape)
+    _check_outputs(layers)
     if engine is None:
         engine = eng.explore_engine(layers, dev.dsp, bits)
     elif not isinstance(engine, eng.Engine):
