@@ -168,3 +168,27 @@ def test_network_smoke_run_eager(monkeypatch):
     for row in rows:
         assert set(row.times) == {"eager", "eager ref"}
         assert all(isinstance(t, float) and t > 0 for t in row.times.values())
+
+
+def test_network_bench_interleaves_every_variant_and_setting_per_round(monkeypatch):
+    """The ratio to the baseline divides times from the same rounds: each round times every
+    (variant, setting) of the network once, in the same order (no timing: a fake clock)."""
+    from fuseops.benchmarking import network as nb
+
+    order = []
+    monkeypatch.setattr(nb, "build", lambda network, variant, mode: variant)
+    monkeypatch.setattr(nb, "step_function", lambda model, mode, compiled: (model, compiled))
+    monkeypatch.setattr(nb, "_mean_seconds",
+                        lambda fn, x, backend, calls: order.append((fn[0], fn[1], backend)) or 0.01)
+    rows = nb.run(networks={"mobilenet_v2": ("baseline", "half")}, size=8, rounds=3, threads=None,
+                  progress=False)
+    keys = [(variant, compiled, backend) for variant in ("baseline", "half") for _, compiled, backend in nb.SETTINGS]
+    per_measure = len(keys) * (1 + 1 + 3)  # warm-up, calibration, 3 rounds
+    assert len(order) == per_measure * len(nb.MEASURES)
+    for m in range(len(nb.MEASURES)):
+        calls = order[m * per_measure:(m + 1) * per_measure]
+        assert calls[:len(keys)] == keys  # the warm-ups, then calibration and every round in the same order
+        for r in range(1, 5):
+            assert calls[r * len(keys):(r + 1) * len(keys)] == keys
+    assert [row.variant for row in rows] == ["baseline", "half"] * len(nb.MEASURES)
+    assert all(t == 0.01 for row in rows for t in row.times.values())

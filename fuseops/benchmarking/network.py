@@ -1,7 +1,8 @@
 """Whole-network timings: the zoo's FuSe and block networks against their baselines.
 
-Each network variant is timed in four settings, side by side in one process (the settings
-interleaved round by round, so a busy machine slows them alike):
+Each network's variants are timed in four settings, side by side in one process (every
+variant and setting interleaved round by round, so a busy machine slows them alike and the
+ratios to the baseline divide times from the same rounds):
 
 * ``eager``, ``compiled`` (``torch.compile``): with the fuseops backends ("auto");
 * ``eager ref``, ``compiled ref``: with the reference backend, the pure-PyTorch composition
@@ -15,6 +16,7 @@ calls to fill :data:`ROUND_SECONDS`.  A compile failure is reported in its cell,
 from __future__ import annotations
 
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -95,31 +97,39 @@ def _mean_seconds(fn: Callable[[torch.Tensor], object], x: torch.Tensor, backend
         return (time.perf_counter() - start) / calls
 
 
-def measure(network: str, variant: str, measure_: tuple[str, str, int], size: int, rounds: int,
-            settings=SETTINGS) -> Row:
-    """Times of one network variant in every setting, interleaved round by round."""
+def measure(network: str, variants: tuple[str, ...], measure_: tuple[str, str, int], size: int, rounds: int,
+            settings=SETTINGS) -> list[Row]:
+    """Times of a network's variants in every setting, all interleaved round by round: the
+    ratios to the baseline divide times taken in the same rounds, so drift on a shared machine
+    cancels in them."""
     label, mode, batch = measure_
     x = torch.randn(batch, 3, size, size)
-    live: dict[str, tuple[Callable, str]] = {}
-    times: dict[str, float | str] = {}
-    for name, compiled, backend in settings:
-        fn = step_function(build(network, variant, mode), mode, compiled)
-        try:
-            _mean_seconds(fn, x, backend, 2)  # warm-up; compilation for the compiled settings
-        except Exception as exc:  # noqa: BLE001 - a compile failure is a result, reported in the table
-            if not compiled:
-                raise
-            times[name] = f"{COMPILE_FAILED} ({type(exc).__name__})"
-            continue
-        live[name] = (fn, backend)
-    calls = {name: max(1, round(ROUND_SECONDS / max(_mean_seconds(fn, x, backend, 1), 1e-6)))
-             for name, (fn, backend) in live.items()}
-    samples: dict[str, list[float]] = {name: [] for name in live}
+    live: dict[tuple[str, str], tuple[Callable, str]] = {}
+    times: dict[str, dict[str, float | str]] = {variant: {} for variant in variants}
+    for variant in variants:
+        for name, compiled, backend in settings:
+            fn = step_function(build(network, variant, mode), mode, compiled)
+            try:
+                _mean_seconds(fn, x, backend, 2)  # warm-up; compilation for the compiled settings
+            except Exception as exc:  # noqa: BLE001 - a compile failure is a result, reported in the table
+                if not compiled:
+                    raise
+                times[variant][name] = f"{COMPILE_FAILED} ({type(exc).__name__})"
+                # The table cell names the error; the message says why (torch's, or the cache's).
+                print(f"{network} {variant} {label} {name}: {type(exc).__name__}: "
+                      f"{str(exc).splitlines()[0][:300]}", file=sys.stderr)
+                continue
+            live[(variant, name)] = (fn, backend)
+    calls = {key: max(1, round(ROUND_SECONDS / max(_mean_seconds(fn, x, backend, 1), 1e-6)))
+             for key, (fn, backend) in live.items()}
+    samples: dict[tuple[str, str], list[float]] = {key: [] for key in live}
     for _ in range(rounds):
-        for name, (fn, backend) in live.items():
-            samples[name].append(_mean_seconds(fn, x, backend, calls[name]))
-    times.update({name: statistics.median(values) for name, values in samples.items()})
-    return Row(network, variant, label, {name: times[name] for name, _, _ in settings})
+        for key, (fn, backend) in live.items():
+            samples[key].append(_mean_seconds(fn, x, backend, calls[key]))
+    for (variant, name), values in samples.items():
+        times[variant][name] = statistics.median(values)
+    return [Row(network, variant, label, {name: times[variant][name] for name, _, _ in settings})
+            for variant in variants]
 
 
 def _ms(value: float | str | None) -> str:
@@ -153,12 +163,12 @@ def run(quick: bool = False, networks: dict[str, tuple[str, ...]] | None = None,
     networks = networks or (QUICK_NETWORKS if quick else NETWORKS)
     rounds = rounds or (2 if quick else 5)
     settings = SETTINGS if compile_ else tuple(s for s in SETTINGS if not s[1])
-    jobs = [(net, var, m) for net, variants in networks.items() for m in MEASURES for var in variants]
+    jobs = [(net, variants, m) for net, variants in networks.items() for m in MEASURES]
     bar = progress_bar(len(jobs), "networks", "case", progress)
     rows = []
-    for net, var, m in jobs:
-        bar.set_postfix_str(f"{net} {var} {m[0]}")
-        rows.append(measure(net, var, m, size, rounds, settings))
+    for net, variants, m in jobs:
+        bar.set_postfix_str(f"{net} {m[0]}")
+        rows += measure(net, variants, m, size, rounds, settings)
         bar.update(1)
     bar.close()
     return rows
