@@ -1,5 +1,6 @@
 """`fuseops report`: every stage in tiny mode, the files it promises, valid PNGs."""
 
+import csv
 import os
 import struct
 import zlib
@@ -35,7 +36,7 @@ def assert_valid_png(path: str) -> None:
 @pytest.fixture(scope="module")
 def tiny_report(tmp_path_factory):
     out = str(tmp_path_factory.mktemp("report"))
-    stages = tuple(name for name, _ in STAGES if name != "benchmarks")
+    stages = tuple(name for name, _ in STAGES if name not in ("benchmarks", "networks"))  # timed: below
     sections = build_report(out, quick=True, progress=False, only=stages, log=lambda *_: None, tiny=True)
     return out, sections
 
@@ -119,3 +120,23 @@ def test_benchmark_stage_on_tiny_shapes(tmp_path, monkeypatch):
     assert "6x9x9" in body
     assert "conv 4x8x8" in body
     assert "torch.compile` baselines are timed in the full run only" in body
+
+
+def test_networks_stage_tables_a_fuse_network_against_its_baseline(tmp_path, monkeypatch):
+    """The timed network stage in its test size: MobileNetV2 and its FuSe-half variant, eager."""
+    from fuseops.benchmarking import network as nb
+    from fuseops.report.stages import Settings, networks
+
+    monkeypatch.setattr(nb, "ROUND_SECONDS", 0.001)
+    section = networks(Settings(out_dir=str(tmp_path), quick=True, device="cpu", progress=False, tiny=True))
+    assert section.title == "Whole networks"
+    rows = list(csv.DictReader(open(tmp_path / "network.csv")))
+    assert [(r["variant"], r["measure"]) for r in rows] == [
+        (v, m) for m in ("eval N=1", "eval N=8", "train N=8") for v in ("baseline", "half")]
+    for row in rows:
+        assert float(row["eager ms"]) > 0 and float(row["eager ref ms"]) > 0
+        assert row["compiled ms"] == "-"  # eager only in the quick report
+        if row["variant"] == "baseline":
+            assert row["eager / baseline"] == "1.00x"
+    assert len(section.summary) == 1 and section.summary[0].startswith("networks: mobilenet_v2 half eval N=8 ")
+    assert "| network | variant | measure |" in section.body

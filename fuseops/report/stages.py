@@ -90,6 +90,35 @@ def benchmarks(settings: Settings) -> Section:
     return Section("Microbenchmarks", body, summary=summary)
 
 
+# ----------------------------------------------------------------------------- whole networks
+def networks(settings: Settings) -> Section:
+    """`fuseops bench network` on one FuSe and one block network with their baselines: eager
+    only in the quick report, eager and compiled in the full one."""
+    from fuseops.benchmarking import network as nb
+    from fuseops.cli.output import write_csv
+
+    if settings.device != "cpu":
+        raise NotImplementedError("the report's network benchmark runs on the CPU")
+    chosen = {"mobilenet_v2": ("baseline", "half")} if settings.tiny else nb.QUICK_NETWORKS
+    compiled = not (settings.quick or settings.tiny)
+    rows = nb.run(networks=chosen, size=32 if settings.tiny else 224, rounds=1 if settings.tiny else 3,
+                  compile_=compiled, progress=settings.progress)
+    cells = nb.table_rows(rows)
+    write_csv(settings.out_dir, "network.csv", nb.COLUMNS, cells)
+    body = ("Milliseconds per call: eval at N=1 and N=8, and one training step (forward, backward, SGD) at "
+            "N=8, 224x224 (32x32 in a test run), each setting side by side in one process. `ref` runs the "
+            "ops' pure-PyTorch reference (what the papers' code does); the last columns divide each variant's "
+            "time by its baseline network's in the same setting. CSV: `network.csv`.\n\n"
+            + markdown_table(nb.COLUMNS, cells))
+    if not compiled:
+        body += "\n*Quick run: eager only; the `torch.compile` settings are timed in the full run.*\n"
+    by_key = {(c[0], c[1], c[2]): c for c in cells}
+    summary = [f"networks: {net} {var} eval N=8 {by_key[(net, var, 'eval N=8')][-2]} of the baseline eager"
+               + (f", {by_key[(net, var, 'eval N=8')][-1]} compiled" if compiled else "")
+               for net, variants in chosen.items() for var in variants[1:]]
+    return Section("Whole networks", body, summary=summary)
+
+
 # ----------------------------------------------------------------------------- 3. zoo tables
 def zoo(settings: Settings) -> Section:
     from fuseops.cli.zoo import COLUMNS, write_csv, zoo_rows
@@ -247,6 +276,7 @@ def _plot_scatter(measured, predicted, title: str, predictor: str, path: str) ->
 STAGES = (
     ("validation", validation),
     ("benchmarks", benchmarks),
+    ("networks", networks),
     ("zoo", zoo),
     ("systolic", systolic),
     ("fpga", fpga),
@@ -258,6 +288,7 @@ STAGES = (
 EXPECTED_SECONDS = {
     "validation": (3, 3),
     "benchmarks": (20, 200),
+    "networks": (75, 600),
     "zoo": (5, 5),
     "systolic": (5, 10),
     "fpga": (5, 15),
