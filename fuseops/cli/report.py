@@ -25,11 +25,13 @@ def run(args) -> int:
 
 
 def add_parser(sub) -> None:
+    from fuseops.report.stages import STAGES
+
     parser = sub.add_parser("report", help="the main job: validate kernels, benchmark, model hardware, write a report")
     parser.add_argument("--out", default="report", help="output folder (default: report/)")
     parser.add_argument("--quick", action="store_true", help="small subsets; under 3 minutes on a 2-core CPU")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="device to validate and time on")
     parser.add_argument("--only", metavar="STAGES",
-                        help="comma-separated subset of: validation,benchmarks,zoo,systolic,fpga,latency")
+                        help=f"comma-separated subset of: {','.join(name for name, _ in STAGES)}")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.set_defaults(func=run)
