@@ -14,7 +14,7 @@ import pytest
 
 from hwmodel.fpga import Device, Engine, estimate
 from hwmodel.fpga import engine as eng
-from hwmodel.fpga.estimate import _collect, _fmt, _text_table
+from hwmodel.fpga.estimate import _collect, _text_table, format_cell
 from hwmodel.fpga.graph import (
     NETWORK_INPUT,
     Edge,
@@ -322,12 +322,12 @@ def test_estimate_layer_lists_and_modules():
 
 
 def test_table_formatting():
-    assert _fmt(0.012345) == "0.0123"
-    assert _fmt(999.4) == "999"
-    assert _fmt(1000.0) == "1,000"  # from 1000 up: thousands separators, no exponent
-    assert _fmt(-1234.7) == "-1,235"
-    assert _fmt(1234567) == "1,234,567"
-    assert _fmt(True) == "True" and _fmt("x") == "x"
+    assert format_cell(0.012345) == "0.0123"
+    assert format_cell(999.4) == "999"
+    assert format_cell(1000.0) == "1,000"  # from 1000 up: thousands separators, no exponent
+    assert format_cell(-1234.7) == "-1,235"
+    assert format_cell(1234567) == "1,234,567"
+    assert format_cell(True) == "True" and format_cell("x") == "x"
     assert _text_table([]) == ""
     rows = [{"a": 1, "long name": "x"}, {"a": 12345, "long name": "yy"}]
     assert _text_table(rows) == ("a       long name\n"

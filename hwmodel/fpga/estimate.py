@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from hwmodel.fpga import engine as eng
 from hwmodel.fpga import schedule as sch
 from hwmodel.fpga.devices import Device, get_device
-from hwmodel.fpga.graph import block_count, build_graph
+from hwmodel.fpga.graph import block_count, build_graph, input_spans, output_spans
 from hwmodel.layers import Layer
 
 SCHEDULES = {"layer": "layer", "block-fused": "block", "tiled-fused": "tiled"}
@@ -66,14 +66,15 @@ def _text_table(rows: list[dict]) -> str:
     if not rows:
         return ""
     columns = list(rows[0])
-    cells = [[_fmt(row[c]) for c in columns] for row in rows]
+    cells = [[format_cell(row[c]) for c in columns] for row in rows]
     widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths)), "  ".join("-" * w for w in widths)]
     lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths)) for r in cells]
     return "\n".join(lines)
 
 
-def _fmt(value: object) -> str:
+def format_cell(value: object) -> str:
+    """A table cell: floats to 3 significant digits below 1000, thousands separators above."""
     if isinstance(value, float):
         return f"{value:.3g}" if abs(value) < 1000 else f"{value:,.0f}"
     if isinstance(value, int) and not isinstance(value, bool):
@@ -108,11 +109,11 @@ def _check_outputs(layers: list[Layer]) -> None:
     """Every layer (every block of a blocked one) must have at least one output pixel per axis:
     the tiling divides by the output's size, and a negative size would give negative traffic."""
     for layer in layers:
-        for axis, spans, size, kernel, stride, pad, dilation in (
-                ("H", layer.block_rows, layer.in_h, layer.kernel_h, layer.stride_h, layer.pad_h, layer.dilation_h),
-                ("W", layer.block_cols, layer.in_w, layer.kernel_w, layer.stride_w, layer.pad_w, layer.dilation_w)):
-            for start, stop in spans if spans is not None else ((0, size),):
-                if Layer._out(stop - start, kernel, stride, pad, dilation) < 1:
+        for axis, ins, outs, kernel, pad, dilation in zip(
+                "HW", input_spans(layer), output_spans(layer), (layer.kernel_h, layer.kernel_w),
+                (layer.pad_h, layer.pad_w), (layer.dilation_h, layer.dilation_w)):
+            for (start, stop), (out_start, out_stop) in zip(ins, outs):
+                if out_stop - out_start < 1:
                     raise ValueError(
                         f"layer {layer.name!r} has no output along {axis}: a kernel of {kernel} (dilation "
                         f"{dilation}) does not fit {stop - start} input pixels with padding {pad}")

@@ -10,7 +10,7 @@ import argparse
 
 from hwmodel.fpga.devices import DEVICES
 from hwmodel.fpga.engine import Engine
-from hwmodel.fpga.estimate import SCHEDULES, FpgaEstimate, estimate
+from hwmodel.fpga.estimate import SCHEDULES, FpgaEstimate, estimate, format_cell
 from hwmodel.fpga.schedule import OBJECTIVES, has_block_convs
 from hwmodel.layers import Layer
 
@@ -95,7 +95,7 @@ def report(layers: list[Layer], args: argparse.Namespace) -> int:
     chosen = results[args.schedule]
     print(chosen.summary())
     for title, rows in ((f"{args.schedule}: groups", chosen.groups), (f"{args.schedule}: layers", chosen.layers)):
-        print_table(title, list(rows[0]), [[_cell(v) for v in row.values()] for row in rows])
+        print_table(title, list(rows[0]), [[format_cell(v) for v in row.values()] for row in rows])
     print_table(
         f"{args.model} ({args.variant}) on {args.device}, {args.bits}-bit: schedules",
         ["schedule", "fps", "ms", "GOPS", "DRAM MB", *[f"{k} MB" for k in KIND_ORDER], "buffer KB", "fits",
@@ -108,14 +108,6 @@ def report(layers: list[Layer], args: argparse.Namespace) -> int:
         plot_traffic({f"{args.model} ({args.variant}) on {args.device}, {args.bits}-bit": results}, args.plot)
         print(f"wrote {args.plot}")
     return 0
-
-
-def _cell(value: object) -> str:
-    if isinstance(value, float):
-        return f"{value:.3g}" if abs(value) < 1000 else f"{value:,.0f}"
-    if isinstance(value, int) and not isinstance(value, bool):
-        return f"{value:,}"
-    return str(value)
 
 
 def plot_traffic(panels: dict[str, dict[str, FpgaEstimate]], path: str) -> None:
