@@ -1,9 +1,10 @@
 """MnasNet-B1 (Tan et al. 2019; torchvision's ``mnasnet1_0`` layout), with FuSe variants.
 
-Stem 3x3/s2 to 32, then a separable 3x3 (depthwise + BN + ReLU, 1x1 to 16 + BN); six
-inverted-residual stages; 1x1 conv to 1280, dropout 0.5, linear.  FuSe blocks use one BN
-per part with ReLU6 after each (as the FuSeConv code; baseline MnasNet uses ReLU); the stem's separable conv
-is FuSe too in the full/half variants.  Hybrids: FuSe in the first three stages
+Stem 3x3/s2 to 32, then a separable 3x3 (depthwise + BN + ReLU6, 1x1 to 16 + BN); six
+inverted-residual stages; 1x1 conv to 1280, dropout 0.5, linear.  Every activation is
+ReLU6, as in the FuSeConv code (torchvision's MnasNet uses ReLU), so that its checkpoints
+reproduce.  FuSe blocks use one BN per part with ReLU6 after each; the stem's separable
+conv is FuSe too in the full/half variants.  Hybrids: FuSe in the first three stages
 (c=24, 40, 80) and a baseline stem.
 """
 
@@ -26,8 +27,8 @@ class MnasBlock(nn.Module):
         hidden = in_channels * expand
         self.use_residual = stride == 1 and in_channels == out_channels
         self.layers = nn.Sequential(
-            ConvBNAct(in_channels, hidden, 1, activation="relu"),
-            depthwise(hidden, kernel, stride, fuse=fuse, activation="relu" if fuse is None else "relu6"),
+            ConvBNAct(in_channels, hidden, 1, activation="relu6"),
+            depthwise(hidden, kernel, stride, fuse=fuse, activation="relu6"),
             nn.Conv2d(widen(hidden, fuse), out_channels, 1, bias=False),
             nn.BatchNorm2d(out_channels),
         )
@@ -44,8 +45,8 @@ class MnasNetB1(nn.Module):
         super().__init__()
         stem_fuse = fuse_mode(variant, False)  # FuSe in full/half only; hybrids keep a baseline stem
         layers: list[nn.Module] = [
-            ConvBNAct(3, 32, 3, 2, activation="relu"),
-            depthwise(32, 3, 1, fuse=stem_fuse, activation="relu" if stem_fuse is None else "relu6"),
+            ConvBNAct(3, 32, 3, 2, activation="relu6"),
+            depthwise(32, 3, 1, fuse=stem_fuse, activation="relu6"),
             nn.Conv2d(widen(32, stem_fuse), 16, 1, bias=False),
             nn.BatchNorm2d(16),
         ]
@@ -56,7 +57,7 @@ class MnasNetB1(nn.Module):
                 stride = first_stride if i == 0 else 1
                 layers.append(MnasBlock(channels, out_channels, kernel, stride, expand, fuse))
                 channels = out_channels
-        layers.append(ConvBNAct(channels, 1280, 1, activation="relu"))
+        layers.append(ConvBNAct(channels, 1280, 1, activation="relu6"))
         self.layers = nn.Sequential(*layers)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Sequential(nn.Flatten(1), nn.Dropout(dropout), nn.Linear(1280, num_classes))

@@ -8,9 +8,10 @@ As in the FuSeConv reference code (which differs from torchvision's MobileNetV3)
 * stem 3x3/s2 to 16 with h-swish; last stage 1x1 conv to 960 (Large) / 576 (Small) with
   BN and h-swish, average pool, 1x1 conv with bias to 1280, h-swish, dropout 0.2, linear.
 
-A FuSe bottleneck runs: expansion, FuSe conv with one BN per part (no activation), then SE
-(on 2*exp channels for "full") and then the block's nonlinearity.  The baseline block
-runs depthwise + BN + nonlinearity, then SE, as torchvision does.
+A bottleneck runs: expansion, depthwise conv + BN (FuSe: one BN per part), then SE (on
+2*exp channels for "full"), then the block's nonlinearity.  SE comes before the
+nonlinearity in the baseline too, as in the FuSeConv code (torchvision applies it after),
+so that its checkpoints reproduce.
 """
 
 from __future__ import annotations
@@ -60,12 +61,11 @@ class Bottleneck(nn.Module):
         super().__init__()
         self.use_residual = stride == 1 and in_channels == out_channels
         self.expand = ConvBNAct(in_channels, expand, 1, activation=nonlinearity)
-        # Baseline: dw + BN + act, then SE.  FuSe: FuSe + BN per part, SE, then act (the paper's order).
-        self.depthwise = depthwise(expand, kernel, stride, fuse=fuse,
-                                   activation=nonlinearity if fuse is None else None)
+        # dw (or FuSe) + BN, SE, then the nonlinearity: the FuSeConv code's order.
+        self.depthwise = depthwise(expand, kernel, stride, fuse=fuse, activation=None)
         hidden = widen(expand, fuse)
         self.se = SqueezeExcite(hidden) if se else nn.Identity()
-        self.act = activations.module(nonlinearity) if fuse is not None else nn.Identity()
+        self.act = activations.module(nonlinearity)
         self.project = nn.Sequential(nn.Conv2d(hidden, out_channels, 1, bias=False), nn.BatchNorm2d(out_channels))
 
     def forward(self, x):
