@@ -10,7 +10,7 @@ import argparse
 import importlib
 import sys
 
-COMMANDS: tuple[str, ...] = ("info", "validate", "bench", "report", "zoo")
+COMMANDS: tuple[str, ...] = ("info", "validate", "bench", "report", "zoo", "train", "evaluate")
 
 
 class CliError(Exception):

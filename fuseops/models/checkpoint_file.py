@@ -85,7 +85,8 @@ def unwrap(checkpoint: Any, *, ema: bool = False) -> tuple[dict[str, torch.Tenso
         state = checkpoint["state_dict"]
     elif ema:
         if "ema" not in checkpoint:
-            raise ValueError(f"ema=True but the checkpoint has no 'ema' entry; its entries: {sorted(map(str, checkpoint))}")
+            raise ValueError("ema=True but the checkpoint has no 'ema' entry; its entries: "
+                             f"{sorted(map(str, checkpoint))}")
         state = checkpoint["ema"]
         if isinstance(state, Mapping) and "state_dict" in state:
             state = state["state_dict"]

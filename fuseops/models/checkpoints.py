@@ -155,7 +155,7 @@ def save(model: nn.Module, path: str | os.PathLike[str], **meta: Any) -> None:
     """
     import fuseops
 
-    model = _unwrap_model(model)
+    model = unwrap_model(model)
     spec = getattr(model, "fuseops_spec", None)
     if spec is None:
         raise TypeError("model was not built by fuseops.models.get_model, so its name and options are "
@@ -188,7 +188,8 @@ def checkpoint_info(path: str | os.PathLike[str]) -> dict[str, Any]:
     return {key: checkpoint[key] for key in ("model", "fuseops_version", "meta")}
 
 
-def _unwrap_model(model: nn.Module) -> nn.Module:
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The network inside DataParallel/DistributedDataParallel and ``torch.compile`` wrappers."""
     while True:
         if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
             model = model.module

@@ -4,9 +4,9 @@ The checkpoint tests compare fuseops with the networks of the two papers' reposi
 without shipping their code.  ``generate.py`` (run once, outside the test suite, against a
 checkout of the original code) fills every original parameter with :func:`fill`, runs the
 network on :func:`seed_input` and writes a manifest: the state_dict's keys and shapes in
-file order, and the logits the original computes in float64.  The tests rebuild the same state_dict from the manifest alone,
-load it through fuseops and compare outputs.  Only facts are committed: names, shapes,
-numbers.
+file order, and the logits the original computes in float64.  The tests rebuild the same
+state_dict from the manifest alone, load it through fuseops and compare outputs.  Only
+facts are committed: names, shapes, numbers.
 """
 
 from __future__ import annotations
