@@ -8,6 +8,18 @@ from dataclasses import dataclass, field
 KINDS = ("conv", "depthwise", "fuse_row", "fuse_col", "linear")
 
 
+def conv_kind(groups: int, in_channels: int, kernel_h: int, kernel_w: int) -> str:
+    """The kind of a 2-D conv: depthwise ones are "fuse_row" (1xK), "fuse_col" (Kx1) or
+    "depthwise"; every other conv (dense, grouped) is "conv"."""
+    if groups > 1 and groups == in_channels:
+        if kernel_h == 1 and kernel_w > 1:
+            return "fuse_row"
+        if kernel_w == 1 and kernel_h > 1:
+            return "fuse_col"
+        return "depthwise"
+    return "conv"
+
+
 @dataclass(frozen=True)
 class Layer:
     """One compute layer, with the unpadded input size.

@@ -250,7 +250,8 @@ class SystolicArray:
     # -- a network --------------------------------------------------------------------------------
     def estimate(self, model_or_layers: object, input_shape: Sequence[int] | None = None) -> Estimate:
         """Cost a network: an ``nn.Module`` (traced with ``input_shape``, e.g. (1, 3, 224,
-        224)) or a sequence of :class:`~hwmodel.layers.Layer` (``input_shape`` unused).
+        224)), an ONNX file or ``onnx.ModelProto`` (a dynamic batch takes ``input_shape[0]``,
+        default 1), or a sequence of :class:`~hwmodel.layers.Layer` (``input_shape`` unused).
 
         Layers or modules that cannot be costed are listed in ``Estimate.unsupported``.
         """
@@ -266,6 +267,11 @@ class SystolicArray:
 
 
 def _as_layers(model_or_layers: object, input_shape) -> tuple[list[Layer], list[Unsupported]]:
+    from hwmodel.onnx_reader import is_onnx_source, read_onnx
+
+    if is_onnx_source(model_or_layers):  # before the Iterable test: a path is a str
+        read = read_onnx(model_or_layers, batch=input_shape[0] if input_shape else 1)
+        return list(read), list(read.unsupported)
     if isinstance(model_or_layers, Iterable) and not _is_module(model_or_layers):
         layers = list(model_or_layers)
         for i, layer in enumerate(layers):

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from hwmodel.layers import Layer, Unsupported
+from hwmodel.layers import Layer, Unsupported, conv_kind
 
 # Modules that own parameters but cost nothing in the model (as BatchNorm in the paper).
 _FREE_WITH_PARAMS: tuple[type, ...] = (
@@ -80,17 +80,6 @@ def _spatial(x: torch.Tensor, name: str) -> tuple[int, int, int, int]:
     raise ValueError(f"module {name!r} got a {x.dim()}-D input {tuple(x.shape)}; expected (N, C, H, W)")
 
 
-def _conv_kind(conv: nn.Conv2d) -> str:
-    if conv.groups > 1 and conv.groups == conv.in_channels:
-        k_h, k_w = conv.kernel_size
-        if k_h == 1 and k_w > 1:
-            return "fuse_row"
-        if k_w == 1 and k_h > 1:
-            return "fuse_col"
-        return "depthwise"
-    return "conv"
-
-
 def conv2d_layer(name: str, conv: nn.Conv2d, x: torch.Tensor, blocks=None, *, stride=None,
                  meta: dict | None = None) -> Layer:
     """The Layer of an nn.Conv2d applied to ``x``; ``blocks`` = (row spans, col spans)."""
@@ -99,7 +88,8 @@ def conv2d_layer(name: str, conv: nn.Conv2d, x: torch.Tensor, blocks=None, *, st
     stride_h, stride_w = stride if stride is not None else conv.stride
     block_rows, block_cols = blocks if blocks is not None else (None, None)
     return Layer(
-        name=name, kind=_conv_kind(conv), batch=batch, in_channels=conv.in_channels, in_h=in_h, in_w=in_w,
+        name=name, kind=conv_kind(conv.groups, conv.in_channels, *conv.kernel_size), batch=batch,
+        in_channels=conv.in_channels, in_h=in_h, in_w=in_w,
         out_channels=conv.out_channels, kernel_h=conv.kernel_size[0], kernel_w=conv.kernel_size[1],
         stride_h=stride_h, stride_w=stride_w, pad_h=pad_h, pad_w=pad_w, dilation_h=conv.dilation[0],
         dilation_w=conv.dilation[1], groups=conv.groups, block_rows=block_rows, block_cols=block_cols,

@@ -83,6 +83,13 @@ def format_cell(value: object) -> str:
 
 
 def _as_layers(model_or_layers: object, input_shape: tuple[int, ...] | None) -> list[Layer]:
+    from hwmodel.onnx_reader import is_onnx_source, read_onnx
+
+    if is_onnx_source(model_or_layers):
+        layers = list(read_onnx(model_or_layers, batch=input_shape[0] if input_shape else 1))
+        if not layers:
+            raise ValueError("the ONNX model has no conv or linear layers to place on the FPGA")
+        return layers
     if isinstance(model_or_layers, list | tuple) and all(isinstance(x, Layer) for x in model_or_layers):
         if not model_or_layers:
             raise ValueError("model_or_layers is an empty layer list")
@@ -134,7 +141,9 @@ def estimate(
 
     Args:
         model_or_layers: an ``nn.Module`` (traced with ``hwmodel.trace.trace`` on
-            ``input_shape``, (N, C, H, W)) or a list of :class:`hwmodel.Layer`.
+            ``input_shape``, (N, C, H, W)), an ONNX file or ``onnx.ModelProto`` (read by
+            :func:`hwmodel.onnx_reader.read_onnx`; a dynamic batch takes
+            ``input_shape[0]``, default 1) or a list of :class:`hwmodel.Layer`.
         device: a preset name from ``hwmodel.fpga.DEVICES`` or a :class:`Device`.
         bits: 32 (float, 5 DSP per MAC), 16 (fixed, 1) or 8 (fixed, 0.5).
         engine: the MAC array; None explores (Tm, Tn) for the DSP budget.  Output tiles

@@ -56,10 +56,18 @@ def parse_int_list(option: str, text: str) -> list[int]:
 
 
 def load_layers(model: str, variant: str, input_shape: Sequence[int]) -> list[Layer]:
-    """Layers of MODEL: a SCALE-Sim topology CSV (a path that exists or ends in .csv) or
-    a zoo name traced at ``input_shape``."""
+    """Layers of MODEL: an ONNX file (.onnx; a dynamic batch takes ``input_shape[0]``), a
+    SCALE-Sim topology CSV (a path that exists or ends in .csv) or a zoo name traced at
+    ``input_shape``."""
+    from hwmodel.onnx_reader import read_onnx
     from hwmodel.topology import read_topology
     from hwmodel.trace import trace
+
+    if model.lower().endswith(".onnx"):
+        try:
+            return read_onnx(model, batch=input_shape[0])
+        except (OSError, ValueError, ImportError) as err:
+            raise CliError(str(err)) from err
 
     if model.lower().endswith(".csv") or os.path.isfile(model):
         if not os.path.isfile(model):

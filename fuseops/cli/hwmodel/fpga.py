@@ -1,4 +1,5 @@
-"""``hwmodel fpga MODEL``: a zoo network on an FPGA board, every schedule, tables and a traffic chart.
+"""``hwmodel fpga MODEL``: a zoo network or an ONNX file on an FPGA board, every schedule, tables
+and a traffic chart.
 
 Mounted as a sub-command of ``hwmodel`` with :func:`add_parser`.
 rich (tables) and matplotlib (the PNG) are imported only here, and only when used.
@@ -7,6 +8,7 @@ rich (tables) and matplotlib (the PNG) are imported only here, and only when use
 from __future__ import annotations
 
 import argparse
+import os
 
 from hwmodel.fpga.devices import DEVICES
 from hwmodel.fpga.engine import Engine
@@ -18,7 +20,7 @@ KIND_ORDER = ("input", "weights", "intermediate", "output")
 
 
 def _configure(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    p.add_argument("model", help="a model-zoo name, e.g. resnet18 or vgg16 (see fuseops.models)")
+    p.add_argument("model", help="a model-zoo name, e.g. resnet18 or vgg16 (see fuseops.models), or an .onnx file")
     p.add_argument("--variant", default="block", help="zoo variant (default: block)")
     p.add_argument("--device", default="zc706", choices=sorted(DEVICES))
     p.add_argument("--bits", type=int, default=16, choices=(8, 16, 32),
@@ -51,10 +53,17 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def load_layers(args: argparse.Namespace) -> list[Layer]:
-    """Build the zoo model (``fuseops.cli.hwmodel.zoo()``) and trace it."""
+    """Read the ONNX file (batch ``--batch``), or build the zoo model
+    (``fuseops.cli.hwmodel.zoo()``) and trace it."""
     from fuseops.cli.hwmodel import CliError, zoo
+    from hwmodel.onnx_reader import read_onnx
     from hwmodel.trace import trace
 
+    if args.model.lower().endswith(".onnx"):
+        try:
+            return list(read_onnx(args.model, batch=args.batch))
+        except (OSError, ValueError, ImportError) as err:
+            raise CliError(str(err)) from err
     models = zoo()
     names = list(models.list_models())
     if args.model not in names:
@@ -67,6 +76,12 @@ def load_layers(args: argparse.Namespace) -> list[Layer]:
     except (TypeError, ValueError) as err:
         raise CliError(f"cannot build {args.model} with {kwargs}: {err}") from err
     return list(trace(model, (args.batch, 3, args.input_size, args.input_size)))
+
+
+def _label(args: argparse.Namespace) -> str:
+    if args.model.lower().endswith(".onnx"):
+        return os.path.basename(args.model)
+    return f"{args.model} ({args.variant})"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -83,8 +98,7 @@ def report(layers: list[Layer], args: argparse.Namespace) -> int:
     engine = Engine(args.tm, args.tn) if args.tm is not None else None
     schedules = [s for s in SCHEDULES if s != "block-fused" or has_block_convs(layers)]
     if args.schedule not in schedules:
-        raise CliError(f"{args.model} ({args.variant}) has no block convs; --schedule block-fused needs a block "
-                       "variant")
+        raise CliError(f"{_label(args)} has no block convs; --schedule block-fused needs a block variant")
     results: dict[str, FpgaEstimate] = {}
     for schedule in schedules:
         try:
@@ -97,7 +111,7 @@ def report(layers: list[Layer], args: argparse.Namespace) -> int:
     for title, rows in ((f"{args.schedule}: groups", chosen.groups), (f"{args.schedule}: layers", chosen.layers)):
         print_table(title, list(rows[0]), [[format_cell(v) for v in row.values()] for row in rows])
     print_table(
-        f"{args.model} ({args.variant}) on {args.device}, {args.bits}-bit: schedules",
+        f"{_label(args)} on {args.device}, {args.bits}-bit: schedules",
         ["schedule", "fps", "ms", "GOPS", "DRAM MB", *[f"{k} MB" for k in KIND_ORDER], "buffer KB", "fits",
          "extra MMAC"],
         [[s, f"{r.fps:.2f}", f"{r.latency_s * 1e3:.2f}", f"{r.gops:.1f}", f"{r.total_dram_bytes / 1e6:.2f}",
@@ -105,7 +119,7 @@ def report(layers: list[Layer], args: argparse.Namespace) -> int:
           f"{r.extra_macs / 1e6:.0f}"] for s, r in results.items()],
     )
     if not args.no_plot:
-        plot_traffic({f"{args.model} ({args.variant}) on {args.device}, {args.bits}-bit": results}, args.plot)
+        plot_traffic({f"{_label(args)} on {args.device}, {args.bits}-bit": results}, args.plot)
         print(f"wrote {args.plot}")
     return 0
 

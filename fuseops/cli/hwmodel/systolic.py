@@ -23,14 +23,15 @@ def add_parser(sub) -> None:
     p = sub.add_parser("systolic", help="cycles of one network on a systolic array",
                        description="Cycles, MACs and utilisation of MODEL on an X x Y systolic array.")
     p.add_argument("model", metavar="MODEL",
-                   help="a zoo name (e.g. mobilenet_v2) or a SCALE-Sim topology CSV")
+                   help="a zoo name (e.g. mobilenet_v2), an .onnx file or a SCALE-Sim topology CSV")
     p.add_argument("--variant", default="baseline", help="zoo variant (baseline, full, half, full_hybrid, "
-                   "half_hybrid, ...); ignored for a CSV")
+                   "half_hybrid, ...); ignored for a CSV or ONNX file")
     p.add_argument("--array", default="64x64", help="ROWSxCOLS (default 64x64)")
     p.add_argument("--dataflow", **common["dataflow"])
     p.add_argument("--convention", **common["convention"])
     p.add_argument("--hardware", choices=("auto", "plain", "fuse"), default="auto",
-                   help="plain or FuSe array; auto = FuSe for a zoo FuSe variant, plain otherwise")
+                   help="plain or FuSe array; auto = FuSe for a zoo FuSe variant or an ONNX file with "
+                   "1xK/Kx1 depthwise layers, plain otherwise")
     p.add_argument("--input-shape", default="1,3,224,224", help="N,C,H,W for tracing (default 1,3,224,224)")
     p.add_argument("--per-layer", action="store_true", help="print one row per layer")
     p.add_argument("--csv", metavar="PATH", help="also write the per-layer rows to this CSV")
@@ -72,12 +73,16 @@ def _print_estimate(title: str, est: Estimate, per_layer: bool) -> None:
 
 def run_systolic(args) -> int:
     rows, cols = cli.parse_array(args.array)
-    is_csv = args.model.lower().endswith(".csv") or os.path.isfile(args.model)
+    is_file = args.model.lower().endswith((".csv", ".onnx")) or os.path.isfile(args.model)
     layers = cli.load_layers(args.model, args.variant, _shape(args.input_shape))
-    fuse = args.hardware == "fuse" or (args.hardware == "auto" and not is_csv and args.variant != "baseline")
+    if args.model.lower().endswith(".onnx"):  # a network from a file: FuSe hardware if it has FuSe layers
+        auto_fuse = any(layer.kind in ("fuse_row", "fuse_col") for layer in layers)
+    else:
+        auto_fuse = not is_file and args.variant != "baseline"
+    fuse = args.hardware == "fuse" or (args.hardware == "auto" and auto_fuse)
     array = SystolicArray(rows, cols, dataflow=args.dataflow, convention=args.convention, fuse=fuse)
     est = array.estimate(layers)
-    label = os.path.basename(args.model) if is_csv else f"{args.model} ({args.variant})"
+    label = os.path.basename(args.model) if is_file else f"{args.model} ({args.variant})"
     hardware = "FuSe" if fuse else "plain"
     title = f"{label} on a {rows}x{cols} {hardware} array, {args.dataflow}, {args.convention}"
     _print_estimate(title, est, args.per_layer)
