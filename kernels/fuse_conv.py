@@ -65,6 +65,12 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"
 
 
+def autotuning() -> bool:
+    """False with ``FUSEOPS_TRITON_AUTOTUNE=0``: each kernel then takes its first fitting
+    config without measuring, so a time-boxed GPU check is bound by compiling, not tuning."""
+    return os.environ.get("FUSEOPS_TRITON_AUTOTUNE", "1") != "0"
+
+
 def tile_configs(max_per_thread: int = 16) -> list[triton.Config]:
     """Autotune space for the element-wise-tiled kernels (forward, grad_x).
 
@@ -101,7 +107,7 @@ def _prune_tiles(configs, height: int, width: int):
             and c.kwargs["BLOCK_H"] <= max(1, triton.next_power_of_2(height))]
     if not kept:
         kept = [c for c in configs if c.kwargs["BLOCK_W"] == target_w] or configs
-    return kept
+    return kept if autotuning() else kept[:1]
 
 
 def prune_output_tiles(configs, named_args, **kwargs):

@@ -24,6 +24,8 @@ from hypothesis import settings  # noqa: E402
 # compilation make timings meaningless.
 settings.register_profile("ci", max_examples=25, deadline=None, derandomize=False)
 settings.register_profile("dev", max_examples=10, deadline=None)
+# The one-shot GPU check (bench/gpu_check.sh): each example is a new kernel compile there.
+settings.register_profile("gpu", max_examples=4, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 #: The one skip reason CI accepts: its machine has no GPU.

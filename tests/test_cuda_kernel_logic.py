@@ -8,7 +8,7 @@ compiler, and checks forward and backward against ``fuse_conv2d_reference``.
 It covers tiling, halos, zero padding, the 16-byte staging chunks, the sliding window,
 stride, dilation, int32/int64 offsets and the chunked weight reduction.  It does NOT
 cover races, device alignment faults, the warp-shuffle reduction or speed: those need
-tests/test_gpu_fuse_conv.py and bench/gpu_sanitize.sh on a GPU.
+tests/test_gpu_fuse_conv.py and bench/gpu_sanitize.sh (both in bench/gpu_check.sh) on a GPU.
 """
 
 from __future__ import annotations
