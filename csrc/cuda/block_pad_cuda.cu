@@ -17,6 +17,9 @@
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
 
+#include <mutex>
+#include <sstream>
+#include <unordered_map>
 #include <vector>
 
 namespace fuseops_blockpad {
@@ -90,7 +93,7 @@ __global__ void __launch_bounds__(kThreads)
   grad_x[i] = static_cast<scalar_t>(sum);
 }
 
-// Host vector -> int32 device tensor (a small synchronous copy per call).
+// Host vector -> int32 device tensor (a small synchronous copy, once per geometry: see device_axis_maps).
 at::Tensor to_device(const std::vector<int64_t>& values, const at::Device& device) {
   TORCH_CHECK(values.size() < static_cast<size_t>(std::numeric_limits<int32_t>::max()), "block map too long");
   at::Tensor host = at::empty({static_cast<int64_t>(values.size())}, at::TensorOptions().dtype(at::kInt));
@@ -100,6 +103,32 @@ at::Tensor to_device(const std::vector<int64_t>& values, const at::Device& devic
     p[i] = static_cast<int32_t>(values[i]);
   }
   return host.to(device);
+}
+
+// One axis's maps on the device: the gather map and its inverse (offsets, indices).
+struct AxisMaps {
+  at::Tensor map, offsets, indices;
+};
+
+// Maps per (axis geometry, device), built and copied once: later calls do no host work, no
+// host-to-device copy and no sync, so the ops can be captured in CUDA graphs after a first
+// (warm-up) call.  References stay valid: unordered_map never moves its nodes.
+const AxisMaps& device_axis_maps(at::IntArrayRef bounds, int64_t extent, int64_t pad_lo, int64_t pad_hi,
+                                 PadMode mode, int64_t align, const char* axis, const at::Device& device) {
+  static std::mutex mutex;
+  static std::unordered_map<std::string, AxisMaps> cache;
+  std::ostringstream key;
+  key << device.index() << '|' << extent << '|' << pad_lo << '|' << pad_hi << '|' << static_cast<int>(mode) << '|'
+      << align << '|';
+  for (const int64_t b : bounds) key << b << ',';
+  const std::lock_guard<std::mutex> lock(mutex);
+  const auto found = cache.find(key.str());
+  if (found != cache.end()) return found->second;
+  const std::vector<int64_t> map = axis_map(bounds.vec(), extent, pad_lo, pad_hi, mode, align, axis);
+  std::vector<int64_t> offsets, indices;
+  invert_map(map, extent, offsets, indices);
+  AxisMaps maps{to_device(map, device), to_device(offsets, device), to_device(indices, device)};
+  return cache.emplace(key.str(), std::move(maps)).first->second;
 }
 
 at::MemoryFormat output_format(const at::Tensor& t) {
@@ -113,14 +142,13 @@ at::Tensor block_pad_gather_cuda(const at::Tensor& x, at::IntArrayRef row_bounds
   TORCH_CHECK(x.dim() == 4, "x must be 4-D (N, C, H, W), got ", x.dim(), "-D");
   const PadMode mode = parse_mode(std::string(mode_name));
   const Padding pad = parse_padding(padding.vec());
-  const auto row_map = axis_map(row_bounds.vec(), x.size(2), pad.top, pad.bottom, mode, align, "row");
-  const auto col_map = axis_map(col_bounds.vec(), x.size(3), pad.left, pad.right, mode, align, "col");
   const c10::cuda::CUDAGuard guard(x.device());
-  const int64_t hc = static_cast<int64_t>(row_map.size()), wc = static_cast<int64_t>(col_map.size());
+  const at::Tensor& rows = device_axis_maps(row_bounds, x.size(2), pad.top, pad.bottom, mode, align, "row", x.device()).map;
+  const at::Tensor& cols = device_axis_maps(col_bounds, x.size(3), pad.left, pad.right, mode, align, "col", x.device()).map;
+  const int64_t hc = rows.numel(), wc = cols.numel();
   const at::MemoryFormat fmt = output_format(x);
   at::Tensor out = at::empty({x.size(0), x.size(1), hc, wc}, x.options().memory_format(fmt));
   if (out.numel() == 0) return out;
-  const at::Tensor rows = to_device(row_map, x.device()), cols = to_device(col_map, x.device());
   const int64_t total = out.numel();
   const int64_t blocks = fuseops_cuda::ceil_div(total, kThreads);
   TORCH_CHECK(blocks <= std::numeric_limits<int32_t>::max(), "block_pad_gather: output too large for one grid");
@@ -156,20 +184,16 @@ at::Tensor block_pad_scatter_cuda(const at::Tensor& grad, at::IntArrayRef row_bo
   TORCH_CHECK(grad.dim() == 4, "grad must be 4-D, got ", grad.dim(), "-D");
   const PadMode mode = parse_mode(std::string(mode_name));
   const Padding pad = parse_padding(padding.vec());
-  const auto row_map = axis_map(row_bounds.vec(), height, pad.top, pad.bottom, mode, align, "row");
-  const auto col_map = axis_map(col_bounds.vec(), width, pad.left, pad.right, mode, align, "col");
-  const int64_t hc = static_cast<int64_t>(row_map.size()), wc = static_cast<int64_t>(col_map.size());
+  const c10::cuda::CUDAGuard guard(grad.device());
+  const AxisMaps& row_maps = device_axis_maps(row_bounds, height, pad.top, pad.bottom, mode, align, "row", grad.device());
+  const AxisMaps& col_maps = device_axis_maps(col_bounds, width, pad.left, pad.right, mode, align, "col", grad.device());
+  const int64_t hc = row_maps.map.numel(), wc = col_maps.map.numel();
   TORCH_CHECK(grad.size(2) == hc && grad.size(3) == wc, "grad must have the canvas size ", hc, "x", wc, ", got ",
               grad.sizes());
-  std::vector<int64_t> row_off, row_idx, col_off, col_idx;
-  invert_map(row_map, height, row_off, row_idx);
-  invert_map(col_map, width, col_off, col_idx);
-  const c10::cuda::CUDAGuard guard(grad.device());
   const at::MemoryFormat fmt = output_format(grad);
   at::Tensor grad_x = at::empty({grad.size(0), grad.size(1), height, width}, grad.options().memory_format(fmt));
   if (grad_x.numel() == 0) return grad_x;
-  const at::Tensor ro = to_device(row_off, grad.device()), ri = to_device(row_idx, grad.device());
-  const at::Tensor co = to_device(col_off, grad.device()), ci = to_device(col_idx, grad.device());
+  const at::Tensor &ro = row_maps.offsets, &ri = row_maps.indices, &co = col_maps.offsets, &ci = col_maps.indices;
   const int64_t total = grad_x.numel();
   const int64_t blocks = fuseops_cuda::ceil_div(total, kThreads);
   TORCH_CHECK(blocks <= std::numeric_limits<int32_t>::max(), "block_pad_scatter: output too large for one grid");

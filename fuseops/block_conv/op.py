@@ -33,10 +33,8 @@ backends.register_op(
     probes={
         "reference": backends.reference_probe,
         "cpu": backends.cpu_probe_for("block_conv2d_forward"),
-        # The planned CUDA path (the block-pad gather kernel feeding one cuDNN conv) is not
-        # wired to this op yet: its kernels exist in csrc/cuda but have never run on a GPU.
-        "cuda": lambda device: backends.Availability(
-            False, "no CUDA block_conv2d path yet (its gather kernel has not run on a GPU); use triton or reference"),
+        # The block-pad gather onto a canvas, one cuDNN conv, a crop (cuda_impl).
+        "cuda": backends.cuda_probe_for("block_pad_gather"),
         "triton": backends.triton_probe,
     },
     auto_order={"cpu": ("cpu", "reference"), "cuda": ("cuda", "triton", "reference")},
