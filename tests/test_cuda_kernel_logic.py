@@ -180,3 +180,28 @@ def test_mobilenet_shape_with_many_rows_per_block(emulator):
         expected = fuse_conv2d_reference(*(t.double() for t in (x, wr, wc, bias)), *_options(cfg))
         torch.testing.assert_close(emulate_forward(emulator, cfg, x, wr, wc, bias).double(), expected,
                                    rtol=1e-5, atol=1e-5)
+
+
+INT32_MAX = 2**31 - 1
+
+
+@pytest.mark.parametrize("block, thread, total, has_work, index", [
+    # The last full block below 2^31 threads: exact indices, work only below total.
+    (2**23 - 1, 254, INT32_MAX, True, INT32_MAX - 1),
+    (2**23 - 1, 255, INT32_MAX, False, None),  # flat == INT32_MAX == total
+    # Past 2^31 threads, with a total that fits int32: 32-bit arithmetic would wrap to a
+    # negative index (and pass an `i >= total` check); the 64-bit index has no work.
+    (2**23, 0, INT32_MAX, False, None),
+    (2**23 + 5, 17, INT32_MAX, False, None),
+    (0, 3, 10, True, 3),
+])
+def test_thread_index_near_two_to_the_31(emulator, block, thread, total, has_work, index):
+    flat, narrowed = ctypes.c_int64(), ctypes.c_int32()
+    fn = emulator.fc_thread_index_i32
+    fn.restype = ctypes.c_int
+    got = fn(ctypes.c_int64(block), ctypes.c_int64(256), ctypes.c_int64(thread), ctypes.c_int64(total),
+             ctypes.byref(flat), ctypes.byref(narrowed))
+    assert flat.value == block * 256 + thread  # no wrap: computed in 64 bits
+    assert bool(got) == has_work
+    if has_work:
+        assert narrowed.value == index

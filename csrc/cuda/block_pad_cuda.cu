@@ -59,8 +59,11 @@ __global__ void __launch_bounds__(kThreads)
     gather_kernel(const scalar_t* __restrict__ x, Strides xs, scalar_t* __restrict__ out,
                   const int32_t* __restrict__ row_map, const int32_t* __restrict__ col_map, index_t total,
                   int channels, int canvas_h, int canvas_w) {
-  const index_t i = static_cast<index_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (i >= total) return;
+  // The flat index in 64 bits, compared before narrowing: blockIdx.x * blockDim.x can pass
+  // 2^31 (and wrap negative in 32 bits) while total still fits int32.
+  const int64_t flat = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (flat >= static_cast<int64_t>(total)) return;
+  const index_t i = static_cast<index_t>(flat);
   index_t n;
   int c, q, r;
   unravel<index_t, CHANNELS_LAST>(i, channels, canvas_h, canvas_w, n, c, q, r);
@@ -79,8 +82,11 @@ __global__ void __launch_bounds__(kThreads)
                    const int32_t* __restrict__ col_off, const int32_t* __restrict__ col_idx, index_t total,
                    int channels, int height, int width) {
   using acc_t = at::acc_type<scalar_t, true>;
-  const index_t i = static_cast<index_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (i >= total) return;
+  // The flat index in 64 bits, compared before narrowing: blockIdx.x * blockDim.x can pass
+  // 2^31 (and wrap negative in 32 bits) while total still fits int32.
+  const int64_t flat = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (flat >= static_cast<int64_t>(total)) return;
+  const index_t i = static_cast<index_t>(flat);
   index_t n;
   int c, y, x;
   unravel<index_t, CHANNELS_LAST>(i, channels, height, width, n, c, y, x);

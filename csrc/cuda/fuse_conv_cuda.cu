@@ -136,14 +136,20 @@ __global__ void __launch_bounds__(kThreads) row_forward_kernel(const fuseops_ker
 template <typename scalar_t, typename index_t>
 __global__ void __launch_bounds__(kThreads) row_forward_direct_kernel(const fuseops_kernels::FwdArgs<scalar_t> a) {
   using acc_t = at::acc_type<scalar_t, true>;
-  const index_t i = static_cast<index_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  index_t i;
+  if (!fuseops_kernels::thread_element(fuseops_kernels::flat_thread_index(blockIdx.x, blockDim.x, threadIdx.x),
+                                       a.total, i))
+    return;
   fuseops_kernels::row_direct<scalar_t, acc_t, index_t>(a, i);
 }
 
 template <typename scalar_t, typename index_t, bool UNIT_DILATION>
 __global__ void __launch_bounds__(kThreads) col_forward_kernel(const fuseops_kernels::FwdArgs<scalar_t> a) {
   using acc_t = at::acc_type<scalar_t, true>;
-  const index_t i = static_cast<index_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  index_t i;
+  if (!fuseops_kernels::thread_element(fuseops_kernels::flat_thread_index(blockIdx.x, blockDim.x, threadIdx.x),
+                                       a.total, i))
+    return;
   fuseops_kernels::col_forward<scalar_t, acc_t, index_t, UNIT_DILATION>(a, i);
 }
 
@@ -283,7 +289,10 @@ template <typename scalar_t, typename acc_t, typename index_t>
 __global__ void __launch_bounds__(kThreads) grad_pre_kernel(const scalar_t* __restrict__ grad_out,
                                                             const scalar_t* __restrict__ pre,
                                                             acc_t* __restrict__ grad_pre, index_t total, Act act) {
-  const index_t i = static_cast<index_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  index_t i;
+  if (!fuseops_kernels::thread_element(fuseops_kernels::flat_thread_index(blockIdx.x, blockDim.x, threadIdx.x),
+                                       static_cast<int64_t>(total), i))
+    return;
   fuseops_kernels::grad_pre_elem<scalar_t, acc_t, index_t>(grad_out, pre, grad_pre, total, act, i);
 }
 
@@ -291,7 +300,10 @@ template <typename scalar_t, typename acc_t, typename index_t>
 __global__ void __launch_bounds__(kThreads) grad_x_kernel(const fuseops_kernels::BwdArgs<scalar_t> a,
                                                           const acc_t* __restrict__ grad_pre,
                                                           scalar_t* __restrict__ grad_x, index_t total) {
-  const index_t i = static_cast<index_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  index_t i;
+  if (!fuseops_kernels::thread_element(fuseops_kernels::flat_thread_index(blockIdx.x, blockDim.x, threadIdx.x),
+                                       static_cast<int64_t>(total), i))
+    return;
   fuseops_kernels::grad_x_elem<scalar_t, acc_t, index_t>(a, grad_pre, grad_x, total, i);
 }
 

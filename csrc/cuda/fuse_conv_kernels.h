@@ -180,6 +180,22 @@ FUSEOPS_HD void row_compute(const FwdArgs<scalar_t>& a, int64_t block, int threa
   }
 }
 
+// --------------------------------------------------------------------------- thread index
+// A thread's flat index, in 64 bits: block * block_dim can pass 2^31 (and wrap in 32-bit
+// arithmetic, sending threads to negative indices) while every tensor still fits int32.
+FUSEOPS_HD int64_t flat_thread_index(int64_t block, int64_t block_dim, int64_t thread) {
+  return block * block_dim + thread;
+}
+
+// Whether the thread at ``flat`` has work (flat < total, compared in 64 bits); if so, its
+// index narrowed to index_t, which is exact because total fits index_t.
+template <typename index_t>
+FUSEOPS_HD bool thread_element(int64_t flat, int64_t total, index_t& i) {
+  if (flat >= total) return false;
+  i = static_cast<index_t>(flat);
+  return true;
+}
+
 // Row part without shared memory, one output per thread, for halos too wide to stage.
 template <typename scalar_t, typename acc_t, typename index_t>
 FUSEOPS_HD void row_direct(const FwdArgs<scalar_t>& a, index_t i) {

@@ -97,8 +97,11 @@ void forward(const T* x, const T* wr, const T* wc, const T* bias, T* out, const 
       }
     } else {
       a.total = s.n * s.c_row * s.ho * s.wo;
-      for (int64_t i = 0; i < fk::ceil_div(a.total, fk::kThreads) * fk::kThreads; ++i) {
-        fk::row_direct<T, T, index_t>(a, index_t(i));
+      for (int64_t flat = 0; flat < fk::ceil_div(a.total, fk::kThreads) * fk::kThreads; ++flat) {
+        index_t i;
+        if (fk::thread_element(fk::flat_thread_index(flat / fk::kThreads, fk::kThreads, flat % fk::kThreads),
+                               a.total, i))
+          fk::row_direct<T, T, index_t>(a, i);
       }
     }
   }
@@ -108,11 +111,15 @@ void forward(const T* x, const T* wr, const T* wc, const T* bias, T* out, const 
     a.c_part = int(s.c_col);
     a.h_chunks = int(fk::ceil_div(s.ho, fk::kColRows));
     a.total = s.n * s.c_col * a.h_chunks * s.wo;
-    for (int64_t i = 0; i < fk::ceil_div(a.total, fk::kThreads) * fk::kThreads; ++i) {
+    for (int64_t flat = 0; flat < fk::ceil_div(a.total, fk::kThreads) * fk::kThreads; ++flat) {
+      index_t i;
+      if (!fk::thread_element(fk::flat_thread_index(flat / fk::kThreads, fk::kThreads, flat % fk::kThreads),
+                              a.total, i))
+        continue;
       if (s.dilation == 1) {
-        fk::col_forward<T, T, index_t, true>(a, index_t(i));
+        fk::col_forward<T, T, index_t, true>(a, i);
       } else {
-        fk::col_forward<T, T, index_t, false>(a, index_t(i));
+        fk::col_forward<T, T, index_t, false>(a, i);
       }
     }
   }
@@ -217,3 +224,15 @@ void backward(const T* grad_out, const T* x, const T* wr, const T* wc, const T* 
 
 FUSEOPS_EMULATOR_EXPORTS(double, f64)
 FUSEOPS_EMULATOR_EXPORTS(float, f32)
+
+// The kernels' thread-index step alone, for index math near 2^31: the flat index of
+// (block, thread) in 64 bits and, when it has work, its narrowed int32 value.
+extern "C" int fc_thread_index_i32(int64_t block, int64_t block_dim, int64_t thread, int64_t total,
+                                   int64_t* flat_out, int32_t* index_out) {
+  const int64_t flat = fk::flat_thread_index(block, block_dim, thread);
+  *flat_out = flat;
+  int32_t i = -1;
+  const bool has_work = fk::thread_element(flat, total, i);
+  *index_out = i;
+  return has_work ? 1 : 0;
+}
