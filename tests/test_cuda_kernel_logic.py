@@ -205,3 +205,20 @@ def test_thread_index_near_two_to_the_31(emulator, block, thread, total, has_wor
     assert bool(got) == has_work
     if has_work:
         assert narrowed.value == index
+
+
+@pytest.mark.parametrize("dtype, width", [(torch.float64, 14), (torch.float32, 20), (torch.float32, 4)])
+@pytest.mark.parametrize("dilation", [1, 2])
+def test_column_groups_match_single_columns(emulator, dtype, width, dilation):
+    # Stride 1 and W a multiple of the 16-byte chunk: the column kernel takes COLS columns per
+    # thread.  It must give exactly what one column per thread gives (vec1 forces that), and
+    # the reference's values, with every output written (poisoned with NaN first).
+    cfg = dict(n=2, c_row=3, c_col=5, h=19, w=width, k=3, full=False, stride=1, dilation=dilation,
+               padding=dilation, bias=True, activation="hardswish")
+    x, wr, wc, bias = _inputs(cfg, dtype)
+    wide = emulate_forward(emulator, cfg, x, wr, wc, bias)
+    single = emulate_forward(emulator, cfg, x, wr, wc, bias, vec1=True)
+    assert not wide.isnan().any()
+    assert torch.equal(wide, single)
+    expected = fuse_conv2d_reference(x.double(), wr.double(), wc.double(), bias.double(), *_options(cfg))
+    torch.testing.assert_close(wide.double(), expected, rtol=1e-5, atol=1e-5)

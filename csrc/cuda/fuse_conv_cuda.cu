@@ -143,14 +143,14 @@ __global__ void __launch_bounds__(kThreads) row_forward_direct_kernel(const fuse
   fuseops_kernels::row_direct<scalar_t, acc_t, index_t>(a, i);
 }
 
-template <typename scalar_t, typename index_t, bool UNIT_DILATION>
+template <typename scalar_t, typename index_t, bool UNIT_DILATION, int COLS>
 __global__ void __launch_bounds__(kThreads) col_forward_kernel(const fuseops_kernels::FwdArgs<scalar_t> a) {
   using acc_t = at::acc_type<scalar_t, true>;
   index_t i;
   if (!fuseops_kernels::thread_element(fuseops_kernels::flat_thread_index(blockIdx.x, blockDim.x, threadIdx.x),
                                        a.total, i))
     return;
-  fuseops_kernels::col_forward<scalar_t, acc_t, index_t, UNIT_DILATION>(a, i);
+  fuseops_kernels::col_forward<scalar_t, acc_t, index_t, UNIT_DILATION, COLS>(a, i);
 }
 
 template <typename scalar_t>
@@ -222,14 +222,25 @@ void launch_forward(const at::Tensor& x, const at::Tensor& weight_row, const at:
     a.weight = weight_col.data_ptr<scalar_t>();
     a.c_part = static_cast<int>(g.c_col);
     a.h_chunks = static_cast<int>(ceil_div(g.ho, fuseops_kernels::kColRows));
-    a.total = g.n * g.c_col * a.h_chunks * g.wo;
+    // 16-byte column groups when stride 1 (the output row is the input row) and rows are
+    // whole 16-byte chunks: x's are (vector_width checks the base and W), out's are then too.
+    constexpr int kCols = static_cast<int>(16 / sizeof(scalar_t));
+    const bool wide = g.stride == 1 && vector_width<scalar_t>(x, g.w) == kCols &&
+                      reinterpret_cast<uintptr_t>(out.data_ptr()) % 16 == 0;
+    a.total = g.n * g.c_col * a.h_chunks * (wide ? g.wo / kCols : g.wo);
     const int64_t blocks = ceil_div(a.total, kThreads);
     TORCH_CHECK(blocks <= std::numeric_limits<int32_t>::max(), "fuse_conv2d: output too large for one grid");
     const auto grid = static_cast<unsigned>(blocks);
-    if (g.dilation == 1) {
-      col_forward_kernel<scalar_t, index_t, true><<<grid, kThreads, 0, stream>>>(a);
+    if (wide) {
+      if (g.dilation == 1) {
+        col_forward_kernel<scalar_t, index_t, true, kCols><<<grid, kThreads, 0, stream>>>(a);
+      } else {
+        col_forward_kernel<scalar_t, index_t, false, kCols><<<grid, kThreads, 0, stream>>>(a);
+      }
+    } else if (g.dilation == 1) {
+      col_forward_kernel<scalar_t, index_t, true, 1><<<grid, kThreads, 0, stream>>>(a);
     } else {
-      col_forward_kernel<scalar_t, index_t, false><<<grid, kThreads, 0, stream>>>(a);
+      col_forward_kernel<scalar_t, index_t, false, 1><<<grid, kThreads, 0, stream>>>(a);
     }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }

@@ -215,15 +215,21 @@ FUSEOPS_HD void row_direct(const FwdArgs<scalar_t>& a, index_t i) {
 }
 
 // --------------------------------------------------------------------------- column part
-// A thread owns one output column of one (n, j) plane and kColRows consecutive output
-// rows.  It walks down H loading each input row it needs once (the sliding window) and
-// adds it into the accumulators of the output rows whose window contains it.
-// Consecutive threads own consecutive columns, so each row load is coalesced.
-template <typename scalar_t, typename acc_t, typename index_t, bool UNIT_DILATION>
+// A thread owns COLS consecutive output columns of one (n, j) plane and kColRows
+// consecutive output rows.  It walks down H loading each input row segment it needs once
+// (the sliding window) and adds it into the accumulators of the output rows whose window
+// contains it.  Consecutive threads own consecutive column groups, so each row load is
+// coalesced.  COLS > 1 (stride 1, W a multiple of COLS, 16-byte aligned rows: the launcher
+// checks) loads and stores COLS elements at once, 16 bytes per thread instead of 2.
+template <typename scalar_t, typename acc_t, typename index_t, bool UNIT_DILATION, int COLS = 1>
 FUSEOPS_HD void col_forward(const FwdArgs<scalar_t>& a, index_t i) {
+  struct alignas(sizeof(scalar_t) * COLS) Chunk {
+    scalar_t v[COLS];
+  };
   if (i >= static_cast<index_t>(a.total)) return;
-  const int wo = static_cast<int>(i % a.wo);
-  const index_t rest = i / a.wo;
+  const int groups = a.wo / COLS;
+  const int wo = static_cast<int>(i % groups) * COLS;
+  const index_t rest = i / groups;
   const int chunk = static_cast<int>(rest % a.h_chunks);
   const index_t plane = rest / a.h_chunks;  // n * C_c + j
   const index_t n = plane / a.c_part, j = plane % a.c_part;
@@ -233,14 +239,24 @@ FUSEOPS_HD void col_forward(const FwdArgs<scalar_t>& a, index_t i) {
       a.x + ((n * a.channels + a.col_start + j) * a.height) * a.width + static_cast<index_t>(wo) * a.stride;
   const scalar_t* w = a.weight + j * a.k;
 
-  acc_t acc[kColRows];
+  acc_t acc[kColRows][COLS];
 #pragma unroll
-  for (int r = 0; r < kColRows; ++r) acc[r] = acc_t(0);
+  for (int r = 0; r < kColRows; ++r) {
+#pragma unroll
+    for (int e = 0; e < COLS; ++e) acc[r][e] = acc_t(0);
+  }
 
   const int h_first = ho0 * a.stride - a.padding;
   const int h_last = (ho0 + rows - 1) * a.stride - a.padding + (a.k - 1) * a.dilation;
   for (int h = imax(h_first, 0); h <= imin(h_last, a.height - 1); ++h) {
-    const acc_t v = static_cast<acc_t>(x_col[static_cast<index_t>(h) * a.width]);
+    acc_t v[COLS];
+    if (COLS > 1) {
+      const Chunk loaded = *reinterpret_cast<const Chunk*>(x_col + static_cast<index_t>(h) * a.width);
+#pragma unroll
+      for (int e = 0; e < COLS; ++e) v[e] = static_cast<acc_t>(loaded.v[e]);
+    } else {
+      v[0] = static_cast<acc_t>(x_col[static_cast<index_t>(h) * a.width]);
+    }
     const int rel = h - h_first;
 #pragma unroll
     for (int r = 0; r < kColRows; ++r) {
@@ -255,7 +271,11 @@ FUSEOPS_HD void col_forward(const FwdArgs<scalar_t>& a, index_t i) {
           tap = off / a.dilation;
           hit = tap * a.dilation == off && tap < a.k;
         }
-        if (hit) acc[r] += v * static_cast<acc_t>(w[tap]);
+        if (hit) {
+          const acc_t wt = static_cast<acc_t>(w[tap]);
+#pragma unroll
+          for (int e = 0; e < COLS; ++e) acc[r][e] += v[e] * wt;
+        }
       }
     }
   }
@@ -263,7 +283,15 @@ FUSEOPS_HD void col_forward(const FwdArgs<scalar_t>& a, index_t i) {
   scalar_t* out_col = a.out + ((n * a.out_channels + a.c_row + j) * a.ho + ho0) * a.wo + wo;
 #pragma unroll
   for (int r = 0; r < kColRows; ++r) {
-    if (r < rows) out_col[static_cast<index_t>(r) * a.wo] = static_cast<scalar_t>(activate(acc[r] + b, a.act));
+    if (r >= rows) continue;
+    Chunk result;
+#pragma unroll
+    for (int e = 0; e < COLS; ++e) result.v[e] = static_cast<scalar_t>(activate(acc[r][e] + b, a.act));
+    if (COLS > 1) {
+      *reinterpret_cast<Chunk*>(out_col + static_cast<index_t>(r) * a.wo) = result;
+    } else {
+      out_col[static_cast<index_t>(r) * a.wo] = result.v[0];
+    }
   }
 }
 

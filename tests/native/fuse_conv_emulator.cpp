@@ -110,16 +110,22 @@ void forward(const T* x, const T* wr, const T* wc, const T* bias, T* out, const 
     a.weight = wc;
     a.c_part = int(s.c_col);
     a.h_chunks = int(fk::ceil_div(s.ho, fk::kColRows));
-    a.total = s.n * s.c_col * a.h_chunks * s.wo;
+    // The launcher's choice: 16-byte column groups for stride 1 and W a multiple of them
+    // (tensor storage here is 16-byte aligned, as a fresh CUDA allocation is).
+    constexpr int kCols = static_cast<int>(16 / sizeof(T));
+    const bool wide = !vec1 && s.stride == 1 && s.w % kCols == 0;
+    a.total = s.n * s.c_col * a.h_chunks * (wide ? s.wo / kCols : s.wo);
     for (int64_t flat = 0; flat < fk::ceil_div(a.total, fk::kThreads) * fk::kThreads; ++flat) {
       index_t i;
       if (!fk::thread_element(fk::flat_thread_index(flat / fk::kThreads, fk::kThreads, flat % fk::kThreads),
                               a.total, i))
         continue;
-      if (s.dilation == 1) {
-        fk::col_forward<T, T, index_t, true>(a, i);
+      if (wide) {
+        s.dilation == 1 ? fk::col_forward<T, T, index_t, true, kCols>(a, i)
+                        : fk::col_forward<T, T, index_t, false, kCols>(a, i);
       } else {
-        fk::col_forward<T, T, index_t, false>(a, i);
+        s.dilation == 1 ? fk::col_forward<T, T, index_t, true, 1>(a, i)
+                        : fk::col_forward<T, T, index_t, false, 1>(a, i);
       }
     }
   }
