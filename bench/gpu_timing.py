@@ -146,25 +146,46 @@ def _block_case(device, dtype_name, dtype, batch, shape, timer) -> dict:
 
 
 def networks(device, batch, size, timer, results) -> None:
+    """MobileNetV2 baseline and FuSe-Half: eval and a training step, eager then compiled."""
     dtype = torch.float16 if device.type == "cuda" else torch.float32
     x = torch.randn(batch, 3, size, size, device=device, dtype=dtype)
-    for variant in ("baseline", "half"):
+    for task in ("eval", "train"):
         for mode in ("eager", "compiled"):
-            if not results.time_left():
-                return
-            results.add("mobilenet_v2", {"variant": variant, "mode": mode, "batch": batch, "dtype": str(dtype),
-                                         "eval_ms": _network_case(device, dtype, variant, mode, x, timer)})
-            torch._dynamo.reset()
+            for variant in ("baseline", "half"):
+                if not results.time_left():
+                    return
+                ms = _network_case(device, dtype, variant, mode, task, x, timer)
+                results.add("mobilenet_v2", {"variant": variant, "mode": mode, "task": task, "batch": batch,
+                                             "dtype": str(dtype), "ms": ms})
+                torch._dynamo.reset()
 
 
-def _network_case(device, dtype, variant, mode, x, timer) -> float:
+def _network_case(device, dtype, variant, mode, task, x, timer) -> float:
     from fuseops.models import get_model
 
-    model = get_model("mobilenet_v2", variant=variant).to(device=device, dtype=dtype)
-    model = model.to(memory_format=torch.channels_last).eval()
+    model = get_model("mobilenet_v2", variant=variant, num_classes=1000).to(device=device)
+    model = model.to(memory_format=torch.channels_last)
+    if task == "eval":
+        model = model.to(dtype).eval()
+        runner = torch.compile(model) if mode == "compiled" else model
+        with torch.no_grad():
+            return timer(lambda: runner(x))
+    # Training: float32 weights under autocast (as mixed-precision training runs), SGD step.
+    model.train()
     runner = torch.compile(model) if mode == "compiled" else model
-    with torch.no_grad():
-        return timer(lambda: runner(x))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    labels = torch.randint(0, 1000, (x.shape[0],), device=device)
+    autocast = torch.autocast(device.type, dtype=dtype) if device.type == "cuda" else torch.autocast("cpu",
+                                                                                                     enabled=False)
+
+    def step():
+        with autocast:
+            loss = torch.nn.functional.cross_entropy(runner(x), labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    return timer(step)
 
 
 def main(argv: list[str] | None = None) -> int:

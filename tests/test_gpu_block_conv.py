@@ -81,15 +81,22 @@ def test_forward_and_backward_against_float64(case, layout, dtype):
             torch.testing.assert_close(got.grad.double(), want.grad, rtol=rtol * scale, atol=atol * scale)
 
 
-def test_compiled_matches_eager():
+def test_compiled_matches_eager_forward_and_backward():
     x = torch.randn(2, 8, 20, 20, device="cuda")
     weight = torch.randn(8, 8, 3, 3, device="cuda")
 
-    def layer(inp):
-        return block_conv2d(inp, weight, padding=1, block_size=7, padding_mode="replicate").relu()
+    def layer(inp, w):
+        return block_conv2d(inp, w, padding=1, block_size=7, padding_mode="replicate").relu()
 
     compiled = torch.compile(layer, fullgraph=True)
-    torch.testing.assert_close(compiled(x), layer(x), rtol=1e-4, atol=1e-4)
+    results = []
+    for run in (layer, compiled):
+        inp, w = x.clone().requires_grad_(), weight.clone().requires_grad_()
+        out = run(inp, w)
+        out.sum().backward()
+        results.append((out, inp.grad, w.grad))
+    for eager, traced in zip(*results):
+        torch.testing.assert_close(traced, eager, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.slow
