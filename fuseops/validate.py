@@ -29,6 +29,10 @@ class Case:
     call: Callable[..., torch.Tensor]
 
 
+#: The columns of :meth:`Result.row`, for the validate command's table and the report's.
+COLUMNS = ("op", "backend", "case", "status", "fwd err", "bwd err", "detail")
+
+
 @dataclass(frozen=True)
 class Result:
     op: str
@@ -38,6 +42,15 @@ class Result:
     forward_error: float | None
     backward_error: float | None
     detail: str = ""
+
+    def row(self) -> tuple[str, ...]:
+        """The result as table cells (:data:`COLUMNS`); errors to 2 significant digits."""
+        return (self.op, self.backend, self.case, self.status, _error_cell(self.forward_error),
+                _error_cell(self.backward_error), self.detail)
+
+
+def _error_cell(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1e}"
 
 
 def _fuse_case(n, c, h, w, k, variant, stride, activation, bias):

@@ -5,18 +5,12 @@ from __future__ import annotations
 from fuseops.cli.table import print_table
 
 
-def _fmt(value: float | None) -> str:
-    return "-" if value is None else f"{value:.1e}"
-
-
 def run(args) -> int:
-    from fuseops.validate import validate
+    from fuseops.validate import COLUMNS, validate
 
     results = list(validate(args.device))
-    rows = [(r.op, r.backend, r.case, r.status, _fmt(r.forward_error), _fmt(r.backward_error), r.detail)
-            for r in results]
-    print_table(f"validation on {args.device} (float64, forward and backward vs reference)",
-                ("op", "backend", "case", "status", "fwd err", "bwd err", "detail"), rows)
+    print_table(f"validation on {args.device} (float64, forward and backward vs reference)", COLUMNS,
+                [r.row() for r in results])
     failed = [r for r in results if r.status == "FAIL"]
     print(f"validation: {sum(r.status == 'pass' for r in results)} pass, {len(failed)} fail, "
           f"{sum(r.status == 'unavailable' for r in results)} backend/case pairs unavailable")

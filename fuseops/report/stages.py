@@ -38,25 +38,20 @@ def _bar(iterable, settings: Settings, desc: str, total: int | None = None):
     return tqdm(iterable, desc=desc, total=total, unit="step", leave=False)
 
 
-def _fmt_err(value: float | None) -> str:
-    return "-" if value is None else f"{value:.1e}"
-
-
 # ----------------------------------------------------------------------------- 1. validation
 def validation(settings: Settings) -> Section:
-    from fuseops.validate import default_cases, validate
+    from fuseops.validate import COLUMNS, default_cases, validate
 
     cases = default_cases()
     if settings.tiny:
         cases = [next(c for c in cases if c.op == op) for op in ("fuse_conv2d", "block_conv2d")]
     results = list(_bar(validate(settings.device, cases), settings, "validate"))
-    rows = [(r.op, r.backend, r.case, r.status, _fmt_err(r.forward_error), _fmt_err(r.backward_error),
-             r.detail.replace("|", "/")[:90]) for r in results]
+    rows = [(*r.row()[:-1], r.detail.replace("|", "/")[:90]) for r in results]
     passed = sum(r.status == "pass" for r in results)
     failed = [r for r in results if r.status == "FAIL"]
     body = (f"Every backend that can run on `{settings.device}` against the pure-PyTorch reference, float64, "
             "forward and backward (x, weights and bias), on fresh random inputs.  Tolerance: relative 1e-9.\n\n"
-            + markdown_table(("op", "backend", "case", "status", "fwd err", "bwd err", "detail"), rows))
+            + markdown_table(COLUMNS, rows))
     summary = [f"validation: {passed} pass, {len(failed)} fail (backend x case)"]
     return Section("Kernel validation", body, summary=summary)
 
