@@ -32,6 +32,7 @@ import argparse
 import dataclasses
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -94,11 +95,12 @@ GPU_TESTS = ["tests/test_gpu_fuse_conv.py", "tests/test_gpu_block_pad.py", "test
 STAGES: tuple[Stage, ...] = (
     Stage("env", 10, _env_probe(), needs_cuda=False, what="versions, device"),
     Stage("build", 150, _build_command(), what="C++/CUDA extension for this architecture"),
-    Stage("tests", 110, [PY, "-m", "pytest", "-q", "-rfEs", "-m", "gpu", "-p", "no:cacheprovider", *GPU_TESTS],
+    Stage("tests", 90, [PY, "-m", "pytest", "-q", "-rfEs", "-m", "gpu", "-p", "no:cacheprovider", *GPU_TESTS],
           env={"CI": "true", "HYPOTHESIS_PROFILE": "gpu", "FUSEOPS_TRITON_AUTOTUNE": "0", "TRITON_INTERPRET": "0"},
           what="both ops, all backends vs float64"),
-    Stage("sanitize", 80, ["bash", "bench/gpu_sanitize.sh"],
-          env={"FUSEOPS_TRITON_AUTOTUNE": "0"}, what="memcheck, racecheck, initcheck"),
+    Stage("sanitize", 100, ["bash", "bench/gpu_sanitize.sh"],
+          env={"FUSEOPS_TRITON_AUTOTUNE": "0", "SANITIZE_LIMIT_S": "18"},  # 5 runs x 18 s within 100 s
+          what="memcheck, racecheck, initcheck"),
     Stage("timing", 60, [PY, "bench/gpu_timing.py", "--kernels"], env={"FUSEOPS_TRITON_AUTOTUNE": "0"},
           what="CUDA-event kernel times vs floor, cuDNN, compile"),
     Stage("networks", 70, [PY, "bench/gpu_timing.py", "--networks", "--limit-s", "60"],
@@ -122,26 +124,23 @@ def run_stage(stage: Stage, cuda: bool) -> dict:
     """Run one stage under its time limit; {status, seconds, result, output}."""
     if stage.needs_cuda and not cuda:
         return {"status": "skipped: no CUDA device", "seconds": 0.0, "result": None, "output": ""}
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", **stage.env}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHON": PY, **stage.env}
     began = time.perf_counter()
+    # Its own process group, so a time-out stops everything the stage started (pip, nvcc,
+    # compute-sanitizer), not only its shell, before the next stage is timed.
+    process = subprocess.Popen(stage.command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True, start_new_session=True)
     try:
-        done = subprocess.run(stage.command, cwd=ROOT, env=env, capture_output=True, text=True,
-                              timeout=stage.budget_s)
-        status = "ok" if done.returncode == 0 else f"failed (exit {done.returncode})"
-        output = done.stdout + done.stderr
-    except subprocess.TimeoutExpired as expired:
+        output, _ = process.communicate(timeout=stage.budget_s)
+        status = "ok" if process.returncode == 0 else f"failed (exit {process.returncode})"
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        output, _ = process.communicate()
         status = f"timed out after {stage.budget_s} s"
-        output = _text(expired.stdout) + _text(expired.stderr)
     seconds = time.perf_counter() - began
     results = [json.loads(line[7:]) for line in output.splitlines() if line.startswith("RESULT ")]
     return {"status": status, "seconds": round(seconds, 1), "result": results[-1] if results else None,
             "output": output}
-
-
-def _text(value) -> str:
-    if value is None:
-        return ""
-    return value.decode(errors="replace") if isinstance(value, bytes) else value
 
 
 def run_all(stages: tuple[Stage, ...], out: Path) -> dict[str, dict]:

@@ -1,6 +1,6 @@
 """Kernel and network times for the one-shot GPU check (bench/gpu_check.py).
 
-    python bench/gpu_timing.py --kernels      # FuSe and block conv vs floor, cuDNN, compile (N=64)
+    python bench/gpu_timing.py --kernels      # FuSe vs floor and compile; block conv vs cuDNN (N=64)
     python bench/gpu_timing.py --networks     # MobileNetV2 baseline vs FuSe-Half, eager and compiled
     python bench/gpu_timing.py --kernels --networks --smoke --device cpu    # the logic, on the CPU
 
@@ -31,6 +31,8 @@ from fuseops.fuse_conv import fuse_conv2d, fuse_conv2d_reference
 FUSE_SHAPES = [(144, 56, 56), (384, 14, 14), (960, 7, 7)]  # MobileNetV2's depthwise layers
 BLOCK_SHAPES = [(64, 56, 56, 28), (64, 56, 56, 14), (256, 14, 14, 28), (256, 14, 14, 14)]  # (C, H, W, F)
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+# Largest relative error (of the largest output) a backend may show before it is timed.
+TOLERANCE = {torch.float16: 5e-3, torch.bfloat16: 3e-2, torch.float32: 1e-4}
 
 
 class Timer:
@@ -100,7 +102,11 @@ def _fuse_case(device, dtype_name, dtype, batch, shape, timer) -> dict:
 
     for backend in _kernel_backends(device):
         with backends.use_backend(backend):
-            row[f"{backend}_rel_error"] = ((run().double() - reference).abs().max() / reference.abs().max()).item()
+            error = ((run().double() - reference).abs().max() / reference.abs().max()).item()
+            row[f"{backend}_rel_error"] = error
+            if error > TOLERANCE[dtype]:
+                row[f"{backend}_ms"] = None  # wrong: not timed
+                continue
             row[f"{backend}_ms"] = timer(run)
         row[f"{backend}_pct_of_copy_bw"] = round(100 * row["copy_ms"] / row[f"{backend}_ms"], 1)
     _fuse_backward(x, w_row, w_col, device, timer, row)
@@ -117,6 +123,8 @@ def _fuse_backward(x, w_row, w_col, device, timer, row) -> None:
     row["reference_fwd_bwd_ms"] = timer(lambda: step(
         lambda: fuse_conv2d_reference(xg, wr, wc, None, False, 1, 1, 1, "relu6")))
     for backend in _kernel_backends(device):
+        if row.get(f"{backend}_ms") is None:
+            continue  # its forward was wrong
         with backends.use_backend(backend):
             row[f"{backend}_fwd_bwd_ms"] = timer(lambda: step(
                 lambda: fuse_conv2d(xg, wr, wc, None, variant="half", padding=1, activation="relu6")))
@@ -136,12 +144,21 @@ def _block_case(device, dtype_name, dtype, batch, shape, timer) -> dict:
     c, h, w, block = shape
     x = torch.randn(batch, c, h, w, device=device, dtype=dtype)
     weight = torch.randn(c, c, 3, 3, device=device, dtype=dtype) / (3 * c ** 0.5)
-    row = {"dtype": dtype_name, "shape": [batch, c, h, w], "block": block,
-           "cudnn_ms": timer(lambda: F.conv2d(x, weight, padding=1))}
-    for backend in ("triton",) if device.type == "cuda" else ("cpu",):
+    reference = block_conv2d(x.double(), weight.double(), padding=1, block_size=block)
+    moved = x.numel() * x.element_size() + reference.numel() * x.element_size()
+    row = {"dtype": dtype_name, "shape": [batch, c, h, w], "block": block, "bytes": moved,
+           "copy_ms": timer(lambda: x.clone()), "cudnn_ms": timer(lambda: F.conv2d(x, weight, padding=1))}
+
+    def run():
+        return block_conv2d(x, weight, padding=1, block_size=block)
+
+    for backend in ("cuda", "triton") if device.type == "cuda" else ("cpu",):
         with backends.use_backend(backend):
-            row[f"{backend}_ms"] = timer(lambda: block_conv2d(x, weight, padding=1, block_size=block))
-        row[f"{backend}_vs_cudnn"] = round(row[f"{backend}_ms"] / row["cudnn_ms"], 2)
+            error = ((run().double() - reference).abs().max() / reference.abs().max()).item()
+            row[f"{backend}_rel_error"] = error
+            row[f"{backend}_ms"] = timer(run) if error <= TOLERANCE[dtype] else None  # a wrong kernel is not timed
+        if row[f"{backend}_ms"] is not None:
+            row[f"{backend}_vs_cudnn"] = round(row[f"{backend}_ms"] / row["cudnn_ms"], 2)
     return row
 
 

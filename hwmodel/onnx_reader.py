@@ -11,7 +11,9 @@ block convolution, which come back as one blocked layer with its grid:
   blocks' Convs sharing one weight.
 
 A Conv that fuseops exported carries its block grid in node metadata
-(``fuseops.block_grid``); that is read first, and is what marks a one-block block conv.
+(``fuseops.block_grid``): it marks the Convs of a block conv (the per-block Slice pattern is
+read only on marked Convs, so an ordinary crop before a Conv stays an ordinary conv) and is
+the only trace of a one-block block conv.  Only the batch dimension may be symbolic.
 Other nodes that own weights (``ConvTranspose``, recurrent and attention nodes, ...) are
 listed in ``Trace.unsupported``; normalisation, activations, pooling and shape nodes are
 free, as in :mod:`hwmodel.trace`.  Needs the ``onnx`` package.
@@ -104,11 +106,18 @@ class _Reader:
 
     # --- helpers ---------------------------------------------------------------------
 
-    def _shape(self, name: str, what: str) -> list[int]:
+    def _shape(self, name: str, what: str, rank: int | None = None) -> list[int]:
+        """Static dims of ``name``; only dimension 0 (the batch) may be symbolic."""
         dims = self.shapes.get(name)
-        if dims is None:
-            raise ValueError(f"cannot size {what}: ONNX shape inference gave no shape for {name!r}")
-        return [self.batch if d is None or d == 0 else int(d) for d in dims]
+        if dims is None or (rank is not None and len(dims) != rank):
+            found = "no shape" if dims is None else f"shape {dims}"
+            raise ValueError(f"cannot size {what}: ONNX shape inference gave {found} for {name!r}"
+                             + (f", expected {rank} dimensions" if rank is not None else ""))
+        symbolic = [i for i, d in enumerate(dims) if i > 0 and not d]
+        if symbolic:
+            raise ValueError(f"cannot size {what}: {name!r} has symbolic dimensions {symbolic} ({dims}); "
+                             "only the batch dimension may be dynamic, export with a fixed input size")
+        return [self.batch if i == 0 and not d else int(d) for i, d in enumerate(dims)]
 
     def _from(self, name: str, op_type: str):
         node = self.producer.get(name)
@@ -148,7 +157,7 @@ class _Reader:
         if group is None:
             return
         rows, cols = tuple(group.rows), tuple(group.cols)
-        _, channels, _, _ = self._shape(group.source, "a block conv's input")
+        _, channels, _, _ = self._shape(group.source, "a block conv's input", rank=4)
         height, width = rows[-1][1], cols[-1][1]
         # Layer sizes the unpadded map; the slices cover it whole.
         self.layers.append(self._conv_layer(group.node, group.source, (channels, height, width), group.pad,
@@ -167,7 +176,9 @@ class _Reader:
 
     def _conv(self, node) -> None:
         source, pad = self._pad_before(node.input[0])
-        slices = self._block_slices(source)
+        # Per-block Slices only where fuseops' exporter marked the Conv as a block conv's:
+        # any other crop before a Conv is an ordinary conv on the cropped map.
+        slices = self._block_slices(source) if self._marked_grid(node) is not None else None
         if slices is not None:
             origin, rows, cols = slices
             group = self.group
@@ -183,7 +194,7 @@ class _Reader:
             origin, (channels, height, width), blocks = batched
             self.layers.append(self._conv_layer(node, origin, (channels, height, width), pad, blocks))
             return
-        _, channels, height, width = self._shape(source, f"Conv {node.name!r}")
+        _, channels, height, width = self._shape(source, f"the input of Conv {node.name!r}", rank=4)
         self.layers.append(self._conv_layer(node, source, (channels, height, width), pad, self._marked_grid(node)))
 
     @staticmethod
@@ -204,7 +215,8 @@ class _Reader:
         spans = []
         for node, axis in ((rows, 2), (cols, 3)):
             starts, ends, axes = (self._ints(n) for n in node.input[1:4]) if len(node.input) >= 4 else (None,) * 3
-            if not starts or not ends or axes != [axis]:
+            steps = self._ints(node.input[4]) if len(node.input) >= 5 else [1]
+            if not starts or not ends or axes != [axis] or steps != [1]:
                 return None
             spans.append((starts[0], ends[0]))
         return rows.input[0], spans[0], spans[1]

@@ -281,6 +281,19 @@ def test_save_refuses_unknown_models_and_objects(tmp_path):
         save(model, tmp_path / "x.pt", args=argparse.Namespace())
     with pytest.raises(TypeError, match=r"meta\['log'\]\[1\] is a object"):
         save(model, tmp_path / "x.pt", log=[1, object()])
+    # Subclasses of plain types pickle by their class: they would not load back.
+    import collections
+    import enum
+
+    class Level(enum.IntEnum):
+        HIGH = 2
+
+    for value, name in ((Level.HIGH, "Level"), (collections.namedtuple("Pair", "a b")(1, 2), "Pair"),
+                        (collections.defaultdict(int), "defaultdict")):
+        with pytest.raises(TypeError, match=rf"meta\['v'\] is a {name}"):
+            save(model, tmp_path / "x.pt", v=value)
+    save(model, tmp_path / "ok.pt", v=collections.OrderedDict(a=1), size=torch.Size([2, 3]))
+    assert checkpoint_info(tmp_path / "ok.pt")["meta"]["v"] == {"a": 1}
     assert not (tmp_path / "x.pt").exists()
 
 
@@ -296,11 +309,24 @@ def test_load_refuses_other_files(tmp_path):
     assert isinstance(model, nn.Module)
 
 
-def test_pickle_error_is_not_swallowed_for_plain_files(tmp_path):
-    # A legacy (non-zip) pickle with a disallowed global: refused, still without running it.
+def test_legacy_pickle_with_a_global_is_refused_by_name(tmp_path):
+    # A legacy (non-zip) pickle with a disallowed global: refused, naming it, without running it.
     path = tmp_path / "legacy.pt"
     with open(path, "wb") as handle:
-        pickle.dump({"state_dict": {}, "args": argparse.Namespace()}, handle)
+        pickle.dump({"state_dict": {}, "args": argparse.Namespace()}, handle, protocol=2)
     manifest, _ = _original(SMALL)
-    with pytest.raises(ValueError, match="legacy.pt"):
+    with pytest.raises(ValueError, match=r"legacy\.pt' holds objects of \['argparse\.Namespace'\]"):
+        _build(manifest, path)
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"hello world", "is not a torch checkpoint"),
+    (b"<!DOCTYPE html><html>", "is not a torch checkpoint"),
+    (b"PK\x03\x04" + bytes(range(60)), "is not a readable torch checkpoint"),
+])
+def test_files_that_are_not_checkpoints(tmp_path, content, message):
+    path = tmp_path / "w.pt"
+    path.write_bytes(content)
+    manifest, _ = _original(SMALL)
+    with pytest.raises(ValueError, match=message):
         _build(manifest, path)

@@ -235,3 +235,30 @@ def test_hwmodel_cli_reads_onnx(tmp_path):
     result = subprocess.run([sys.executable, "-m", "fuseops.cli.hwmodel", "systolic", str(tmp_path / "no.onnx")],
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 2 and "ONNX file not found" in result.stderr
+
+
+def test_a_crop_before_a_conv_is_an_ordinary_conv(tmp_path):
+    # Slice(H) -> Slice(W) -> Conv without fuseops' block-grid mark: a conv on the 16x16 crop.
+    class Crop(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 4, 3, padding=1)
+
+        def forward(self, x):
+            return self.conv(x[:, :, 4:20, 8:24])
+
+    path = tmp_path / "crop.onnx"
+    fonnx.export(Crop().eval(), torch.randn(2, 3, 32, 32), path)
+    (layer,) = read_onnx(path)
+    assert (layer.in_h, layer.in_w, layer.block_rows, layer.block_cols) == (16, 16, None, None)
+    assert layer.macs == 1 * 4 * 16 * 16 * 27
+
+
+def test_only_the_batch_may_be_symbolic(tmp_path):
+    conv = torch.nn.Conv2d(3, 4, 3, padding=1).eval()
+    path = tmp_path / "dyn.onnx"
+    size = torch.export.Dim("size", min=8, max=64)
+    torch.onnx.export(conv, (torch.randn(2, 3, 16, 16),), path, dynamo=True, verbose=False,
+                      dynamic_shapes=({0: torch.export.Dim("batch"), 2: size, 3: size},))
+    with pytest.raises(ValueError, match=r"symbolic dimensions \[2, 3\].*only the batch dimension may be dynamic"):
+        read_onnx(path)

@@ -95,6 +95,14 @@ def test_torchrun_exits_cleanly_every_time(folder, tmp_path):
         assert "terminate called" not in result.stderr
 
 
+def test_torchrun_with_more_processes_than_val_images(tmp_path):
+    # 3 processes, 2 val images: one rank scores nothing and must still join every collective.
+    data = training_data.image_folder(tmp_path / "data", classes=2, train=12, val=2)
+    _fuseops("train", "--data", str(data), "--model", "mobilenet_v3_small", *FAST, "--epochs", "1",
+             "--out", str(tmp_path / "run"), torchrun=3)
+    assert len(_metrics(tmp_path / "run")) == 1
+
+
 def _config(folder: Path, out: Path, **changes) -> TrainConfig:
     base = {"data": str(folder), "out": str(out), "model": "mobilenet_v2", "variant": "half", "img_size": 32,
             "recipe": "blockconv", "progress": False,
@@ -114,9 +122,21 @@ def test_single_process_resume_with_ema_matches(folder, tmp_path):
     a = torch.load(tmp_path / "a" / "last.pth", weights_only=True)
     b = torch.load(tmp_path / "b" / "last.pth", weights_only=True)
     # The EMA weights (what was evaluated and saved) and the raw weights both match.
+    assert [g["weight_decay"] for g in b["meta"]["train_state"]["optimizer"]["param_groups"]] == [1e-4]
     assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
     assert all(torch.equal(v, b["meta"]["train_state"]["model"][k])
                for k, v in a["meta"]["train_state"]["model"].items())
+
+
+def test_resume_applies_overridden_optimizer_settings(folder, tmp_path):
+    train(_config(folder, tmp_path, overrides={"epochs": 1, "batch_size": 16, "lr": 0.05, "ema_decay": 0.0}))
+    train(TrainConfig(data=str(folder), out=str(tmp_path), img_size=32, progress=False,
+                      resume=str(tmp_path / "last.pth"),
+                      overrides={"epochs": 2, "weight_decay": 0.0, "momentum": 0.5}))
+    checkpoint = torch.load(tmp_path / "last.pth", weights_only=True)
+    groups = checkpoint["meta"]["train_state"]["optimizer"]["param_groups"]
+    assert [(g["weight_decay"], g["momentum"]) for g in groups] == [(0.0, 0.5)]
+    assert checkpoint["meta"]["hyperparameters"]["momentum"] == 0.5
 
 
 @pytest.mark.parametrize("name", ["cifar10", "cifar100"])
@@ -187,6 +207,11 @@ def test_bad_input_gets_one_line(folder, tmp_path):
     assert "bfloat16" in _error(*run, "--data", str(folder), "--amp", "--amp-dtype", "float16", "--device", "cpu")
     assert "exclude each other" in _error(*run, "--data", str(folder), "--resume", "x", "--finetune-from", "y")
     assert "--model is required" in _error("train", "--data", str(folder), "--out", str(tmp_path / "p"))
+    one_class = tmp_path / "one"
+    training_data.image_folder(one_class, classes=1, train=4, val=2)
+    assert "at least 2 classes" in _error(*run, "--data", str(one_class))
+    assert "not a torch checkpoint" in _error("eval", "--data", str(folder), "--weights", str(folder / "train"
+                                                                                             / "class_0" / "0000.png"))
     assert "milestones" in _error(*run, "--data", str(folder), "--milestones", "ten")
     assert "must be positive" in _error(*run, "--data", str(folder), "--epochs", "0")
     plain = tmp_path / "plain.pt"

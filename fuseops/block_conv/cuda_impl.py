@@ -51,7 +51,9 @@ def _crop_index(bounds: list[int], kernel: int, stride: int, pad: int, dilation:
             first = offset // stride
             kept.extend(range(first, first + block_out_size(stop - start, kernel, stride, pad, dilation)))
             offset += -(-(stop - start + 2 * pad) // align) * align
-        index = _crop_cache[key] = torch.tensor(kept, dtype=torch.long, device=device)
+        # Outside inference mode: an inference tensor could not be saved for a later backward.
+        with torch.inference_mode(False):
+            index = _crop_cache[key] = torch.tensor(kept, dtype=torch.long, device=device)
     return index
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -48,17 +49,23 @@ def load_file(path: str | os.PathLike[str]) -> Any:
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"weights file {path!r} does not exist")
+    with open(path, "rb") as handle:
+        head = handle.read(4)
+    # torch.save writes a zip archive; files from torch < 1.6 are a pickle (protocol >= 2).
+    if not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"):
+        raise ValueError(f"weights file {path!r} is not a torch checkpoint (neither a zip archive nor a pickle)")
     try:
         with torch.serialization.safe_globals(list(ALLOWED_GLOBALS)):
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        held = _unsafe_globals(path)
-        what = f"objects of {held}" if held else f"an object the safe loader refuses ({error})"
+        held = _unsafe_globals(path) or sorted(set(re.findall(r"GLOBAL ([\w.]+)", str(error))))
+        what = f"objects of {held}" if held else "an object the safe loader refuses"
         raise ValueError(
             f"weights file {path!r} holds {what}; fuseops loads only tensors, plain Python values "
             f"and {_allowed_names()}, so that loading never runs code from the file") from None
-    except (RuntimeError, EOFError) as error:
-        raise ValueError(f"weights file {path!r} is not a readable torch checkpoint: {error}") from None
+    except Exception as error:  # noqa: BLE001 - a truncated or corrupt file, whatever torch raises
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ValueError(f"weights file {path!r} is not a readable torch checkpoint: {first}") from None
 
 
 def _unsafe_globals(path: str) -> list[str]:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any
 
@@ -199,18 +200,19 @@ def unwrap_model(model: nn.Module) -> nn.Module:
             return model
 
 
-_PLAIN = (type(None), bool, int, float, str, torch.Tensor)
+_PLAIN = (type(None), bool, int, float, str)
 
 
 def _check_plain(where: str, value: Any) -> None:
-    # Only what weights_only=True reads back: no object would load without running code.
-    if isinstance(value, _PLAIN):
+    # Only what weights_only=True reads back: exact types, since a subclass (an IntEnum, a
+    # namedtuple, a defaultdict) pickles by its class and would not load without running code.
+    if type(value) in _PLAIN or isinstance(value, torch.Tensor):
         return
-    if isinstance(value, (list, tuple)):
+    if type(value) in (list, tuple, torch.Size):
         for index, item in enumerate(value):
             _check_plain(f"{where}[{index}]", item)
         return
-    if isinstance(value, dict):
+    if type(value) in (dict, OrderedDict):
         for key, item in value.items():
             if not isinstance(key, (str, int)):
                 raise TypeError(f"{where} has a key of type {type(key).__name__}; keys must be str or int")

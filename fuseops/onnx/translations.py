@@ -35,7 +35,9 @@ def _activation(out, activation: str):
     if activation == "relu":
         return op.Relu(out)
     if activation == "relu6":
-        return op.Clip(out, op.Constant(value_float=0.0), op.Constant(value_float=6.0))
+        # Clip's bounds must have the input's type (float16 exports included).
+        low, high = (op.CastLike(op.Constant(value_float=bound), out) for bound in (0.0, 6.0))
+        return op.Clip(out, low, high)
     if activation == "hardswish":
         return op.HardSwish(out)
     return out

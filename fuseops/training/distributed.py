@@ -68,6 +68,14 @@ def sum_across(context: Context, values: list[float]) -> list[float]:
     return tensor.tolist()
 
 
+def broadcast_buffers(context: Context, module: torch.nn.Module) -> None:
+    """Rank 0's buffers (BatchNorm statistics) on every rank; all ranks must call it."""
+    if not context.distributed:
+        return
+    for buffer in module.buffers():
+        dist.broadcast(buffer, src=0)
+
+
 class ShardSampler(torch.utils.data.Sampler[int]):
     """Indices rank, rank + world, rank + 2 world, ...: each index on exactly one rank."""
 

@@ -92,6 +92,8 @@ def _train(config: TrainConfig, context: distributed.Context) -> list[dict[str, 
     train_transform = TrainTransform(config.img_size, hyper.seed, cifar=cifar)
     train_set, val_set, classes = datasets.open_splits(config.data, config.dataset, train_transform,
                                                        EvalTransform(config.img_size, cifar=cifar))
+    if len(classes) < 2:
+        raise TrainError(f"the data has {len(classes)} class ({classes}); classification needs at least 2 classes")
     model = get_model(name, variant=variant, num_classes=len(classes), **options)
     if config.finetune_from:
         _finetune(model, name, len(classes), options, config.finetune_from)
@@ -113,6 +115,7 @@ def _train(config: TrainConfig, context: distributed.Context) -> list[dict[str, 
     start_epoch, best = 0, -1.0
     if resume is not None:
         start_epoch, best = _restore(resume, model, optimizer, ema, scaler, context)
+        _apply_hyperparameters(optimizer, hyper)  # the optimizer state carries the old run's values
 
     runner: nn.Module = model
     if context.distributed:
@@ -120,7 +123,11 @@ def _train(config: TrainConfig, context: distributed.Context) -> list[dict[str, 
             model, device_ids=[context.device.index] if context.device.type == "cuda" else None)
     if config.compile:
         runner = torch.compile(runner)
-    evaluated = ema.module if ema is not None else runner
+    # Evaluated outside the DDP wrapper: its forward broadcasts buffers (a collective), which
+    # a rank with an empty validation shard would never join.  The buffers are synced from
+    # rank 0 explicitly before each evaluation instead (BatchNorm statistics, and the EMA's,
+    # drift apart per rank within an epoch), so every rank scores the same model.
+    evaluated = ema.module if ema is not None else model
 
     train_sampler = torch.utils.data.DistributedSampler(train_set, num_replicas=context.world_size,
                                                         rank=context.rank, shuffle=True, seed=hyper.seed)
@@ -146,6 +153,7 @@ def _train(config: TrainConfig, context: distributed.Context) -> list[dict[str, 
         train_sampler.set_epoch(epoch)
         loss, lr = train_epoch(runner, train_loader, optimizer, hyper, epoch, context, precision, ema=ema,
                                scaler=scaler, progress=_bar(config, context, f"epoch {epoch + 1}/{hyper.epochs}"))
+        distributed.broadcast_buffers(context, evaluated)
         top1, top5, _ = evaluate(evaluated, val_loader, context, precision)
         row = {"epoch": epoch + 1, "train_loss": loss, "val_top1": top1, "val_top5": top5, "lr": lr,
                "seconds": time.perf_counter() - began}
@@ -236,9 +244,10 @@ def _precision(config: TrainConfig, device: torch.device) -> Precision:
 def _finetune(model: nn.Module, name: str, num_classes: int, options: dict, path: str) -> None:
     """Start from a plain network's checkpoint, as BlockConv fine-tunes.
 
-    The plain network loads strictly; every tensor whose name and shape the target shares
-    is copied.  For a block variant that is all of them (to_block keeps every weight); for
-    a FuSe variant the FuSe convs (and, for "full", the 1x1 convs after them) start fresh.
+    The plain network (with the data's class count) loads strictly; every tensor whose
+    name and shape the target shares is copied.  For a block variant that is all of them
+    (to_block keeps every weight); for a FuSe variant the FuSe convs (and, for "full", the
+    1x1 convs after them) start fresh.
     """
     plain = get_model(name, num_classes=num_classes, weights=path)
     source, target = plain.state_dict(), model.state_dict()
@@ -246,6 +255,15 @@ def _finetune(model: nn.Module, name: str, num_classes: int, options: dict, path
     target.update(shared)
     model.load_state_dict(target)
     log.info("fine-tuning from %s: %d of %d tensors copied from the plain network", path, len(shared), len(target))
+
+
+def _apply_hyperparameters(optimizer: torch.optim.Optimizer, hyper: recipes.Hyperparameters) -> None:
+    """The run's weight decay and momentum (and RMSProp's alpha and eps) in every group."""
+    for group in optimizer.param_groups:
+        group["weight_decay"] = hyper.weight_decay
+        group["momentum"] = hyper.momentum
+        if "alpha" in group:
+            group["alpha"], group["eps"] = hyper.rmsprop_alpha, hyper.rmsprop_eps
 
 
 def _seed_everything(seed: int) -> None:
@@ -299,7 +317,8 @@ def _write_checkpoint(out: Path, model, ema, optimizer, scaler, hyper, row, best
          hyperparameters=dataclasses.asdict(hyper), train_state=train_state)
     os.replace(partial, out / "last.pth")  # a crash mid-write leaves the previous last.pth
     if improved:
-        shutil.copyfile(out / "last.pth", out / "best.pth")
+        shutil.copyfile(out / "last.pth", out / "best.pth.partial")
+        os.replace(out / "best.pth.partial", out / "best.pth")
 
 
 def _keep_metrics(path: Path, epochs_done: int) -> None:
