@@ -22,8 +22,8 @@ Stages, in order (budgets sum to at most 480 s, 8 of the 15 device minutes):
   of the CUDA kernels, and one Triton case under memcheck (bench/gpu_sanitize_cases.py).
 * ``timing``: kernel times with CUDA events against the copy floor, cuDNN and
   torch.compile of the reference, N=64, fp16 and bf16 (bench/gpu_timing.py).
-* ``networks``: MobileNetV2 baseline vs FuSe-Half, eval and a training step, eager and
-  compiled, N=64 (bench/gpu_timing.py --networks).
+* ``networks``: MobileNetV2 vs FuSe-Half and ResNet-18 vs block, eval and a training
+  step, eager and compiled, N=64, as far as the time allows (bench/gpu_timing.py --networks).
 """
 
 from __future__ import annotations
@@ -104,7 +104,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("timing", 60, [PY, "bench/gpu_timing.py", "--kernels"], env={"FUSEOPS_TRITON_AUTOTUNE": "0"},
           what="CUDA-event kernel times vs floor, cuDNN, compile"),
     Stage("networks", 70, [PY, "bench/gpu_timing.py", "--networks", "--limit-s", "60"],
-          what="MobileNetV2 eval and train step, eager/compiled, N=64"),
+          what="MobileNetV2 / FuSe-Half, ResNet-18 / block: eval, train step; eager, compiled"),
 )
 
 

@@ -1,7 +1,7 @@
 """Kernel and network times for the one-shot GPU check (bench/gpu_check.py).
 
     python bench/gpu_timing.py --kernels      # FuSe vs floor and compile; block conv vs cuDNN (N=64)
-    python bench/gpu_timing.py --networks     # MobileNetV2 baseline vs FuSe-Half, eager and compiled
+    python bench/gpu_timing.py --networks     # MobileNetV2 vs FuSe-Half, ResNet-18 vs block: eager, compiled
     python bench/gpu_timing.py --kernels --networks --smoke --device cpu    # the logic, on the CPU
 
 Times are medians of CUDA-event timings (wall clock on the CPU) after warm-up, so they
@@ -162,25 +162,29 @@ def _block_case(device, dtype_name, dtype, batch, shape, timer) -> dict:
     return row
 
 
+# The whole-network comparisons of docs/benchmarks.md: each FuSe or block network next to its baseline.
+NETWORKS = (("mobilenet_v2", "baseline"), ("mobilenet_v2", "half"), ("resnet18", "baseline"), ("resnet18", "block"))
+
+
 def networks(device, batch, size, timer, results) -> None:
-    """MobileNetV2 baseline and FuSe-Half: eval and a training step, eager then compiled."""
+    """Eval and a training step, eager then compiled, for each of :data:`NETWORKS`."""
     dtype = torch.float16 if device.type == "cuda" else torch.float32
     x = torch.randn(batch, 3, size, size, device=device, dtype=dtype)
     for task in ("eval", "train"):
         for mode in ("eager", "compiled"):
-            for variant in ("baseline", "half"):
+            for name, variant in NETWORKS:
                 if not results.time_left():
                     return
-                ms = _network_case(device, dtype, variant, mode, task, x, timer)
-                results.add("mobilenet_v2", {"variant": variant, "mode": mode, "task": task, "batch": batch,
-                                             "dtype": str(dtype), "ms": ms})
+                ms = _network_case(device, dtype, name, variant, mode, task, x, timer)
+                results.add("networks", {"network": name, "variant": variant, "mode": mode, "task": task,
+                                         "batch": batch, "dtype": str(dtype), "ms": ms})
                 torch._dynamo.reset()
 
 
-def _network_case(device, dtype, variant, mode, task, x, timer) -> float:
+def _network_case(device, dtype, name, variant, mode, task, x, timer) -> float:
     from fuseops.models import get_model
 
-    model = get_model("mobilenet_v2", variant=variant, num_classes=1000).to(device=device)
+    model = get_model(name, variant=variant, num_classes=1000).to(device=device)
     model = model.to(memory_format=torch.channels_last)
     if task == "eval":
         model = model.to(dtype).eval()
