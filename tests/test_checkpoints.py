@@ -255,6 +255,8 @@ def test_save_and_load_round_trip(tmp_path, name, variant, options):
     # And get_model takes it when asked for the same network.
     same = get_model(name, variant=variant, num_classes=10, weights=path, **options)
     assert _same_weights(same, model)
+    with pytest.raises(ValueError, match="a fuseops checkpoint holds one set of weights"):
+        get_model(name, variant=variant, num_classes=10, weights=path, ema=True, **options)
 
 
 def test_save_unwraps_compile_and_data_parallel(tmp_path):

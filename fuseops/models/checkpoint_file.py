@@ -88,6 +88,9 @@ def unwrap(checkpoint: Any, *, ema: bool = False) -> tuple[dict[str, torch.Tenso
         raise TypeError(f"weights must hold a dict (a state_dict or a checkpoint), got {type(checkpoint).__name__}")
     spec = None
     if checkpoint.get("format") == FORMAT:
+        if ema:
+            raise ValueError("ema=True applies to {'model': ..., 'ema': ...} checkpoints; a fuseops checkpoint "
+                             "holds one set of weights (from fuseops train: the evaluated ones, the EMA's if kept)")
         spec = checkpoint["model"]
         state = checkpoint["state_dict"]
     elif ema:
