@@ -1,7 +1,7 @@
 """The systolic-array latency model: hand-computed cycles, edge cases, bad input.
 
 Every expected number is worked out in the test from the formulas in
-docs/hwmodel-systolic.md (papers.md §1 for convention="fuseconv", the issue's SCALE-Sim
+docs/hwmodel-systolic.md (papers.md §1 for convention="fuseconv", SCALE-Sim 3's
 formulas for convention="scalesim"), never taken from the code under test.
 """
 
