@@ -95,7 +95,9 @@ GPU_TESTS = ["tests/test_gpu_fuse_conv.py", "tests/test_gpu_block_pad.py", "test
 STAGES: tuple[Stage, ...] = (
     Stage("env", 10, _env_probe(), needs_cuda=False, what="versions, device"),
     Stage("build", 150, _build_command(), what="C++/CUDA extension for this architecture"),
-    Stage("tests", 90, [PY, "-m", "pytest", "-q", "-rfEs", "-m", "gpu", "-p", "no:cacheprovider", *GPU_TESTS],
+    # -o addopts=: pyproject's addopts name pytest-benchmark, which the device may not have.
+    Stage("tests", 90, [PY, "-m", "pytest", "-q", "-rfEs", "-m", "gpu", "-p", "no:cacheprovider", "-o", "addopts=",
+                        *GPU_TESTS],
           env={"CI": "true", "HYPOTHESIS_PROFILE": "gpu", "FUSEOPS_TRITON_AUTOTUNE": "0", "TRITON_INTERPRET": "0"},
           what="both ops, all backends vs float64"),
     Stage("sanitize", 100, ["bash", "bench/gpu_sanitize.sh"],
