@@ -72,6 +72,13 @@ class Results:
         return time.perf_counter() - self.began < self.limit_s
 
 
+def _checked_ms(run, reference: torch.Tensor, dtype: torch.dtype, timer: Timer) -> tuple[float, float | None]:
+    """(relative error of ``run()`` against the float64 reference, its time in ms or None
+    when the error is past :data:`TOLERANCE`: a wrong kernel is not timed)."""
+    error = ((run().double() - reference).abs().max() / reference.abs().max()).item()
+    return error, (timer(run) if error <= TOLERANCE[dtype] else None)
+
+
 def _kernel_backends(device: torch.device) -> list[str]:
     return ["cuda", "triton"] if device.type == "cuda" else ["cpu"]
 
@@ -102,13 +109,9 @@ def _fuse_case(device, dtype_name, dtype, batch, shape, timer) -> dict:
 
     for backend in _kernel_backends(device):
         with backends.use_backend(backend):
-            error = ((run().double() - reference).abs().max() / reference.abs().max()).item()
-            row[f"{backend}_rel_error"] = error
-            if error > TOLERANCE[dtype]:
-                row[f"{backend}_ms"] = None  # wrong: not timed
-                continue
-            row[f"{backend}_ms"] = timer(run)
-        row[f"{backend}_pct_of_copy_bw"] = round(100 * row["copy_ms"] / row[f"{backend}_ms"], 1)
+            row[f"{backend}_rel_error"], row[f"{backend}_ms"] = _checked_ms(run, reference, dtype, timer)
+        if row[f"{backend}_ms"] is not None:
+            row[f"{backend}_pct_of_copy_bw"] = round(100 * row["copy_ms"] / row[f"{backend}_ms"], 1)
     _fuse_backward(x, w_row, w_col, device, timer, row)
     return row
 
@@ -155,9 +158,7 @@ def _block_case(device, dtype_name, dtype, batch, shape, timer) -> dict:
 
     for backend in ("cuda", "triton") if device.type == "cuda" else ("cpu",):
         with backends.use_backend(backend):
-            error = ((run().double() - reference).abs().max() / reference.abs().max()).item()
-            row[f"{backend}_rel_error"] = error
-            row[f"{backend}_ms"] = timer(run) if error <= TOLERANCE[dtype] else None  # a wrong kernel is not timed
+            row[f"{backend}_rel_error"], row[f"{backend}_ms"] = _checked_ms(run, reference, dtype, timer)
         if row[f"{backend}_ms"] is not None:
             row[f"{backend}_vs_cudnn"] = round(row[f"{backend}_ms"] / row["cudnn_ms"], 2)
     return row

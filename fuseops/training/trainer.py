@@ -151,8 +151,9 @@ def _train(config: TrainConfig, context: distributed.Context) -> list[dict[str, 
         began = time.perf_counter()
         train_transform.set_epoch(epoch)
         train_sampler.set_epoch(epoch)
+        bar = _bar(config.progress, context, f"epoch {epoch + 1}/{hyper.epochs}")
         loss, lr = train_epoch(runner, train_loader, optimizer, hyper, epoch, context, precision, ema=ema,
-                               scaler=scaler, progress=_bar(config, context, f"epoch {epoch + 1}/{hyper.epochs}"))
+                               scaler=scaler, progress=bar)
         distributed.broadcast_buffers(context, evaluated)
         top1, top5, _ = evaluate(evaluated, val_loader, context, precision)
         row = {"epoch": epoch + 1, "train_loss": loss, "val_top1": top1, "val_top5": top5, "lr": lr,
@@ -189,9 +190,8 @@ def evaluate_checkpoint(*, data: str, weights: str, model: str | None = None, va
         network = get_model(model, variant=variant or "baseline", num_classes=len(classes), weights=weights,
                             **dict(block_options or {}))
     loader = torch.utils.data.DataLoader(val_set, batch_size=batch_size, num_workers=workers)
-    config = TrainConfig(data=data, out="", progress=progress)
     top1, top5, seen = evaluate(network.to(context.device), loader, context, Precision(None),
-                                progress=_bar(config, context, "eval"))
+                                progress=_bar(progress, context, "eval"))
     return {"top1": top1, "top5": top5, "images": seen}
 
 
@@ -352,8 +352,8 @@ def _log_to(path: Path) -> None:
     log.addHandler(console)
 
 
-def _bar(config: TrainConfig, context: distributed.Context, description: str):
-    if not (config.progress and context.is_main):
+def _bar(progress: bool, context: distributed.Context, description: str):
+    if not (progress and context.is_main):
         return None
     try:
         from tqdm import tqdm
