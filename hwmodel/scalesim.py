@@ -1,4 +1,5 @@
-"""Run the real SCALE-Sim (PyPI ``scalesim`` 3.0.0) to check ``convention="scalesim"``.
+"""Run the real SCALE-Sim (PyPI ``scalesim`` 3.0.0) to check ``convention="scalesim"``
+and the memory model of :mod:`hwmodel.systolic_memory`.
 
 SCALE-Sim 3.0.0 crashes with numpy >= 2.4 and pins other packages of its own, so it
 gets a virtual environment of its own, created on first use (needs pip access to PyPI)
@@ -18,40 +19,51 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 SCALESIM_REQUIREMENTS = ("scalesim==3.0.0", "numpy<2.4")
 
-# Big SRAMs and the "CALC" (estimate-bandwidth) mode keep the memory system from
-# stalling the array, so "Total Cycles" is the pure compute count the formulas model.
+# By default, big SRAMs and the "CALC" (estimate-bandwidth) mode keep the memory system
+# from stalling the array, so "Total Cycles" is the pure compute count the formulas model.
+#
+# A run with a memory system instead sets the three SRAM sizes and InterfaceBandwidth = USER.
+# In USER mode SCALE-Sim 3.0.0 (single_layer_sim.run) takes the ofmap drain bandwidth from
+# "Bandwidth" but the ifmap and filter DRAM bandwidths from the [layout] section's
+# IfmapSRAMBankBandwidth / FilterSRAMBankBandwidth, which its read buffer asserts are
+# divisible by the bank count; so all three get the same words/cycle and one bank.  The
+# request-buffer sizes only matter with Ramulator traces, which stay off.
+_DEFAULT_MEMORY = dict(bw_mode="CALC", ifmap_kb=10240, filter_kb=10240, ofmap_kb=10240, bandwidth=10,
+                       bank_bw=10, bank_num=10)
+
 _CONFIG = """[general]
 run_name = {run_name}
 
 [run_presets]
-InterfaceBandwidth = CALC
+InterfaceBandwidth = {bw_mode}
 UseRamulatorTrace = False
 
 [architecture_presets]
 ArrayHeight = {rows}
 ArrayWidth = {cols}
-IfmapSramSzkB = 10240
-FilterSramSzkB = 10240
-OfmapSramSzkB = 10240
+IfmapSramSzkB = {ifmap_kb}
+FilterSramSzkB = {filter_kb}
+OfmapSramSzkB = {ofmap_kb}
 IfmapOffset = 0
 FilterOffset = 10000000
 OfmapOffset = 20000000
 Dataflow = {dataflow}
 ReadRequestBuffer = 32
 WriteRequestBuffer = 32
-Bandwidth = 10
+Bandwidth = {bandwidth}
 
 [layout]
 IfmapCustomLayout = False
-IfmapSRAMBankBandwidth = 10
-IfmapSRAMBankNum = 10
+IfmapSRAMBankBandwidth = {bank_bw}
+IfmapSRAMBankNum = {bank_num}
 IfmapSRAMBankPort = 2
 FilterCustomLayout = False
-FilterSRAMBankBandwidth = 10
-FilterSRAMBankNum = 10
+FilterSRAMBankBandwidth = {bank_bw}
+FilterSRAMBankNum = {bank_num}
 FilterSRAMBankPort = 2
 
 [sparsity]
@@ -90,8 +102,16 @@ for run in job["runs"]:
     cycles = header.index("Total Cycles")
     stalls = header.index("Stall Cycles")
     body = [r for r in rows[1:] if r and r[0].strip()]
+    with open(os.path.join(work, "out", run["run_name"], "DETAILED_ACCESS_REPORT.csv")) as f:
+        detail = list(csv.reader(f))
+    dhead = [h.strip() for h in detail[0]]
+    dbody = [r for r in detail[1:] if r and r[0].strip()]
+    dram = {key: [int(float(r[dhead.index(col)])) for r in dbody]
+            for key, col in (("ifmap", "DRAM IFMAP Reads"), ("filter", "DRAM Filter Reads"),
+                             ("ofmap", "DRAM OFMAP Writes"))}
     results.append({"total_cycles": [int(float(r[cycles])) for r in body],
-                    "stall_cycles": [int(float(r[stalls])) for r in body], "seconds": seconds})
+                    "stall_cycles": [int(float(r[stalls])) for r in body], "seconds": seconds,
+                    "dram": dram})
 json.dump(results, open(sys.argv[2], "w"))
 """
 
@@ -108,6 +128,13 @@ class ScaleSimRun:
     total_cycles: tuple[int, ...]
     stall_cycles: tuple[int, ...]
     seconds: float
+    #: DETAILED_ACCESS_REPORT.csv's "DRAM IFMAP Reads", "DRAM Filter Reads" and "DRAM OFMAP
+    #: Writes" per report row (words).
+    dram_ifmap_reads: tuple[int, ...] = ()
+    dram_filter_reads: tuple[int, ...] = ()
+    dram_ofmap_writes: tuple[int, ...] = ()
+    #: The memory system of the run, None for the default (no stalls).
+    memory: object = None
 
 
 def default_venv() -> Path:
@@ -162,18 +189,46 @@ def ensure_scalesim(venv: str | os.PathLike | None = None) -> Path:
             shutil.rmtree(staging, ignore_errors=True)
 
 
-def run_scalesim(topology: str | os.PathLike, configs: Sequence[tuple[int, int, str]], *,
+def _memory_settings(memory: Any) -> dict:
+    """The config fields of a :class:`hwmodel.systolic_memory.MemorySystem` (None: the
+    default, stall-free settings).  SCALE-Sim has 1-byte words and whole-kB SRAM sizes."""
+    if memory is None:
+        return _DEFAULT_MEMORY
+    from hwmodel.systolic_memory import MemorySystem
+
+    if not isinstance(memory, MemorySystem):
+        raise TypeError(f"memory must be a hwmodel MemorySystem or None, got {type(memory).__name__}")
+    if memory.word_bytes != 1:
+        raise ValueError(f"SCALE-Sim 3.0.0 has 1-byte words; memory.word_bytes is {memory.word_bytes}")
+    sizes = (memory.ifmap_sram_kb, memory.filter_sram_kb, memory.ofmap_sram_kb)
+    if any(size != int(size) for size in sizes):
+        raise ValueError(f"SCALE-Sim takes whole-kB SRAM sizes, got {sizes}")
+    if not memory.double_buffered:
+        raise ValueError("SCALE-Sim only models double-buffered SRAMs")
+    bandwidth = memory.dram_words_per_cycle
+    if bandwidth != int(bandwidth):
+        raise ValueError(f"SCALE-Sim takes a whole number of words per cycle, got {bandwidth}")
+    return dict(bw_mode="USER", ifmap_kb=int(sizes[0]), filter_kb=int(sizes[1]), ofmap_kb=int(sizes[2]),
+                bandwidth=int(bandwidth), bank_bw=int(bandwidth), bank_num=1)
+
+
+def run_scalesim(topology: str | os.PathLike, configs: Sequence[tuple], *,
                  python: str | os.PathLike | None = None, timeout: float = 1800) -> list[ScaleSimRun]:
-    """Run SCALE-Sim on ``topology`` once per (rows, cols, dataflow) in ``configs``, all in
-    one child process.  ``python`` defaults to :func:`ensure_scalesim`'s."""
+    """Run SCALE-Sim on ``topology`` once per (rows, cols, dataflow) or (rows, cols,
+    dataflow, memory) in ``configs``, all in one child process.  ``memory`` is a
+    :class:`hwmodel.systolic_memory.MemorySystem` (SRAM sizes and USER bandwidth) or None
+    (10 MiB SRAMs, CALC bandwidth: no stalls).  ``python`` defaults to
+    :func:`ensure_scalesim`'s."""
     python = Path(python) if python is not None else ensure_scalesim()
+    configs = [tuple(c) if len(c) == 4 else (*c, None) for c in configs]
     with tempfile.TemporaryDirectory(prefix="hwmodel-scalesim-") as tmp:
         runs = []
-        for i, (rows, cols, dataflow) in enumerate(configs):
+        for i, (rows, cols, dataflow, memory) in enumerate(configs):
             work = os.path.join(tmp, f"run{i}")
             os.makedirs(work)
             run_name = f"run{i}"
-            config = _CONFIG.format(run_name=run_name, rows=rows, cols=cols, dataflow=dataflow)
+            config = _CONFIG.format(run_name=run_name, rows=rows, cols=cols, dataflow=dataflow,
+                                    **_memory_settings(memory))
             runs.append({"dir": work, "run_name": run_name, "config": config})
         job = os.path.join(tmp, "job.json")
         result = os.path.join(tmp, "result.json")
@@ -189,5 +244,6 @@ def run_scalesim(topology: str | os.PathLike, configs: Sequence[tuple[int, int, 
                                f"{done.stderr[-4000:]}")
         with open(result) as f:
             data = json.load(f)
-    return [ScaleSimRun(r, c, df, tuple(d["total_cycles"]), tuple(d["stall_cycles"]), d["seconds"])
-            for (r, c, df), d in zip(configs, data)]
+    return [ScaleSimRun(r, c, df, tuple(d["total_cycles"]), tuple(d["stall_cycles"]), d["seconds"],
+                        tuple(d["dram"]["ifmap"]), tuple(d["dram"]["filter"]), tuple(d["dram"]["ofmap"]), mem)
+            for (r, c, df, mem), d in zip(configs, data)]

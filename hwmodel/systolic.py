@@ -14,6 +14,11 @@ Both conventions support the three dataflows; for "ws" and "is" the fuseconv con
 is our extension of the paper's model by the same rule (partial folds charged by what
 they use).  ``fuse=True`` costs 1-D depthwise layers by the paper's FuSe-array mapping
 in either convention: SCALE-Sim has no model of that hardware.
+
+``memory=MemorySystem(...)`` adds SRAM and DRAM stalls and DRAM traffic to every GEMM-mapped
+layer (:mod:`hwmodel.systolic_memory`, after SCALE-Sim's double-buffered scratchpads); without
+it the array is fed for free, as before.  Memory stalls of the FuSe 1-D mapping are not
+modelled: such layers say so in ``LayerCost.memory_note`` and ``Estimate.memory_unmodelled``.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from hwmodel.layers import Layer, Unsupported
+from hwmodel.systolic_memory import MemoryCost, MemorySystem, gemm_memory_cost
 
 DATAFLOWS = ("os", "ws", "is")
 CONVENTIONS = ("fuseconv", "scalesim")
@@ -41,9 +47,17 @@ def _positive_int(name: str, value: object) -> int:
     return value
 
 
+#: Said by a layer whose memory stalls are not modelled.
+FUSE_MEMORY_NOTE = "memory stalls not modelled for the FuSe 1-D mapping (compute cycles only)"
+
+
 @dataclass(frozen=True)
 class LayerCost:
-    """One costed layer: its MACs, cycles and utilisation = MACs / (cycles * rows * cols)."""
+    """One costed layer: its MACs, cycles and utilisation = MACs / (cycles * rows * cols).
+
+    ``cycles`` is compute plus ``stall_cycles`` (the memory system's; 0 without one).  With
+    a memory system the DRAM traffic in words is given too (None without one, or where
+    ``memory_note`` says the layer's memory is not modelled)."""
 
     name: str
     kind: str
@@ -52,6 +66,15 @@ class LayerCost:
     macs: int
     cycles: int
     utilization: float
+    stall_cycles: int = 0
+    ifmap_dram_words: int | None = None
+    filter_dram_words: int | None = None
+    ofmap_dram_words: int | None = None
+    memory_note: str = ""
+
+    @property
+    def compute_cycles(self) -> int:
+        return self.cycles - self.stall_cycles
 
 
 @dataclass(frozen=True)
@@ -66,10 +89,34 @@ class Estimate:
     fuse: bool
     layers: tuple[LayerCost, ...]
     unsupported: tuple[Unsupported, ...] = field(default=())
+    memory: MemorySystem | None = None
 
     @property
     def total_cycles(self) -> int:
+        """Compute plus stall cycles of the costed layers."""
         return sum(layer.cycles for layer in self.layers)
+
+    @property
+    def total_stall_cycles(self) -> int:
+        return sum(layer.stall_cycles for layer in self.layers)
+
+    @property
+    def total_compute_cycles(self) -> int:
+        return self.total_cycles - self.total_stall_cycles
+
+    @property
+    def dram_words(self) -> dict[str, int]:
+        """DRAM words read (ifmap, filter) and written (ofmap) by the layers whose memory is
+        modelled; empty without a memory system."""
+        if self.memory is None:
+            return {}
+        return {key: sum(getattr(c, f"{key}_dram_words") or 0 for c in self.layers)
+                for key in ("ifmap", "filter", "ofmap")}
+
+    @property
+    def memory_unmodelled(self) -> tuple[str, ...]:
+        """Names of the layers whose memory stalls are not modelled (with a memory system)."""
+        return tuple(c.name for c in self.layers if c.memory_note)
 
     @property
     def total_macs(self) -> int:
@@ -93,9 +140,25 @@ class Estimate:
             totals[layer.category] += layer.cycles
         return totals
 
+    def table_header(self) -> tuple[str, ...]:
+        """The column names of :meth:`table_rows`."""
+        if self.memory is None:
+            return ("layer", "kind", "MACs", "cycles", "util %")
+        return ("layer", "kind", "MACs", "compute", "stall", "cycles", "util %", "ifmap DRAM", "filter DRAM",
+                "ofmap DRAM")
+
     def table_rows(self) -> list[tuple[object, ...]]:
-        """(name, kind, MACs, cycles, utilisation %) per layer, for printing."""
-        return [(c.name, c.kind, c.macs, c.cycles, f"{100 * c.utilization:.1f}") for c in self.layers]
+        """(name, kind, MACs, cycles, utilisation %) per layer, for printing; with a memory
+        system, compute and stall cycles and the DRAM words too ("-" where not modelled)."""
+        if self.memory is None:
+            return [(c.name, c.kind, c.macs, c.cycles, f"{100 * c.utilization:.1f}") for c in self.layers]
+
+        def words(value):
+            return "-" if value is None else value
+
+        return [(c.name, c.kind, c.macs, c.compute_cycles, c.stall_cycles, c.cycles, f"{100 * c.utilization:.1f}",
+                 words(c.ifmap_dram_words), words(c.filter_dram_words), words(c.ofmap_dram_words))
+                for c in self.layers]
 
     def __str__(self) -> str:
         head = (f"{self.rows}x{self.cols} array, dataflow={self.dataflow}, convention={self.convention}, "
@@ -103,6 +166,15 @@ class Estimate:
                 f"utilization {100 * self.utilization:.1f}%")
         parts = ", ".join(f"{k} {v:,}" for k, v in self.breakdown.items())
         text = f"{head}\n  breakdown: {parts}"
+        if self.memory is not None:
+            m = self.memory
+            dram = self.dram_words
+            text += (f"\n  memory: SRAM {m.ifmap_sram_kb}/{m.filter_sram_kb}/{m.ofmap_sram_kb} kB, "
+                     f"{m.dram_words_per_cycle} words/cycle: {self.total_stall_cycles:,} stall cycles; DRAM words "
+                     f"ifmap {dram['ifmap']:,}, filter {dram['filter']:,}, ofmap {dram['ofmap']:,}")
+            if self.memory_unmodelled:
+                text += (f"\n  memory NOT modelled for {len(self.memory_unmodelled)} FuSe 1-D layer(s) "
+                         f"(compute cycles only): {', '.join(self.memory_unmodelled)}")
         if self.unsupported:
             names = ", ".join(f"{u.name} ({u.type_name})" for u in self.unsupported)
             text += f"\n  NOT COSTED ({len(self.unsupported)}): {names}"
@@ -147,7 +219,7 @@ class SystolicArray:
     """
 
     def __init__(self, rows: int, cols: int, *, dataflow: str = "os", fuse: bool = False,
-                 convention: str = "fuseconv") -> None:
+                 convention: str = "fuseconv", memory: MemorySystem | None = None) -> None:
         self.rows = _positive_int("rows", rows)
         self.cols = _positive_int("cols", cols)
         if dataflow not in DATAFLOWS:
@@ -156,13 +228,17 @@ class SystolicArray:
             raise ValueError(f"convention must be one of {CONVENTIONS}, got {convention!r}")
         if not isinstance(fuse, bool):
             raise TypeError(f"fuse must be a bool, got {type(fuse).__name__}")
+        if memory is not None and not isinstance(memory, MemorySystem):
+            raise TypeError(f"memory must be a MemorySystem or None, got {type(memory).__name__}")
         self.dataflow = dataflow
         self.convention = convention
         self.fuse = fuse
+        self.memory = memory
 
     def __repr__(self) -> str:
+        memory = "" if self.memory is None else f", memory={self.memory!r}"
         return (f"SystolicArray({self.rows}, {self.cols}, dataflow={self.dataflow!r}, fuse={self.fuse}, "
-                f"convention={self.convention!r})")
+                f"convention={self.convention!r}{memory})")
 
     # -- the two fold accountings -----------------------------------------------------------------
     def _folded(self, spatial_rows: int, spatial_cols: int, stream: int, preload: bool) -> int:
@@ -188,6 +264,22 @@ class SystolicArray:
         if rem_r and rem_c:
             cycles += fold(rem_r, rem_c)
         return cycles
+
+    def gemm_memory(self, outputs: int, reduction: int, filters: int) -> MemoryCost:
+        """Stalls and DRAM traffic of one GEMM under ``self.memory`` (which must be set).
+        The folds last as long as the convention says, so stalls add to its cycles."""
+        if self.memory is None:
+            raise ValueError("this array has no memory system (memory=None)")
+        x, y = self.rows, self.cols
+        preload = self.dataflow != "os"
+        stream = {"os": reduction, "ws": outputs, "is": filters}[self.dataflow]
+        if self.convention == "scalesim":
+            def fold_lines(r: int, c: int) -> int:
+                return stream + x + y - 2 + (x if preload else 0)
+        else:
+            def fold_lines(r: int, c: int) -> int:
+                return stream + r + c - 1 + (r if preload else 0)
+        return gemm_memory_cost(self.memory, self.dataflow, x, y, outputs, reduction, filters, fold_lines)
 
     def gemm_cycles(self, outputs: int, reduction: int, filters: int) -> int:
         """One GEMM: P = ``outputs`` rows of the output, T = ``reduction``, M = ``filters``."""
@@ -236,6 +328,7 @@ class SystolicArray:
             # A channel multiplier m > 1 runs the mapping m times, once per filter set.
             multiplier = layer.out_channels // layer.in_channels
             cycles, mapping = multiplier * self.fuse_1d_cycles(layer), "fuse_1d"
+            mem = None
         else:
             outputs = layer.batch * self._outputs_per_image(layer)
             reduction = (layer.in_channels // layer.groups) * layer.kernel_h * layer.kernel_w
@@ -243,9 +336,19 @@ class SystolicArray:
             # A grouped (or depthwise) conv runs one GEMM per group, one after the other.
             cycles = layer.groups * self.gemm_cycles(outputs, reduction, filters)
             mapping = "gemm" if layer.groups == 1 else "per_group_gemm"
+            # Each group is a GEMM of its own (as each is a layer of its own in SCALE-Sim).
+            mem = None if self.memory is None else self.gemm_memory(outputs, reduction, filters) * layer.groups
         macs = layer.macs
-        return LayerCost(layer.name, layer.kind, category(layer), mapping, macs, cycles,
-                         macs / (cycles * self.rows * self.cols))
+        if self.memory is None:
+            return LayerCost(layer.name, layer.kind, category(layer), mapping, macs, cycles,
+                             macs / (cycles * self.rows * self.cols))
+        if mem is None:
+            return LayerCost(layer.name, layer.kind, category(layer), mapping, macs, cycles,
+                             macs / (cycles * self.rows * self.cols), memory_note=FUSE_MEMORY_NOTE)
+        total = cycles + mem.stall_cycles
+        return LayerCost(layer.name, layer.kind, category(layer), mapping, macs, total,
+                         macs / (total * self.rows * self.cols), mem.stall_cycles, mem.ifmap_dram_words,
+                         mem.filter_dram_words, mem.ofmap_dram_words)
 
     # -- a network --------------------------------------------------------------------------------
     def estimate(self, model_or_layers: object, input_shape: Sequence[int] | None = None) -> Estimate:
@@ -263,7 +366,7 @@ class SystolicArray:
             except ValueError as err:
                 skipped.append(Unsupported(layer.name, layer.kind, str(err)))
         return Estimate(self.rows, self.cols, self.dataflow, self.convention, self.fuse, tuple(costs),
-                        tuple(skipped))
+                        tuple(skipped), self.memory)
 
 
 def _as_layers(model_or_layers: object, input_shape) -> tuple[list[Layer], list[Unsupported]]:

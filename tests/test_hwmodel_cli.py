@@ -229,3 +229,43 @@ def test_plot_traffic_needs_a_panel(tmp_path):
 
     with pytest.raises(ValueError, match="at least one panel"):
         plot_traffic({}, str(tmp_path / "empty.png"))
+
+
+def test_systolic_with_a_memory_system(topology, tmp_path, capsys):
+    # ws on 4x2 with a 2-word ofmap SRAM (1/512 kB) drained at 1 word/cycle: every fold writes
+    # P x 2 = 50 partial sums over 26 lines, so the array must stall.
+    out_csv = tmp_path / "rows.csv"
+    argv = ["systolic", str(topology), "--array", "4x2", "--convention", "scalesim", "--dataflow", "ws",
+            "--per-layer", "--csv", str(out_csv)]
+    assert cli.main([*argv, "--sram", "64,64,0.001953125", "--dram-bw", "1"]) == 0
+    text = capsys.readouterr().out
+    compute = 5 * 2 * (2 * 4 + 2 + 25 - 2) - 1  # ceil(18/4) * ceil(3/2) * (2X + Y + P - 2) - 1
+    assert f"{compute:,} compute + " in text and "stall" in text
+    rows = list(csv.DictReader(out_csv.open()))
+    assert int(rows[0]["stall_cycles"]) > 0
+    assert int(rows[0]["cycles"]) == compute + int(rows[0]["stall_cycles"])
+    assert int(rows[0]["ofmap_dram_words"]) == 5 * 25 * 3  # one partial-sum row per row fold
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--sram", "64,64", "--dram-bw", "2"], "--sram must be three sizes"),
+        (["--sram", "64,64,a", "--dram-bw", "2"], "--sram must be three sizes"),
+        (["--sram", "64,64,64"], "--sram and --dram-bw go together"),
+        (["--dram-bw", "4"], "--sram and --dram-bw go together"),
+        (["--sram", "64,0,64", "--dram-bw", "4"], "filter_sram_kb"),
+        (["--sram", "64,64,64", "--dram-bw", "0"], "dram_words_per_cycle"),
+    ],
+)
+def test_systolic_bad_memory_options(topology, capsys, argv, message):
+    assert cli.main(["systolic", str(topology), *argv]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_systolic_help_mentions_the_memory_options():
+    done = subprocess.run([sys.executable, "-m", "fuseops.cli.hwmodel", "systolic", "--help"], capture_output=True,
+                          text=True)
+    if done.returncode != 0:
+        pytest.skip(f"no runnable module entry point: {done.stderr[-200:]}")
+    assert "--sram KB,KB,KB" in done.stdout and "--dram-bw WORDS_PER_CYCLE" in done.stdout

@@ -9,6 +9,7 @@ import time
 from fuseops.cli import hwmodel as cli
 from fuseops.models.names import FUSE_NETWORKS, FUSE_VARIANTS
 from hwmodel.systolic import CONVENTIONS, DATAFLOWS, Estimate, SystolicArray
+from hwmodel.systolic_memory import MemorySystem
 
 
 def _shape(text: str) -> tuple[int, ...]:
@@ -35,6 +36,12 @@ def add_parser(sub) -> None:
     p.add_argument("--input-shape", default="1,3,224,224", help="N,C,H,W for tracing (default 1,3,224,224)")
     p.add_argument("--per-layer", action="store_true", help="print one row per layer")
     p.add_argument("--csv", metavar="PATH", help="also write the per-layer rows to this CSV")
+    p.add_argument("--sram", metavar="KB,KB,KB",
+                   help="model a memory system: ifmap, filter and ofmap SRAM sizes in kB (double-buffered, "
+                   "as in SCALE-Sim); needs --dram-bw. Without it the array is fed for free")
+    p.add_argument("--dram-bw", metavar="WORDS_PER_CYCLE", type=float,
+                   help="DRAM bandwidth in words per cycle of each SRAM's DRAM port; needs --sram")
+    p.add_argument("--word-bytes", type=int, default=1, help="bytes per word for --sram (default 1, as SCALE-Sim)")
     p.set_defaults(func=run_systolic)
 
     s = sub.add_parser("speedup", help="FuSe speedup of the 5 FuSe networks x 4 variants over array sizes",
@@ -58,21 +65,48 @@ def _print_estimate(title: str, est: Estimate, per_layer: bool) -> None:
 
     print(title)
     if per_layer:
-        print_table("per layer", ("layer", "kind", "MACs", "cycles", "util %"), est.table_rows())
+        print_table("per layer", est.table_header(), est.table_rows())
     rows = [(k, f"{v:,}", f"{100 * v / est.total_cycles:.1f}" if est.total_cycles else "-")
             for k, v in est.breakdown.items()]
     rows.append(("total", f"{est.total_cycles:,}", "100.0"))
     print_table("cycles by category", ("category", "cycles", "%"), rows)
     print(f"total: {est.total_cycles:,} cycles, {est.total_macs:,} MACs, "
           f"utilization {100 * est.utilization:.1f}%")
+    if est.memory is not None:
+        dram = est.dram_words
+        print(f"memory: {est.total_compute_cycles:,} compute + {est.total_stall_cycles:,} stall cycles; DRAM words "
+              f"read ifmap {dram['ifmap']:,}, filter {dram['filter']:,}, written ofmap {dram['ofmap']:,}")
+        if est.memory_unmodelled:
+            print(f"NOTE: memory stalls NOT modelled for {len(est.memory_unmodelled)} FuSe 1-D layer(s) "
+                  f"(compute cycles only): {', '.join(est.memory_unmodelled)}")
     if est.unsupported:
         print(f"WARNING: {len(est.unsupported)} layer(s) NOT costed (the total leaves them out):")
         for u in est.unsupported:
             print(f"  {u.name} ({u.type_name}): {u.reason}")
 
 
+def parse_memory(sram: str | None, dram_bw: float | None, word_bytes: int = 1) -> MemorySystem | None:
+    """--sram KB,KB,KB and --dram-bw W as a MemorySystem (None if neither is given)."""
+    if sram is None and dram_bw is None:
+        return None
+    if sram is None or dram_bw is None:
+        raise cli.CliError("--sram and --dram-bw go together (SRAM sizes in kB and DRAM words per cycle)")
+    try:
+        sizes = [float(v) for v in sram.split(",")]
+    except ValueError:
+        sizes = []
+    if len(sizes) != 3:
+        raise cli.CliError(f"--sram must be three sizes in kB, IFMAP,FILTER,OFMAP (e.g. 64,64,32), got {sram!r}")
+    sizes = [int(v) if v.is_integer() else v for v in sizes]
+    try:
+        return MemorySystem(*sizes, dram_bw, word_bytes=word_bytes)
+    except (TypeError, ValueError) as err:
+        raise cli.CliError(f"--sram/--dram-bw/--word-bytes: {err}") from None
+
+
 def run_systolic(args) -> int:
     rows, cols = cli.parse_array(args.array)
+    memory = parse_memory(args.sram, args.dram_bw, args.word_bytes)
     is_file = args.model.lower().endswith((".csv", ".onnx")) or os.path.isfile(args.model)
     layers = cli.load_layers(args.model, args.variant, _shape(args.input_shape))
     if args.model.lower().endswith(".onnx"):  # a network from a file: FuSe hardware if it has FuSe layers
@@ -80,7 +114,7 @@ def run_systolic(args) -> int:
     else:
         auto_fuse = not is_file and args.variant != "baseline"
     fuse = args.hardware == "fuse" or (args.hardware == "auto" and auto_fuse)
-    array = SystolicArray(rows, cols, dataflow=args.dataflow, convention=args.convention, fuse=fuse)
+    array = SystolicArray(rows, cols, dataflow=args.dataflow, convention=args.convention, fuse=fuse, memory=memory)
     est = array.estimate(layers)
     label = os.path.basename(args.model) if is_file else f"{args.model} ({args.variant})"
     hardware = "FuSe" if fuse else "plain"
@@ -89,10 +123,13 @@ def run_systolic(args) -> int:
     if args.csv:
         with open(args.csv, "w", newline="") as f:
             writer = csv.writer(f)
-            writer.writerow(("name", "kind", "category", "mapping", "macs", "cycles", "utilization"))
+            extra = ("stall_cycles", "ifmap_dram_words", "filter_dram_words", "ofmap_dram_words")
+            writer.writerow(("name", "kind", "category", "mapping", "macs", "cycles", "utilization")
+                            + (extra if memory else ()))
             for c in est.layers:
+                more = tuple("" if getattr(c, k) is None else getattr(c, k) for k in extra) if memory else ()
                 writer.writerow((c.name, c.kind, c.category, c.mapping, c.macs, c.cycles,
-                                 f"{c.utilization:.6f}"))
+                                 f"{c.utilization:.6f}") + more)
         print(f"wrote {args.csv}")
     return 0 if est.complete else 1
 
