@@ -97,13 +97,18 @@ def conv2d_layer(name: str, conv: nn.Conv2d, x: torch.Tensor, blocks=None, *, st
     )
 
 
-def block_conv2d_layer(name: str, conv: nn.Conv2d, x: torch.Tensor) -> Layer:
-    """A fuseops.nn.BlockConv2d: the grid from ``fuseops.block_grid``, padded per block."""
+def block_spans(height: int, width: int, block_size: int, blocking: str = "fixed"):
+    """fuseops' block grid as plain (start, stop) spans along H and W, for layer lists built by hand."""
     import fuseops
 
+    rows, cols = fuseops.block_grid(height, width, block_size, blocking)
+    return tuple((int(a), int(b)) for a, b in rows), tuple((int(a), int(b)) for a, b in cols)
+
+
+def block_conv2d_layer(name: str, conv: nn.Conv2d, x: torch.Tensor) -> Layer:
+    """A fuseops.nn.BlockConv2d: the grid from ``fuseops.block_grid``, padded per block."""
     _, _, in_h, in_w = _spatial(x, name)
-    rows, cols = fuseops.block_grid(in_h, in_w, conv.block_size, conv.blocking)
-    blocks = (tuple((int(a), int(b)) for a, b in rows), tuple((int(a), int(b)) for a, b in cols))
+    blocks = block_spans(in_h, in_w, conv.block_size, conv.blocking)
     stride_mode = getattr(conv, "stride_mode", "conv")
     # stride_mode="pool" runs the block conv at stride 1 and max-pools afterwards (free).
     stride = (1, 1) if stride_mode == "pool" else None

@@ -12,11 +12,11 @@ import sys
 from types import SimpleNamespace
 
 import pytest
-from fpga_nets import vgg16
 from hwmodel_nets import mobilenet_v2
 
 from fuseops.cli import hwmodel as cli
 from hwmodel import speedup
+from hwmodel.fpga.networks import vgg16
 
 HEADER = ("Layer name, IFMAP Height, IFMAP Width, Filter Height, Filter Width, Channels, Num Filter, "
           "Strides,\n")

@@ -28,6 +28,7 @@ from hwmodel.fpga.graph import (
     output_spans,
     tensor_shape,
 )
+from hwmodel.fpga.timeline import Phase, Transfer
 from hwmodel.layers import Layer
 
 
@@ -41,11 +42,22 @@ def conv(name, cin, cout, h, w=None, k=1, s=1, p=0, groups=1, batch=1, **kw):
 
 
 def test_bits_words_and_dsp():
-    assert eng.DSP_PER_MAC == {32: 5.0, 16: 1.0, 8: 0.5}
+    assert eng.DSP_FAMILIES == {
+        "DSP48E1": {32: 5.0, 16: 1.0, 8: 1.0}, "DSP48E2": {32: 5.0, 16: 1.0, 8: 0.5},
+        "intel-vp": {32: 1.0, 16: 0.5, 8: 0.5}, "intel-sv": {32: 1.0, 16: 0.5, 8: 1 / 3},
+    }
     assert [eng.word_bytes(b) for b in (32, 16, 8)] == [4, 2, 1]
     assert all(type(eng.word_bytes(b)) is int for b in (32, 16, 8))  # a byte count, not a float
     # ceil(Tm * Tn * DSP per MAC): 21 MACs -> 105, 21 and ceil(10.5) = 11 slices.
     assert [Engine(7, 3).dsp(b) for b in (32, 16, 8)] == [105, 21, 11]
+    # By family: 21 MACs on DSP48E1 (8-bit does not pack: 21), on Intel blocks (float 21; two
+    # 18x19 multipliers: ceil(10.5) = 11; three 9x9 on Stratix V: exactly 7, not 8).
+    assert Engine(7, 3).dsp(8, "DSP48E1") == 21
+    assert [Engine(7, 3).dsp(b, "intel-vp") for b in (32, 16, 8)] == [21, 11, 11]
+    assert [Engine(7, 3).dsp(b, "intel-sv") for b in (32, 16, 8)] == [21, 11, 7]
+    assert eng.dsp_per_mac(8, "intel-sv") == 1 / 3
+    with pytest.raises(ValueError, match=r"family must be one of \['DSP48E1', 'DSP48E2', 'intel-sv', 'intel-vp'\]"):
+        eng.dsp_per_mac(16, "DSP58")
     with pytest.raises(TypeError, match=r"bits must be an int \(8, 16 or 32\), got bool"):
         eng.check_bits(True)
     with pytest.raises(TypeError, match="got float"):
@@ -217,30 +229,39 @@ def test_estimate_of_one_layer_by_hand():
     assert (est.schedule, est.bits, est.freq_mhz, est.dsp_used, est.engine) == ("layer", 16, 200.0, 256, TOY_ENGINE)
     assert est.dram_bytes == {"input": 36992, "weights": 4608, "output": 32768, "intermediate": 0}
     assert est.total_dram_bytes == 74368
-    assert est.latency_s == pytest.approx(9216 / 200e6)
-    assert est.fps == pytest.approx(200e6 / 9216)
+    # One 32 x 32 tile: one step, so nothing overlaps.  Its reads (36992 + 4608 = 41600 bytes at
+    # 2 GB/s: 20.8 us) come before the 9216 cycles (46.08 us at 200 MHz), its 32768-byte write
+    # (16.384 us) after: 83.264 us.
+    assert est.latency_s == pytest.approx(20.8e-6 + 46.08e-6 + 16.384e-6, rel=1e-12)
+    assert est.fps == pytest.approx(1 / 83.264e-6, rel=1e-12)
     assert est.macs == 2_359_296 and est.extra_macs == 0
-    assert est.gops == pytest.approx(102.4)
+    assert est.gops == pytest.approx(4_718_592 / 83.264e-6 / 1e9, rel=1e-12)
     assert est.compute_roof_gops == pytest.approx(102.4)
     assert est.ctc == pytest.approx(4_718_592 / 74368)
-    assert est.attainable_gops == pytest.approx(102.4)
+    assert est.sustained_gbps == pytest.approx(2.0, rel=1e-12)  # an ideal DRAM: its peak for every burst
+    assert est.attainable_gops == pytest.approx(102.4)  # CTC 63.4 x 2 GB/s = 127 > the roof
     assert est.buffer_bytes == 148736 and est.fits
     assert est.groups == [{
         "group": 0, "layers": "c1", "n": 1, "mode": "layer", "units": 1, "dram_MB": 0.074368, "inter_MB": 0.0,
         "weights_MB": 0.004608, "buffer_KB": 148.736, "ctc": pytest.approx(4_718_592 / 74368),
-        "ms": pytest.approx(0.04608), "bound": "compute", "detail": "Tr=32 Tc=32"}]
+        "ms": pytest.approx(0.083264, rel=1e-12), "compute_ms": pytest.approx(0.04608, rel=1e-12),
+        "bound": "compute", "detail": "Tr=32 Tc=32"}]
     assert est.layers == [{
         "layer": "c1", "kind": "conv", "group": 0, "in": "16x32x32", "out": "16x32x32", "k/s": "3x3/1", "blocks": 1,
         "MMAC": 2.359296, "extra_MMAC": 0.0, "cycles": 9216, "util": 1.0}]
     assert est.summary() == (
-        "layer on toy (16-bit, Tm=16 Tn=16, 256/300 DSP, 200 MHz): 0.05 ms, 21701.39 fps, 102.4 GOPS (roof 102, "
+        "layer on toy (16-bit, Tm=16 Tn=16, 256/300 DSP, 200 MHz): 0.08 ms, 12009.99 fps, 56.7 GOPS (roof 102, "
         "CTC 63.4 op/B, attainable 102); DRAM 0.07 MB (input 0.04, weights 0.00, output 0.03, intermediate 0.00); "
         "buffer 0.15 of 1.00 MB (fits)")
     lines = str(est).splitlines()
-    # summary, blank, the group table (header, rule, one row), blank, the layer table.
-    assert lines[0] == est.summary() and lines[1] == "" and lines[5] == ""
+    # summary, blank, the group table (header, rule, one row), blank, the layer table (3 lines), blank,
+    # "Assumptions:" and one line per assumption.
+    assert lines[0] == est.summary() and lines[1] == "" and lines[5] == "" and lines[9] == ""
     assert lines[2].startswith("group  layers  n  mode") and lines[6].startswith("layer  kind  group")
-    assert len(lines) == 9
+    assert lines[10] == "Assumptions:" and lines[11:] == [f"- {a}" for a in est.assumptions]
+    assert len(est.assumptions) == 7
+    assert "DRAM at its 2 GB/s peak for every burst" in est.assumptions[1]
+    assert est.assumptions[0].startswith("one Tm=16 x Tn=16 MAC array for every layer at 200 MHz, 1 DSP48E2 DSP per")
 
 
 def test_summary_units_on_a_big_batch():
@@ -250,31 +271,52 @@ def test_summary_units_on_a_big_batch():
     big = Device("big", dsp=300, bram_bytes=7_777_777_777, dram_gbps=2.0, freq_mhz=200.0)
     est = estimate([many], device=big, engine=TOY_ENGINE)
     # 9216 * 2e5 cycles at 200 MHz = 9.216 s; bytes 36992, 4608, 32768 (x 2e5) = 7398.4, 921.6, 6553.6 MB.
+    # 200,000 steps: only the first image's reads (20.8 us) and the last one's write (16.384 us) are
+    # not hidden behind compute: 9.216037184 s, 21701.30 fps.
     assert est.summary() == (
-        "layer on big (16-bit, Tm=16 Tn=16, 256/300 DSP, 200 MHz): 9216.00 ms, 21701.39 fps, 102.4 GOPS "
+        "layer on big (16-bit, Tm=16 Tn=16, 256/300 DSP, 200 MHz): 9216.04 ms, 21701.30 fps, 102.4 GOPS "
         "(roof 102, CTC 63.4 op/B, attainable 102); DRAM 14873.60 MB (input 7398.40, weights 921.60, "
         "output 6553.60, intermediate 0.00); buffer 0.15 of 7777.78 MB (fits)")
 
 
 def test_estimate_memory_bound_and_not_fitting():
-    # At 1 GB/s the 74368 bytes take 74.368 us > 46.08 us: memory-bound, and the latency is the transfer.
+    # At 1 GB/s the 74368 bytes take 74.368 us > 46.08 us: memory-bound.  One tile, so the reads
+    # (41.6 us), the compute (46.08 us) and the write (32.768 us) follow each other.
     slow = Device("slow", dsp=300, bram_bytes=100_000, dram_gbps=1.0, freq_mhz=200.0)
     est = estimate([TOY_LAYER], device=slow, engine=TOY_ENGINE, freq_mhz=200)
     assert est.groups[0]["bound"] == "memory"
-    assert est.latency_s == 74368 / 1e9  # bytes / (GB/s * 1e9), exactly
+    assert est.latency_s == pytest.approx(41.6e-6 + 46.08e-6 + 32.768e-6, rel=1e-12)
     assert est.attainable_gops == pytest.approx(4_718_592 / 74368 * 1.0)  # below the 102.4 roof
     # The fixed 32 x 32 tile needs 148,736 bytes of the 100,000: the estimate says it does not fit.
     assert not est.fits and est.summary().endswith("buffer 0.15 of 0.10 MB (DOES NOT FIT)")
     # freq_mhz overrides the device's clock: 100 MHz doubles the compute time.
     half = estimate([TOY_LAYER], device=TOY, engine=TOY_ENGINE, freq_mhz=100)
-    assert half.latency_s == pytest.approx(9216 / 100e6) and half.freq_mhz == 100.0
+    assert half.latency_s == pytest.approx(20.8e-6 + 92.16e-6 + 16.384e-6, rel=1e-12) and half.freq_mhz == 100.0
+
+
+def test_tiles_overlap_transfers_with_compute():
+    # TOY_LAYER in 8 x 32 output tiles: 4 steps.  Input tile (8 - 1) + 3 = 10 rows x 34 padded columns x
+    # 16 channels = 5440 words, weight tile 16 * 16 * 9 = 2304, output tile 16 * 8 * 32 = 4096, each moved
+    # 4 times: reads 4 * (5440 + 2304) * 2 = 61952 bytes (30.976 us at 2 GB/s), writes 32768 (16.384 us).
+    # The first step's reads (7.744 us) and the last one's write (4.096 us) are exposed; the rest
+    # (35.52 us) hides behind the 46.08 us of compute: 57.92 us.
+    est = estimate([TOY_LAYER], device=TOY, engine=Engine(16, 16, 8, 32))
+    assert est.total_dram_bytes == 61952 + 32768
+    assert est.latency_s == pytest.approx(7.744e-6 + 46.08e-6 + 4.096e-6, rel=1e-12)
+    # At 0.5 GB/s the transfers (189.44 us) outlast the compute: 30.976 + 135.2 + 16.384 = 189.44 us,
+    # all of it DRAM time, the compute hidden.
+    slow = Device("slow", dsp=300, bram_bytes=1_000_000, dram_gbps=0.5, freq_mhz=200.0)
+    est = estimate([TOY_LAYER], device=slow, engine=Engine(16, 16, 8, 32))
+    assert est.latency_s == pytest.approx(189.44e-6, rel=1e-12) and est.groups[0]["bound"] == "memory"
 
 
 def test_estimate_batch_and_explored_engine():
-    # A batch of 3 takes 3x the cycles and reports 3 images per latency.
+    # A batch of 3 takes 3x the cycles and reports 3 images per latency; the second and third
+    # images' transfers hide behind compute, the first's reads (20.8 us) and the last's write
+    # (16.384 us) do not.
     three = conv("c1", 16, 16, 32, k=3, p=1, batch=3)
     est = estimate([three], device=TOY, engine=TOY_ENGINE)
-    assert est.latency_s == pytest.approx(3 * 9216 / 200e6)
+    assert est.latency_s == pytest.approx(20.8e-6 + 3 * 46.08e-6 + 16.384e-6, rel=1e-12)
     assert est.fps == pytest.approx(3 / est.latency_s)
     # No engine given: explored for the 300 DSP, 16-bit: Tm * Tn <= 300 with the fewest cycles,
     # 16 x 16 (256 MACs) does the layer in one pass per pixel and tap; nothing smaller does.
@@ -290,7 +332,7 @@ def test_estimate_batch_and_explored_engine():
         ({"freq_mhz": -5.0}, ValueError, "freq_mhz must be a number > 0, got -5.0"),
         ({"engine": (16, 16)}, TypeError, "engine must be a hwmodel.fpga.Engine or None, got tuple"),
         ({"engine": Engine(20, 20)}, ValueError,
-         "engine Tm=20 x Tn=20 at 16 bits needs 400 DSP slices, but toy has 300"),
+         "engine Tm=20 x Tn=20 at 16 bits needs 400 DSP48E2 DSPs, but toy has 300"),
         ({"schedule": "block-fused"}, ValueError, "needs a network with block convolutions"),
     ],
 )
@@ -494,33 +536,37 @@ def test_plan_layer_reads_back_a_residual():
     assert x2.traffic["output"] == 0 and x2.traffic["intermediate"] > 0
 
 
+def _wp(plan):
+    return plan.words, plan.buffer_words, plan.note
+
+
 def test_weights_on_chip_pinned_and_streamed():
     # Two 3x3 convs 2 -> 4 -> 2: 72 weights each.  Engine(1, 1) streams a 2 * 1 * 1 * 9 = 18-word tile.
     layers = [conv("a", 2, 4, 8, k=3, p=1), conv("b", 4, 2, 8, k=3, p=1)]
     live = [{0, 1}, {0, 1}]
     ctx = _ctx(layers, Engine(1, 1), 2 * 272)  # 272 words
     # Activations 128 at the peak + 144 weights fit in 272: everything on chip, each weight read once.
-    assert sch._weights(ctx, 0, 2, [128, 100], [4, 4], live) == (144, 272, "weights on chip")
+    assert _wp(sch._weights(ctx, 0, 2, [128, 100], [4, 4], live)) == (144, 272, "weights on chip")
     # 271 words: stream (128 + 18 = 146), pin layer a (146 + 72 = 218 <= 271), not b (290).
     ctx = _ctx(layers, Engine(1, 1), 2 * 271)
-    assert sch._weights(ctx, 0, 2, [128, 128], [4, 4], live) == (72 + 72 * 4, 218,
+    assert _wp(sch._weights(ctx, 0, 2, [128, 128], [4, 4], live)) == (72 + 72 * 4, 218,
                                                                  "weights streamed, 1 of 2 layers pinned")
     # The most re-read layer is pinned first: b runs 5 times, a 4 times.
-    assert sch._weights(ctx, 0, 2, [128, 128], [4, 5], live) == (72 * 4 + 72, 218,
+    assert _wp(sch._weights(ctx, 0, 2, [128, 128], [4, 5], live)) == (72 * 4 + 72, 218,
                                                                  "weights streamed, 1 of 2 layers pinned")
     # 217 words: nothing can be pinned; every execution reads its weights.
     ctx = _ctx(layers, Engine(1, 1), 2 * 217)
-    assert sch._weights(ctx, 0, 2, [128, 128], [4, 4], live) == (72 * 8, 146, "weights streamed")
+    assert _wp(sch._weights(ctx, 0, 2, [128, 128], [4, 4], live)) == (72 * 8, 146, "weights streamed")
     # A layer that runs once is never pinned (nothing to save), and pinning only checks its live layers.
     ctx = _ctx(layers, Engine(1, 1), 2 * 250)
-    assert sch._weights(ctx, 0, 2, [200, 100], [1, 4], [{0}, {1}]) == (72 + 72, 218,
+    assert _wp(sch._weights(ctx, 0, 2, [200, 100], [1, 4], [{0}, {1}])) == (72 + 72, 218,
                                                                        "weights streamed, 1 of 2 layers pinned")
     # Even where it would fit (300 words: 218 + 72): a layer run once stays streamed.
     ctx = _ctx(layers, Engine(1, 1), 2 * 300)
-    assert sch._weights(ctx, 0, 2, [200, 100], [1, 4], [{0}, {1}]) == (72 + 72, 218,
+    assert _wp(sch._weights(ctx, 0, 2, [200, 100], [1, 4], [{0}, {1}])) == (72 + 72, 218,
                                                                        "weights streamed, 1 of 2 layers pinned")
     # Run twice, it is pinned: 72 read once instead of twice.
-    assert sch._weights(ctx, 0, 2, [200, 100], [2, 4], [{0}, {1}]) == (72 + 72, 290,
+    assert _wp(sch._weights(ctx, 0, 2, [200, 100], [2, 4], [{0}, {1}])) == (72 + 72, 290,
                                                                        "weights streamed, 2 of 2 layers pinned")
 
 
@@ -1112,9 +1158,9 @@ def test_plan_block_pins_weights_in_a_group_inside_the_network():
 
 def test_estimate_accepts_a_clock_below_one_mhz_and_passes_the_objective_on():
     # freq_mhz only has to be > 0: 0.5 MHz is a valid clock; TOY_LAYER's 9216 cycles then take
-    # 9216 / 0.5e6 = 18.432 ms (its 74368 bytes at 2 GB/s take 37 us, so it stays compute-bound).
+    # 9216 / 0.5e6 = 18.432 ms, plus its one tile's 74368 bytes at 2 GB/s (37.184 us) before and after.
     slow = estimate([TOY_LAYER], device=TOY, engine=TOY_ENGINE, freq_mhz=0.5)
-    assert slow.freq_mhz == 0.5 and slow.latency_s == pytest.approx(9216 / 0.5e6)
+    assert slow.freq_mhz == 0.5 and slow.latency_s == pytest.approx(9216 / 0.5e6 + 37.184e-6, rel=1e-12)
     # The objective reaches the grouping: the two blocked convs of
     # test_choose_groups_intermediate_objective_... split under "traffic" (2 x 48 words, 32 of them
     # intermediate) and fuse under "intermediate" (112 words, none intermediate); 16-bit words.
@@ -1151,24 +1197,27 @@ def test_collect_of_groups_that_do_no_work():
 def test_collect_second_group_rows_tie_and_fit(second_fits):
     # 1 MHz and 1 GB/s.  a: 1x1 conv 1 -> 2 on 1 x 1 (2 MACs); b: 2 -> 3 (6 MACs).
     # Group 0 = [a]: 1000 cycles = 1 ms, no traffic, buffer exactly the 100-byte BRAM: that fits (<=).
-    # Group 1 = [b]: 1000 cycles = 1 ms and 1e6 intermediate bytes = 1 ms: a tie is compute-bound
-    # (memory-bound only when the transfer is slower).  Its row: one layer "b", n = 1, 1.0 MB
-    # intermediate, CTC = its own 2 * 6 ops / 1e6 bytes (a's MACs belong to group 0).
-    # Whole: latency 2 ms, GOPS = 2 * 8 / 2 ms / 1e9 = 8e-6; roof 2 * 2 * 3 * 1e6 / 1e9 = 0.012.
+    # Group 1 = [b]: 1000 cycles = 1 ms in 1000 steps and 1e6 intermediate bytes read = 1 ms: a tie is
+    # compute-bound (memory-bound only when the transfer is slower).  Only the first step's read
+    # (1 us) is exposed: 1.001 ms.  Its row: one layer "b", n = 1, 1.0 MB intermediate, CTC = its own
+    # 2 * 6 ops / 1e6 bytes (a's MACs belong to group 0).
+    # Whole: latency 2.001 ms, GOPS = 2 * 8 / 2.001 ms / 1e9; roof 2 * 2 * 3 * 1e6 / 1e9 = 0.012.
     # fits only if every group fits: a plan that says it does not, though its buffer is small, spoils it.
     layers = [conv("a", 1, 2, 1), conv("b", 2, 3, 1)]
     dev = Device("edge", dsp=6, bram_bytes=100, dram_gbps=1.0, freq_mhz=1.0)
     plans = [sch.GroupPlan(0, 1, "layer", sch.empty_traffic(), 100, 1000, layer_cycles=[1000],
-                           layer_extra_macs=[0]),
+                           layer_extra_macs=[0], phases=[Phase(1000, 1, (), 100)]),
              sch.GroupPlan(1, 2, "layer", {**sch.empty_traffic(), "intermediate": 10**6}, 50, 1000,
-                           fits=second_fits, layer_cycles=[1000], layer_extra_macs=[0])]
+                           fits=second_fits, layer_cycles=[1000], layer_extra_macs=[0],
+                           phases=[Phase(1000, 1000, (Transfer("intermediate", 10**6, 10**6),), 50)])]
     est = _collect(layers, plans, dev, 16, "layer", Engine(2, 3), 1.0, 6)
     assert est.fits is second_fits and est.buffer_bytes == 100
     row = est.groups[1]
     assert (row["layers"], row["n"], row["inter_MB"], row["bound"]) == ("b", 1, 1.0, "compute")
+    assert row["ms"] == pytest.approx(1.001, rel=1e-12) and row["compute_ms"] == pytest.approx(1.0, rel=1e-12)
     assert row["ctc"] == pytest.approx(12 / 1e6, rel=1e-12, abs=0)
-    assert est.latency_s == pytest.approx(2e-3, rel=1e-12) and est.fps == pytest.approx(500, rel=1e-12)
-    assert est.gops == pytest.approx(8e-6, rel=1e-12, abs=0)  # abs=0: the default 1e-12 would hide 1e-9 here
+    assert est.latency_s == pytest.approx(2.001e-3, rel=1e-12) and est.fps == pytest.approx(1 / 2.001e-3, rel=1e-12)
+    assert est.gops == pytest.approx(16 / 2.001e-3 / 1e9, rel=1e-12, abs=0)  # abs=0: 1e-12 would hide it
     assert est.compute_roof_gops == pytest.approx(0.012, rel=1e-12)
 
 

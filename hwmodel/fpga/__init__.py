@@ -7,8 +7,11 @@ three schedules: layer by layer, block-fused (block-conv networks, no halo) and
 tiled-fused (Alwani et al., MICRO 2016, halo recompute).  See docs/hwmodel-fpga.md.
 """
 
-from hwmodel.fpga.devices import DEVICES, Device, get_device
-from hwmodel.fpga.engine import DSP_PER_MAC, Engine
+from hwmodel.fpga.devices import DEVICES, Device, DramAccess, get_device
+from hwmodel.fpga.engine import DSP_FAMILIES, Engine, dsp_per_mac
 from hwmodel.fpga.estimate import SCHEDULES, FpgaEstimate, estimate
 
-__all__ = ["DEVICES", "DSP_PER_MAC", "SCHEDULES", "Device", "Engine", "FpgaEstimate", "estimate", "get_device"]
+__all__ = [
+    "DEVICES", "DSP_FAMILIES", "SCHEDULES", "Device", "DramAccess", "Engine", "FpgaEstimate", "dsp_per_mac", "estimate",
+    "get_device",
+]

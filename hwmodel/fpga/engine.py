@@ -26,16 +26,40 @@ from dataclasses import dataclass
 
 from hwmodel.layers import Layer
 
-#: DSP slices per multiply-accumulate, by datapath width.  A 32-bit float MAC needs a
-#: multiplier (3 DSP48) and an adder (2 DSP48), as in Zhang et al.; a 16-bit fixed MAC
-#: fits one DSP48; two 8-bit MACs sharing an operand pack into one DSP48 (Xilinx WP486).
-DSP_PER_MAC: dict[int, float] = {32: 5.0, 16: 1.0, 8: 0.5}
+#: DSP slices (Xilinx) or DSP blocks (Intel) per multiply-accumulate, by family and datapath width.
+#:
+#: * ``DSP48E1`` (7-series, Zynq-7000; UG479: a 25 x 18 multiplier): a 32-bit float MAC is
+#:   a multiplier (3 DSP48) and an adder (2), as in Zhang et al., FPGA 2015; a 16-bit fixed
+#:   MAC is one slice, and so is an 8-bit one: two 8-bit products sharing an operand need
+#:   the operands 18 bits apart in one multiplier input, 26 bits, more than its 25.
+#: * ``DSP48E2`` (UltraScale, UltraScale+; UG579: a 27 x 18 multiplier): float as above; two
+#:   8-bit MACs sharing an operand pack into one slice (Xilinx WP486, "Deep Learning with
+#:   INT8 Optimization on Xilinx Devices").
+#: * ``intel-vp`` (Arria 10, Stratix 10 variable-precision blocks): one hardened IEEE-754
+#:   single-precision multiply-add per block, or two 18 x 19 multipliers (16-bit and 8-bit
+#:   alike: the 18 x 19 mode is the narrowest).
+#: * ``intel-sv`` (Stratix V, Arria V variable-precision blocks): no hardened float (the
+#:   mantissa product takes the 27 x 27 mode, one block; the adder is soft logic), two
+#:   18 x 18 multipliers, or three 9 x 9.
+DSP_FAMILIES: dict[str, dict[int, float]] = {
+    "DSP48E1": {32: 5.0, 16: 1.0, 8: 1.0},
+    "DSP48E2": {32: 5.0, 16: 1.0, 8: 0.5},
+    "intel-vp": {32: 1.0, 16: 0.5, 8: 0.5},
+    "intel-sv": {32: 1.0, 16: 0.5, 8: 1 / 3},
+}
+
+
+def dsp_per_mac(bits: int, family: str = "DSP48E2") -> float:
+    """DSP slices or blocks one ``bits``-wide MAC costs on ``family``."""
+    if family not in DSP_FAMILIES:
+        raise ValueError(f"family must be one of {sorted(DSP_FAMILIES)}, got {family!r}")
+    return DSP_FAMILIES[family][check_bits(bits)]
 
 
 def check_bits(bits: object) -> int:
     if isinstance(bits, bool) or not isinstance(bits, int):
         raise TypeError(f"bits must be an int (8, 16 or 32), got {type(bits).__name__}")
-    if bits not in DSP_PER_MAC:
+    if bits not in (8, 16, 32):
         raise ValueError(f"bits must be 8, 16 or 32 (32 = float, 16/8 = fixed point), got {bits}")
     return bits
 
@@ -61,9 +85,10 @@ class Engine:
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"Engine.{name} must be an int >= 1, got {value!r}")
 
-    def dsp(self, bits: int) -> int:
-        """DSP slices the array uses at this datapath width."""
-        return math.ceil(self.tm * self.tn * DSP_PER_MAC[check_bits(bits)])
+    def dsp(self, bits: int, family: str = "DSP48E2") -> int:
+        """DSP slices (or blocks) the array uses at this datapath width on ``family``."""
+        # Round before the ceiling: 3 x 7 x (1/3) must be 7 blocks, not 8.
+        return math.ceil(round(self.tm * self.tn * dsp_per_mac(bits, family), 9))
 
 
 # ---------------------------------------------------------------------------- per-layer geometry
@@ -89,7 +114,16 @@ class ConvShape:
 
 
 def conv_shape(layer: Layer) -> ConvShape:
+    """The engine's view of a layer.  A linear layer over a batch of N is one 1 x N "map":
+    the N input vectors are the pixels every weight tile is applied to, so a weight tile is
+    loaded once for the whole batch, not once per image (Qiu et al., FPGA 2016, batch their
+    fully connected layers for this reason)."""
     g = layer.groups
+    if layer.kind == "linear":
+        return ConvShape(
+            groups=g, m=layer.out_channels // g, n=layer.in_channels // g, r=1, c=layer.batch, kh=1, kw=1, sh=1,
+            sw=1, ext_h=1, ext_w=1, in_h=1, in_w=layer.batch, batch=1,
+        )
     return ConvShape(
         groups=g, m=layer.out_channels // g, n=layer.in_channels // g, r=layer.out_h, c=layer.out_w,
         kh=layer.kernel_h, kw=layer.kernel_w, sh=layer.stride_h, sw=layer.stride_w,
@@ -125,27 +159,35 @@ class TileTraffic:
     weight_words: int
     output_words: int
     buffer_words: int  # double-buffered input, weight and output tiles
+    hold_input: bool = False  # the input tile stays on chip across output-channel tiles
 
     @property
     def words(self) -> int:
         return self.input_words + self.weight_words + self.output_words
 
 
-def tile_traffic(layer: Layer, engine: Engine, tr: int, tc: int) -> TileTraffic:
-    """Zhang et al.'s tiled traffic, with load counts, for output tiles of tr x tc."""
+def tile_traffic(layer: Layer, engine: Engine, tr: int, tc: int, hold_input: bool = False) -> TileTraffic:
+    """Zhang et al.'s tiled traffic, with load counts, for output tiles of tr x tc.
+
+    ``hold_input`` keeps all N input channels of an output tile's input on chip while the
+    output-channel tiles run, so the input is read once per spatial tile instead of once
+    per (output, input) channel tile pair; the buffer holds the whole input tile.
+    """
     s = conv_shape(layer)
     tr, tc = min(tr, s.r), min(tc, s.c)
     tm, tn = min(engine.tm, s.m), min(engine.tn, s.n)
-    b_in = tn * min(s.sh * tr + s.ext_h - s.sh, s.in_h) * min(s.sw * tc + s.ext_w - s.sw, s.in_w)
+    window = min(s.sh * tr + s.ext_h - s.sh, s.in_h) * min(s.sw * tc + s.ext_w - s.sw, s.in_w)
+    b_in = (s.n if hold_input else tn) * window
     b_w = tm * tn * s.kh * s.kw
     b_out = tm * tr * tc
     spatial_tiles = math.ceil(s.r / tr) * math.ceil(s.c / tc)
     m_tiles, n_tiles = math.ceil(s.m / tm), math.ceil(s.n / tn)
-    loads_in = loads_w = s.batch * s.groups * m_tiles * n_tiles * spatial_tiles
+    loads_w = s.batch * s.groups * m_tiles * n_tiles * spatial_tiles
+    loads_in = s.batch * s.groups * spatial_tiles if hold_input else loads_w
     stores_out = s.batch * s.groups * m_tiles * spatial_tiles
     return TileTraffic(
         tr=tr, tc=tc, input_words=loads_in * b_in, weight_words=loads_w * b_w, output_words=stores_out * b_out,
-        buffer_words=2 * (b_in + b_w + b_out),
+        buffer_words=2 * (b_in + b_w + b_out), hold_input=hold_input,
     )
 
 
@@ -158,29 +200,33 @@ def best_tiles(layer: Layer, engine: Engine, bram_words: int) -> TileTraffic | N
     """The (Tr, Tc) with the least traffic whose double-buffered tiles fit ``bram_words``.
 
     Uses the engine's own Tr/Tc when it sets them.  None when even 1 x 1 tiles don't fit.
+    A linear layer may also hold its input vectors on chip across output tiles (a batch of
+    them is what every weight tile is applied to).
     """
     s = conv_shape(layer)
     rows = [engine.tr] if engine.tr is not None else _tile_candidates(s.r)
     cols = [engine.tc] if engine.tc is not None else _tile_candidates(s.c)
+    holds = (False, True) if layer.kind == "linear" else (False,)
     best: TileTraffic | None = None
-    for tr in rows:
-        for tc in cols:
-            t = tile_traffic(layer, engine, tr, tc)
-            if t.buffer_words > bram_words:
-                continue
-            if best is None or (t.words, t.buffer_words) < (best.words, best.buffer_words):
-                best = t
+    for hold in holds:
+        for tr in rows:
+            for tc in cols:
+                t = tile_traffic(layer, engine, tr, tc, hold)
+                if t.buffer_words > bram_words:
+                    continue
+                if best is None or (t.words, t.buffer_words) < (best.words, best.buffer_words):
+                    best = t
     return best
 
 
-def explore_engine(layers: list[Layer], dsp_budget: int, bits: int) -> Engine:
+def explore_engine(layers: list[Layer], dsp_budget: int, bits: int, family: str = "DSP48E2") -> Engine:
     """The (Tm, Tn) within the DSP budget with the fewest total compute cycles.
 
     Zhang et al. pick one (Tm, Tn) for all layers.  Ties go to the smaller array.  Tr/Tc
     are left to :func:`best_tiles`, per layer, for the BRAM budget.
     """
-    per_mac = DSP_PER_MAC[check_bits(bits)]
-    max_pes = int(dsp_budget / per_mac)
+    per_mac = dsp_per_mac(bits, family)
+    max_pes = int(round(dsp_budget / per_mac, 9))
     if max_pes < 1:
         raise ValueError(f"a DSP budget of {dsp_budget} cannot hold one {bits}-bit MAC")
     max_m = max(conv_shape(layer).m for layer in layers)

@@ -6,7 +6,8 @@ from dataclasses import dataclass, field
 
 from hwmodel.fpga import engine as eng
 from hwmodel.fpga import schedule as sch
-from hwmodel.fpga.devices import Device, get_device
+from hwmodel.fpga import timeline
+from hwmodel.fpga.devices import IDEAL_DRAM, Device, get_device
 from hwmodel.fpga.graph import block_count, build_graph, input_spans, output_spans
 from hwmodel.layers import Layer
 
@@ -33,8 +34,10 @@ class FpgaEstimate:
     extra_macs: int  # recomputed by overlapping tiles ("tiled-fused")
     compute_roof_gops: float  # the array's peak: 2 * Tm * Tn * f
     ctc: float  # computation-to-communication ratio: ops per DRAM byte
+    sustained_gbps: float  # DRAM bytes / DRAM busy time: the bandwidth the bursts achieved
     layers: list[dict] = field(default_factory=list)
     groups: list[dict] = field(default_factory=list)
+    assumptions: list[str] = field(default_factory=list)
 
     @property
     def total_dram_bytes(self) -> int:
@@ -42,8 +45,8 @@ class FpgaEstimate:
 
     @property
     def attainable_gops(self) -> float:
-        """Roofline: min(computational roof, CTC x bandwidth)."""
-        return min(self.compute_roof_gops, self.ctc * self.device.dram_gbps)
+        """Roofline: min(computational roof, CTC x the sustained bandwidth)."""
+        return min(self.compute_roof_gops, self.ctc * self.sustained_gbps)
 
     def summary(self) -> str:
         mb = {k: v / 1e6 for k, v in self.dram_bytes.items()}
@@ -58,7 +61,8 @@ class FpgaEstimate:
         )
 
     def __str__(self) -> str:
-        parts = [self.summary(), "", _text_table(self.groups), "", _text_table(self.layers)]
+        parts = [self.summary(), "", _text_table(self.groups), "", _text_table(self.layers), "", "Assumptions:"]
+        parts += [f"- {a}" for a in self.assumptions]
         return "\n".join(parts)
 
 
@@ -145,7 +149,8 @@ def estimate(
             :func:`hwmodel.onnx_reader.read_onnx`; a dynamic batch takes
             ``input_shape[0]``, default 1) or a list of :class:`hwmodel.Layer`.
         device: a preset name from ``hwmodel.fpga.DEVICES`` or a :class:`Device`.
-        bits: 32 (float, 5 DSP per MAC), 16 (fixed, 1) or 8 (fixed, 0.5).
+        bits: 32 (float), 16 or 8 (fixed point); the DSP cost of a MAC follows the
+            device's DSP family (``hwmodel.fpga.DSP_FAMILIES``).
         engine: the MAC array; None explores (Tm, Tn) for the DSP budget.  Output tiles
             (Tr, Tc) left as None are chosen per layer for the BRAM budget.
         schedule: "layer", "block-fused" (needs block convs) or "tiled-fused".
@@ -170,13 +175,13 @@ def estimate(
     layers = _as_layers(model_or_layers, input_shape)
     _check_outputs(layers)
     if engine is None:
-        engine = eng.explore_engine(layers, dev.dsp, bits)
+        engine = eng.explore_engine(layers, dev.dsp, bits, dev.dsp_family)
     elif not isinstance(engine, eng.Engine):
         raise TypeError(f"engine must be a hwmodel.fpga.Engine or None, got {type(engine).__name__}")
-    dsp_used = engine.dsp(bits)
+    dsp_used = engine.dsp(bits, dev.dsp_family)
     if dsp_used > dev.dsp:
         raise ValueError(
-            f"engine Tm={engine.tm} x Tn={engine.tn} at {bits} bits needs {dsp_used} DSP slices, "
+            f"engine Tm={engine.tm} x Tn={engine.tn} at {bits} bits needs {dsp_used} {dev.dsp_family} DSPs, "
             f"but {dev.name} has {dev.dsp}"
         )
     if schedule == "block-fused" and not sch.has_block_convs(layers):
@@ -190,16 +195,37 @@ def estimate(
     return _collect(layers, plans, dev, bits, schedule, engine, float(freq_mhz), dsp_used)
 
 
+def assumptions(dev: Device, bits: int, engine: eng.Engine, freq_mhz: float, batch: int) -> list[str]:
+    """What an estimate takes for granted, in words, for its reader."""
+    per_mac = eng.dsp_per_mac(bits, dev.dsp_family)
+    return [
+        f"one Tm={engine.tm} x Tn={engine.tn} MAC array for every layer at {freq_mhz:g} MHz, "
+        f"{per_mac:g} {dev.dsp_family} DSP per {bits}-bit MAC; no control overhead between tiles",
+        dev.dram.describe(dev.dram_gbps) if dev.dram != IDEAL_DRAM
+        else f"DRAM at its {dev.dram_gbps:g} GB/s peak for every burst (the device names no DramAccess); "
+        "reads and writes share one bus",
+        "weights stored in the order the engine reads them (tile by tile); maps row-major, one burst per tile row",
+        "double-buffered tiles: a phase's reads and writes overlap its compute except the first step's reads and "
+        "the last step's writes",
+        "phases run in sequence (a layer waits for its input); weights and the network input of the next phase "
+        "prefetch only into the block RAM the current phase leaves free, while its DRAM idles",
+        f"batch {batch}: conv work repeats per image; fully connected weights are loaded once for the batch",
+        "BN, activations, pooling and residual adds are free; identity shortcuts are not in the layer list",
+    ]
+
+
 def _collect(layers, plans, dev, bits, schedule, engine, freq_mhz, dsp_used) -> FpgaEstimate:
     hz = freq_mhz * 1e6
-    bandwidth = dev.dram_gbps * 1e9
     traffic = sch.empty_traffic()
-    latency, buffer_peak, fits, extra = 0.0, 0, True, 0
+    latency, buffer_peak, fits, extra, dram_busy = 0.0, 0, True, 0, 0.0
     group_rows, layer_rows = [], []
+    phases = [phase for plan in plans for phase in plan.phases]
+    times = iter(timeline.run(phases, dev, hz))
     for g, plan in enumerate(plans):
-        compute_s, memory_s = plan.cycles / hz, plan.dram_bytes / bandwidth
-        # Double buffering overlaps transfers with compute: the slower one sets the pace.
-        time_s = max(compute_s, memory_s)
+        spans = [next(times) for _ in plan.phases]
+        time_s = sum(t.time_s for t in spans)
+        compute_s = sum(t.compute_s for t in spans)
+        dram_busy += sum(t.memory_s for t in spans)
         latency += time_s
         buffer_peak = max(buffer_peak, plan.buffer_bytes)
         fits = fits and plan.fits and plan.buffer_bytes <= dev.bram_bytes
@@ -214,7 +240,8 @@ def _collect(layers, plans, dev, bits, schedule, engine, freq_mhz, dsp_used) -> 
             "dram_MB": plan.dram_bytes / 1e6, "inter_MB": plan.traffic["intermediate"] / 1e6,
             "weights_MB": plan.traffic["weights"] / 1e6, "buffer_KB": plan.buffer_bytes / 1e3,
             "ctc": group_ops / plan.dram_bytes if plan.dram_bytes else float("inf"),
-            "ms": time_s * 1e3, "bound": "memory" if memory_s > compute_s else "compute", "detail": plan.detail,
+            "ms": time_s * 1e3, "compute_ms": compute_s * 1e3,
+            "bound": "memory" if sum(t.memory_s for t in spans) > compute_s else "compute", "detail": plan.detail,
         })
         for offset, i in enumerate(range(plan.start, plan.stop)):
             layer = layers[i]
@@ -235,5 +262,7 @@ def _collect(layers, plans, dev, bits, schedule, engine, freq_mhz, dsp_used) -> 
         fps=batch / latency if latency > 0 else float("inf"), gops=2 * macs / latency / 1e9 if latency else 0.0,
         dsp_used=dsp_used, dram_bytes=traffic, buffer_bytes=buffer_peak, fits=fits, macs=macs, extra_macs=extra,
         compute_roof_gops=2 * engine.tm * engine.tn * hz / 1e9,
-        ctc=2 * macs / total if total else float("inf"), layers=layer_rows, groups=group_rows,
+        ctc=2 * macs / total if total else float("inf"),
+        sustained_gbps=total / dram_busy / 1e9 if dram_busy else dev.dram_gbps,
+        layers=layer_rows, groups=group_rows, assumptions=assumptions(dev, bits, engine, freq_mhz, batch),
     )

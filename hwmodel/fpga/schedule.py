@@ -37,6 +37,7 @@ from hwmodel.fpga.graph import (
     output_spans,
     tensor_shape,
 )
+from hwmodel.fpga.timeline import Phase, Transfer
 from hwmodel.layers import Layer
 
 KINDS = ("input", "weights", "output", "intermediate")
@@ -60,6 +61,7 @@ class GroupPlan:
     detail: str = ""
     layer_cycles: list[int] = field(default_factory=list)
     layer_extra_macs: list[int] = field(default_factory=list)
+    phases: list[Phase] = field(default_factory=list)  # how the group's work runs in time (timeline.run)
 
     @property
     def dram_bytes(self) -> int:
@@ -107,36 +109,83 @@ def _read_kind(t: int) -> str:
     return "input" if t == NETWORK_INPUT else "intermediate"
 
 
-def _boundary_traffic(ctx: Context, start: int, stop: int) -> dict[str, int]:
-    """Words read from / written to DRAM at a fused group's edges (activations only)."""
-    traffic = empty_traffic()
+def _boundary(ctx: Context, start: int, stop: int) -> list[tuple[int, str, int, bool]]:
+    """Words read from / written to DRAM at a fused group's edges (activations only), as
+    (layer that moves them, kind, words, is a write).  A tensor from outside is read once,
+    at its largest, by the first layer inside that needs it."""
+    moves: list[tuple[int, str, int, bool]] = []
     inside = range(start, stop)
-    reads: dict[int, int] = {}
+    reads: dict[int, tuple[int, int]] = {}  # tensor -> (words, first reader)
+
+    def read(t: int, words: int, reader: int) -> None:
+        old_words, old_reader = reads.get(t, (0, reader))
+        reads[t] = (max(old_words, words), min(old_reader, reader))
+
     for i in inside:
         e = ctx.graph.inputs[i]
         if e.source not in inside:
-            reads[e.source] = max(reads.get(e.source, 0), _input_size(ctx.layers[i]))
+            read(e.source, _input_size(ctx.layers[i]), i)
     for t, k in ctx.graph.merges:
         if k in inside and t not in inside:
-            reads[t] = max(reads.get(t, 0), _tensor_size(ctx, t))
-    for t, size in reads.items():
-        traffic[_read_kind(t)] += size
+            read(t, _tensor_size(ctx, t), k)
+    for t, (words, reader) in reads.items():
+        moves.append((reader, _read_kind(t), words, False))
     for t in inside:
         outside = [ctx.layers[c] for c in ctx.graph.consumers(t) if c not in inside]
         merged_out = any(a == t and k not in inside for a, k in ctx.graph.merges)
         if outside:
-            traffic["intermediate"] += max(_input_size(layer) for layer in outside)
+            moves.append((t, "intermediate", max(_input_size(layer) for layer in outside), True))
         elif merged_out:
-            traffic["intermediate"] += _tensor_size(ctx, t)
+            moves.append((t, "intermediate", _tensor_size(ctx, t), True))
         elif _is_final(ctx, t):
-            traffic["output"] += _tensor_size(ctx, t)
+            moves.append((t, "output", _tensor_size(ctx, t), True))
+    return moves
+
+
+def _boundary_traffic(ctx: Context, start: int, stop: int) -> dict[str, int]:
+    """Words read from / written to DRAM at a fused group's edges (activations only), by kind."""
+    traffic = empty_traffic()
+    for _, kind, words, _ in _boundary(ctx, start, stop):
+        traffic[kind] += words
     return traffic
+
+
+def _run_bytes(ctx: Context, width: int, tile_w: int, tile_h: int) -> int:
+    """Contiguous bytes of a tile_h x tile_w window of a row-major map ``width`` pixels wide:
+    one row of the window, or the whole window when it spans the full width."""
+    return ctx.word * (tile_h * width if tile_w >= width else tile_w)
+
+
+def _weight_burst(ctx: Context, layer: Layer, streamed: bool) -> int:
+    """Weights are stored in the order the engine reads them: a streamed layer's bursts are
+    its Tm x Tn x K^2 tiles, a layer loaded whole is one burst."""
+    if not streamed:
+        return max(1, layer.params * ctx.word)
+    s = eng.conv_shape(layer)
+    return min(ctx.engine.tm, s.m) * min(ctx.engine.tn, s.n) * s.kh * s.kw * ctx.word
+
+
+def _activation_burst(ctx: Context, layer: Layer, output: bool) -> int:
+    """Bytes per burst of a block (or whole map) of a layer's input or output."""
+    if layer.kind == "linear":
+        return (layer.out_channels if output else layer.in_channels) * ctx.word
+    h, w = _block_shape(layer, output)
+    return _run_bytes(ctx, layer.out_w if output else layer.in_w, w, h)
+
+
+@dataclass(frozen=True)
+class WeightPlan:
+    words: int  # moved in all
+    buffer_words: int  # peak on-chip need, activations included
+    note: str
+    per_layer: tuple[int, ...]  # words moved for each layer
+    streamed: tuple[bool, ...]  # each layer's weights stream tile by tile (not loaded once)
 
 
 def _weights(
     ctx: Context, start: int, stop: int, act_words: list[int], executions: list[int], live: list[set[int]]
-) -> tuple[int, int, str]:
-    """(weight words moved, peak buffer words with weights, note).
+) -> WeightPlan:
+    """How a fused group's weights reach the engine.
 
     ``act_words[j]`` is the activation buffering live while layer start+j runs,
     ``executions[j]`` how often it runs, and ``live[j]`` the layers (offsets) during
@@ -148,7 +197,8 @@ def _weights(
     budget = ctx.bram_bytes // ctx.word
     sizes = [layer.params for layer in layers]
     if max(act_words) + sum(sizes) <= budget:
-        return sum(sizes), max(act_words) + sum(sizes), "weights on chip"
+        return WeightPlan(sum(sizes), max(act_words) + sum(sizes), "weights on chip", tuple(sizes),
+                          (False,) * len(sizes))
     stream = 0
     for layer in layers:
         s = eng.conv_shape(layer)
@@ -161,9 +211,9 @@ def _weights(
             pinned[i] = True
             for j in live[i]:
                 used[j] += sizes[i]
-    moved = sum(w if p else w * n for w, p, n in zip(sizes, pinned, executions))
+    moved = [w if p else w * n for w, p, n in zip(sizes, pinned, executions)]
     note = f"weights streamed, {sum(pinned)} of {len(layers)} layers pinned" if any(pinned) else "weights streamed"
-    return moved, max(used), note
+    return WeightPlan(sum(moved), max(used), note, tuple(moved), tuple(not p for p in pinned))
 
 
 def _to_bytes(ctx: Context, traffic: dict[str, int]) -> dict[str, int]:
@@ -189,10 +239,34 @@ def plan_layer(ctx: Context, i: int) -> GroupPlan:
             traffic["intermediate"] += _tensor_size(ctx, t)
     cycles = eng.compute_cycles(layer, ctx.engine)
     s = eng.conv_shape(layer)
+    source = ctx.graph.inputs[i].source
+    w = ctx.word
+    tm, tn = min(ctx.engine.tm, s.m), min(ctx.engine.tn, s.n)
+    if layer.kind == "linear":
+        # [batch, features] rows: a tile's Tn features of one input vector are contiguous.
+        in_burst = tn * w if tn < s.n and not tiles.hold_input else s.n * tiles.tc * w
+        out_burst = tm * w if tm < s.m else tm * tiles.tc * w
+    else:
+        in_rows = min(s.sh * tiles.tr + s.ext_h - s.sh, s.in_h)
+        in_cols = min(s.sw * tiles.tc + s.ext_w - s.sw, s.in_w)
+        in_burst = _run_bytes(ctx, layer.in_w, min(in_cols, layer.in_w), min(in_rows, layer.in_h))
+        out_burst = _run_bytes(ctx, layer.out_w, tiles.tc, tiles.tr)
+    transfers = [
+        Transfer(_read_kind(source), tiles.input_words * w, in_burst, prefetchable=source == NETWORK_INPUT),
+        Transfer("weights", tiles.weight_words * w, tm * tn * s.kh * s.kw * w, prefetchable=True),
+        Transfer(_write_kind(ctx, i), tiles.output_words * w, out_burst, write=True),
+    ]
+    for t, k in ctx.graph.merges:
+        if k == i:
+            transfers.append(Transfer("intermediate", _tensor_size(ctx, t) * w, out_burst))
+    steps = s.batch * s.groups * math.ceil(s.m / tm) * math.ceil(s.n / tn) * math.ceil(s.r / tiles.tr) * math.ceil(
+        s.c / tiles.tc)
+    phase = Phase(cycles, steps, tuple(transfers), tiles.buffer_words * w)
     return GroupPlan(
         i, i + 1, "layer", _to_bytes(ctx, traffic), tiles.buffer_words * ctx.word, cycles,
         units=math.ceil(s.r / tiles.tr) * math.ceil(s.c / tiles.tc), fits=fits,
-        detail=f"Tr={tiles.tr} Tc={tiles.tc}", layer_cycles=[cycles], layer_extra_macs=[0],
+        detail=f"Tr={tiles.tr} Tc={tiles.tc}" + (", input held" if tiles.hold_input else ""), layer_cycles=[cycles],
+        layer_extra_macs=[0], phases=[phase],
     )
 
 
@@ -287,19 +361,72 @@ def plan_block(ctx: Context, start: int, stop: int) -> GroupPlan | None:
             oh, ow = _block_shape(layers[k], output=True)
             hold(("merge", k), 2 * layers[k].out_channels * oh * ow, {k})  # type: ignore[arg-type]
     act = [sum(buffers[t] for t in buffers if i in live[t]) for i in inside]
-    executions = [layers[i].batch * block_count(layers[i]) for i in inside]
-    weight_words, buffer_words, note = _weights(ctx, start, stop, act, executions, _weight_live(ctx, start, stop))
-    if buffer_words * ctx.word > ctx.bram_bytes:
+    executions = [_executions(layers[i]) for i in inside]
+    weights = _weights(ctx, start, stop, act, executions, _weight_live(ctx, start, stop))
+    if weights.buffer_words * ctx.word > ctx.bram_bytes:
         return None
     traffic = _boundary_traffic(ctx, start, stop)
-    traffic["weights"] += weight_words
+    traffic["weights"] += weights.words
     cycles = [eng.compute_cycles(layers[i], ctx.engine) for i in inside]
     counts = [block_count(layers[i]) for i in inside]
-    detail = f"blocks {counts[0]}" + (f"->{counts[-1]}" if counts[-1] != counts[0] else "") + f"; {note}"
+    detail = f"blocks {counts[0]}" + (f"->{counts[-1]}" if counts[-1] != counts[0] else "") + f"; {weights.note}"
     return GroupPlan(
-        start, stop, "block", _to_bytes(ctx, traffic), buffer_words * ctx.word, sum(cycles),
+        start, stop, "block", _to_bytes(ctx, traffic), weights.buffer_words * ctx.word, sum(cycles),
         units=max(counts), detail=detail, layer_cycles=cycles, layer_extra_macs=[0] * len(cycles),
+        phases=_block_phases(ctx, start, stop, cycles, weights),
     )
+
+
+def _executions(layer: Layer) -> int:
+    """How often a layer runs in a block-fused group: once per block per image, and a linear
+    layer once per block for the whole batch (its weights serve every image)."""
+    return block_count(layer) * (1 if layer.kind == "linear" else layer.batch)
+
+
+def _segments(counts: list[int]) -> list[range]:
+    """Offsets of a block group split where the work must wait.
+
+    A layer with one block reads a whole map, so it starts only when every block before it
+    is done and runs alone; runs of layers with several blocks interleave block by block.
+    When every layer has several blocks the group repeats as a whole.
+    """
+    if min(counts) > 1:
+        return [range(len(counts))]
+    segments: list[range] = []
+    j = 0
+    while j < len(counts):
+        k = j + 1
+        if counts[j] > 1:
+            while k < len(counts) and counts[k] > 1:
+                k += 1
+        segments.append(range(j, k))
+        j = k
+    return segments
+
+
+def _block_phases(ctx: Context, start: int, stop: int, cycles: list[int], weights: WeightPlan) -> list[Phase]:
+    layers, w = ctx.layers, ctx.word
+    moves = _boundary(ctx, start, stop)
+    phases = []
+    for segment in _segments([block_count(layers[start + j]) for j in range(stop - start)]):
+        transfers = []
+        for j in segment:
+            i = start + j
+            layer = layers[i]
+            burst = _weight_burst(ctx, layer, weights.streamed[j])
+            transfers.append(Transfer("weights", weights.per_layer[j] * w, burst, prefetchable=True))
+            for mover, kind, words, write in moves:
+                if mover == i:
+                    transfers.append(Transfer(kind, words * w, _activation_burst(ctx, layer, output=write), write=write,
+                                              prefetchable=kind == "input"))
+        if len(segment) == 1 and block_count(layers[start + segment[0]]) == 1:
+            # A layer alone on a whole map: its steps are the weight tiles it runs through.
+            s = eng.conv_shape(layers[start + segment[0]])
+            steps = s.batch * s.groups * math.ceil(s.m / ctx.engine.tm) * math.ceil(s.n / ctx.engine.tn)
+        else:
+            steps = max(_executions(layers[start + j]) for j in segment)
+        phases.append(Phase(sum(cycles[j] for j in segment), steps, tuple(transfers), weights.buffer_words * w))
+    return phases
 
 
 # ---------------------------------------------------------------------------- fused tiling with halo recompute
@@ -364,21 +491,35 @@ def plan_tiled(ctx: Context, start: int, stop: int, max_layers: int = 10) -> Gro
         n_tiles = len(_tile_intervals(last.out_h, tile)) * len(_tile_intervals(last.out_w, tile))
         if peak * ctx.word > ctx.bram_bytes:
             continue
-        executions = [layers[i].batch * n_tiles for i in inside]
+        executions = [_executions(layers[i]) * n_tiles for i in inside]
         everywhere = [set(range(stop - start)) for _ in inside]  # tiles repeat the whole group
-        weight_words, buffer_words, note = _weights(ctx, start, stop, [peak] * (stop - start), executions, everywhere)
-        if buffer_words * ctx.word > ctx.bram_bytes:
+        weights = _weights(ctx, start, stop, [peak] * (stop - start), executions, everywhere)
+        if weights.buffer_words * ctx.word > ctx.bram_bytes:
             continue
+        moves = _boundary(ctx, start, stop)
         traffic = _boundary_traffic(ctx, start, stop)
         # The group input is read tile by tile, overlaps included.
         src = graph.inputs[start].source
-        traffic[_read_kind(src)] += layers[start].batch * layers[start].in_channels * in_rows * in_cols - (
-            _input_size(layers[start]))
-        traffic["weights"] += weight_words
+        overlap = layers[start].batch * layers[start].in_channels * in_rows * in_cols - _input_size(layers[start])
+        traffic[_read_kind(src)] += overlap
+        traffic["weights"] += weights.words
+        w = ctx.word
+        first = layers[start]
+        tile_in = (max(b - a for a, b in rows), max(b - a for a, b in cols))
+        in_burst = _run_bytes(ctx, first.in_w, tile_in[1], tile_in[0])
+        out_burst = _run_bytes(ctx, last.out_w, tile, tile)
+        transfers = [Transfer(_read_kind(src), overlap * w, in_burst, prefetchable=src == NETWORK_INPUT)]
+        for _, kind, words, write in moves:
+            transfers.append(Transfer(kind, words * w, out_burst if write else in_burst, write=write,
+                                      prefetchable=kind == "input"))
+        for j, i in enumerate(inside):
+            transfers.append(Transfer("weights", weights.per_layer[j] * w,
+                                      _weight_burst(ctx, layers[i], weights.streamed[j]), prefetchable=True))
+        phase = Phase(sum(cycles), max(executions), tuple(transfers), weights.buffer_words * w)
         plan = GroupPlan(
-            start, stop, "tiled", _to_bytes(ctx, traffic), buffer_words * ctx.word, sum(cycles),
-            extra_macs=sum(extra), units=n_tiles, detail=f"tile {tile}x{tile}; {note}",
-            layer_cycles=cycles, layer_extra_macs=extra,
+            start, stop, "tiled", _to_bytes(ctx, traffic), weights.buffer_words * ctx.word, sum(cycles),
+            extra_macs=sum(extra), units=n_tiles, detail=f"tile {tile}x{tile}; {weights.note}",
+            layer_cycles=cycles, layer_extra_macs=extra, phases=[phase],
         )
         if best is None or (plan.dram_bytes, plan.extra_macs) < (best.dram_bytes, best.extra_macs):
             best = plan

@@ -1,4 +1,4 @@
-"""Hand-built layer lists of standard networks for the FPGA model's anchors.
+"""Hand-built layer lists of standard networks: the FPGA model's anchors and validation designs.
 
 Built from the published architectures, not from the model zoo, so the anchors hold on
 their own.  ``block_size`` gives every conv a fixed block grid (block conv "F<size>").
@@ -6,14 +6,15 @@ their own.  ``block_size`` gives every conv a fixed block grid (block conv "F<si
 
 from __future__ import annotations
 
-from fuseops import block_grid
 from hwmodel.layers import Layer
 
 
 def _conv(name, cin, cout, size, k, s=1, p=0, groups=1, block_size=None, blocking="fixed"):
     rows = cols = None
     if block_size is not None:
-        rows, cols = block_grid(size, size, block_size, blocking)
+        from hwmodel.trace import block_spans  # the grid is fuseops'; trace is hwmodel's one way in
+
+        rows, cols = block_spans(size, size, block_size, blocking)
     return Layer(name, "conv", 1, cin, size, size, cout, k, k, s, s, p, p, 1, 1, groups,
                  block_rows=rows, block_cols=cols)
 
