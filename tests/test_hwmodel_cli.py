@@ -269,3 +269,23 @@ def test_systolic_help_mentions_the_memory_options():
     if done.returncode != 0:
         pytest.skip(f"no runnable module entry point: {done.stderr[-200:]}")
     assert "--sram KB,KB,KB" in done.stdout and "--dram-bw WORDS_PER_CYCLE" in done.stdout
+
+
+def test_hwmodel_fpga_validate_prints_the_table_and_sources(capsys):
+    assert cli.main(["fpga-validate", "--sources"]) == 0
+    out = capsys.readouterr().out
+    for key in ("zhang2015", "qiu2016", "ma2017", "Published designs the model cannot express", "VERIFIED",
+                "ASSUMED", "Going Deeper with Embedded FPGA Platform"):
+        assert key in out, key
+    assert "outside the goal" not in out
+
+
+def test_hwmodel_fpga_validate_exits_1_when_a_design_misses_the_goal(monkeypatch, capsys):
+    from dataclasses import replace
+
+    from hwmodel.fpga import validation
+
+    worse = replace(validation.DESIGNS[0], conv=validation.Measured(gops=30.0, source="VERIFIED"))
+    monkeypatch.setattr(validation, "DESIGNS", (worse,))
+    assert cli.main(["fpga-validate"]) == 1
+    assert "outside the goal: zhang2015" in capsys.readouterr().out

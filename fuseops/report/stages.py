@@ -194,8 +194,26 @@ def fpga(settings: Settings) -> Section:
                               "output MB", "intermediate MB", "buffer MB", "fits"), rows))
     saved = [f"{net}: block-fused moves {sum(traffic[net, 'layer'].values()) / max(sum(traffic[net, 'block-fused'].values()), 1e-9):.1f}x less DRAM traffic than layer-by-layer"  # noqa: E501
              for net in networks]
-    return Section("FPGA (block convolution)", body, images=[(plot, "DRAM traffic per schedule, by kind")],
-                   summary=saved)
+    checked, summary = _fpga_validation()
+    return Section("FPGA (block convolution)", body + "\n\n" + checked,
+                   images=[(plot, "DRAM traffic per schedule, by kind")], summary=saved + [summary])
+
+
+def _fpga_validation() -> tuple[str, str]:
+    """The FPGA model against published accelerators: a markdown section and a one-line summary."""
+    from hwmodel.fpga import validation
+
+    comparisons = validation.run()
+    rows = validation.table_rows(comparisons)
+    inside = sum(c.within_goal for c in comparisons)
+    body = ("### The model against published accelerators\n\n"
+            "Each design's board, precision, clock, DSP budget and (where published) engine; ratio = model / "
+            f"measured throughput. Goal: convolution layers within {validation.GOAL_CONV:.0%}, end to end within "
+            f"{validation.GOAL_END_TO_END:.0%}. Sources and assumptions: `hwmodel fpga-validate --sources`.\n\n"
+            + markdown_table(list(rows[0]), [list(r.values()) for r in rows])
+            + "\n\nNot expressible by the model:\n\n"
+            + markdown_table(("design", "what is missing"), list(validation.NOT_EXPRESSIBLE.items())))
+    return body, f"fpga model: {inside} of {len(comparisons)} published designs within the goal"
 
 
 # ----------------------------------------------------------------------------- 6. measured vs predicted
@@ -222,7 +240,7 @@ def measured_vs_predicted(settings: Settings) -> Section:
             predicted = {c.name: float(c.cycles) for c in est.layers}
         else:
             est = estimate(layers, device="zc706", bits=16, schedule="layer")
-            # The layer schedule runs one layer per group; its time is max(compute, DRAM transfer).
+            # The layer schedule runs one layer per group; its time is the group's phase time.
             predicted = {g["layers"]: g["ms"] / 1e3 for g in est.groups if g["n"] == 1}
         pairs = [(t.name, t.seconds, total) for t in timings
                  if (total := _predicted_for(t.name, predicted)) is not None]

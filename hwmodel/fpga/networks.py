@@ -23,23 +23,32 @@ def _linear(name, fin, fout):
     return Layer(name, "linear", 1, fin, 1, 1, fout)
 
 
-def alexnet_two_group() -> list[Layer]:
-    """The 5 conv layers of the original two-GPU AlexNet (Krizhevsky et al. 2012), as in Zhang et al. 2015.
+def alexnet_two_group(classifier: bool = False) -> list[Layer]:
+    """The original two-GPU AlexNet (Krizhevsky et al. 2012) at 227x227, as in Zhang et al. 2015 and Caffe.
 
     conv2, conv4 and conv5 are grouped (2 groups); conv1 and conv3 see all inputs.
-    Max-pooling (3x3/2) follows conv1 (55 -> 27) and conv2 (27 -> 13).
+    Max-pooling (3x3/2) follows conv1 (55 -> 27), conv2 (27 -> 13) and conv5 (13 -> 6).
+    ``classifier`` adds fc6-fc8 (9216 -> 4096 -> 4096 -> 1000); the default is the 5 convs.
     """
-    return [
+    layers = [
         _conv("conv1", 3, 96, 227, 11, 4, 0),
         _conv("conv2", 96, 256, 27, 5, 1, 2, groups=2),
         _conv("conv3", 256, 384, 13, 3, 1, 1),
         _conv("conv4", 384, 384, 13, 3, 1, 1, groups=2),
         _conv("conv5", 384, 256, 13, 3, 1, 1, groups=2),
     ]
+    if classifier:
+        layers += [_linear("fc6", 256 * 6 * 6, 4096), _linear("fc7", 4096, 4096), _linear("fc8", 4096, 1000)]
+    return layers
 
 
-def vgg16(block_size: int | None = None, blocking: str = "fixed", classifier: bool = True) -> list[Layer]:
-    """VGG-16 (Simonyan and Zisserman 2015, configuration D) at 224x224: 13 convs, 3 FCs."""
+def vgg16(block_size: int | None = None, blocking: str = "fixed", classifier: bool = True,
+          svd_rank: int | None = None) -> list[Layer]:
+    """VGG-16 (Simonyan and Zisserman 2015, configuration D) at 224x224: 13 convs, 3 FCs.
+
+    ``svd_rank`` factors fc6 into 25088 -> rank -> 4096, as VGG16-SVD (Qiu et al., FPGA 2016,
+    rank 500) does.
+    """
     stages = [(64, 2, 224), (128, 2, 112), (256, 3, 56), (512, 3, 28), (512, 3, 14)]
     layers, cin = [], 3
     for s, (width, count, size) in enumerate(stages, start=1):
@@ -47,7 +56,11 @@ def vgg16(block_size: int | None = None, blocking: str = "fixed", classifier: bo
             layers.append(_conv(f"conv{s}_{j}", cin, width, size, 3, 1, 1, block_size=block_size, blocking=blocking))
             cin = width
     if classifier:
-        layers += [_linear("fc6", 512 * 7 * 7, 4096), _linear("fc7", 4096, 4096), _linear("fc8", 4096, 1000)]
+        if svd_rank is None:
+            layers.append(_linear("fc6", 512 * 7 * 7, 4096))
+        else:
+            layers += [_linear("fc6_u", 512 * 7 * 7, svd_rank), _linear("fc6_v", svd_rank, 4096)]
+        layers += [_linear("fc7", 4096, 4096), _linear("fc8", 4096, 1000)]
     return layers
 
 

@@ -24,7 +24,8 @@ def _configure(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--variant", default="block", help="zoo variant (default: block)")
     p.add_argument("--device", default="zc706", choices=sorted(DEVICES))
     p.add_argument("--bits", type=int, default=16, choices=(8, 16, 32),
-                   help="32: float (5 DSP/MAC), 16: fixed (1), 8: fixed (0.5); default 16")
+                   help="32: float, 16 or 8: fixed point; the DSPs per MAC follow the device's DSP family; "
+                        "default 16")
     p.add_argument("--schedule", default="block-fused", choices=list(SCHEDULES),
                    help="the schedule whose tables are printed (the chart shows all); default block-fused")
     p.add_argument("--block-size", type=int, default=28, help="block size for block variants (default 28)")
@@ -43,13 +44,50 @@ def _configure(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    """Register the ``fpga`` sub-command on an ``add_subparsers()`` object."""
+    """Register the ``fpga`` and ``fpga-validate`` sub-commands on an ``add_subparsers()`` object."""
     p = subparsers.add_parser(
         "fpga", help="FPGA model: latency, DRAM traffic and on-chip buffers per schedule",
         description="Estimate a network on an FPGA board under the layer, block-fused and tiled-fused "
                     "schedules: latency, fps, DRAM traffic by kind, buffer need vs block RAM.",
     )
+    v = subparsers.add_parser(
+        "fpga-validate", help="the FPGA model against published, measured accelerators",
+        description="Configure the FPGA model as each published accelerator (board, precision, clock, DSPs, "
+                    "engine) and print its throughput beside the measured one, convolution layers and end to "
+                    "end apart, with the sources and the designs the model cannot express.",
+    )
+    v.add_argument("--sources", action="store_true", help="also print each design's configuration and sources")
+    v.set_defaults(func=run_validation)
     return _configure(p)
+
+
+def run_validation(args: argparse.Namespace) -> int:
+    """Print the validation table; exit 1 if a design falls outside the goal."""
+    from fuseops.cli.table import print_table
+    from hwmodel.fpga import validation
+
+    comparisons = validation.run()
+    rows = validation.table_rows(comparisons)
+    print_table(f"FPGA model vs published accelerators (ratio = model / measured throughput; goal: conv within "
+                f"{validation.GOAL_CONV:.0%}, end to end within {validation.GOAL_END_TO_END:.0%})",
+                list(rows[0]), [list(r.values()) for r in rows])
+    if args.sources:
+        for c in comparisons:
+            d = c.design
+            print(f"\n{d.key}: {d.paper}")
+            for fact in d.facts:
+                print(f"  - {fact}")
+            for label, measured in (("conv", d.conv), ("end to end", d.end_to_end)):
+                if measured is not None:
+                    print(f"  - measured {label}: {measured.source}")
+            if d.note:
+                print(f"  - note: {d.note}")
+    print_table("Published designs the model cannot express", ["design", "what is missing"],
+                [[k, v] for k, v in validation.NOT_EXPRESSIBLE.items()])
+    outside = [c.design.key for c in comparisons if not c.within_goal]
+    if outside:
+        print(f"outside the goal: {', '.join(outside)}")
+    return 1 if outside else 0
 
 
 def load_layers(args: argparse.Namespace) -> list[Layer]:
