@@ -248,7 +248,9 @@ def plan_layer(ctx: Context, i: int) -> GroupPlan:
         out_burst = tm * w if tm < s.m else tm * tiles.tc * w
     else:
         in_rows = min(s.sh * tiles.tr + s.ext_h - s.sh, s.in_h)
-        in_cols = min(s.sw * tiles.tc + s.ext_w - s.sw, s.in_w)
+        # A tile spanning every output column reads whole input rows (a strided conv may skip the
+        # last column or two; reading them costs less than breaking every row into its own burst).
+        in_cols = layer.in_w if tiles.tc >= s.c else min(s.sw * tiles.tc + s.ext_w - s.sw, s.in_w)
         in_burst = _run_bytes(ctx, layer.in_w, min(in_cols, layer.in_w), min(in_rows, layer.in_h))
         out_burst = _run_bytes(ctx, layer.out_w, tiles.tc, tiles.tr)
     transfers = [
