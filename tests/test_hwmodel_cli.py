@@ -217,6 +217,7 @@ def test_hwmodel_fpga_command_end_to_end(monkeypatch, capsys, tmp_path):
     assert hw.main(["fpga", "tiny", "--block-size", "8", "--input-size", "32", "--plot", str(plot)]) == 0
     out = capsys.readouterr().out
     assert "block-fused" in out and plot.exists()
+    assert "Assumptions:\n- one Tm=" in out and "DRAM sustains 12.8 GB/s peak x 0.8" in out  # the zc706 preset
     assert hw.main(["fpga", "nope", "--no-plot"]) == 2
     assert "unknown model" in capsys.readouterr().err
     assert hw.main(["fpga", "tiny", "--block-size", "8", "--input-size", "32", "--bits", "32", "--tm", "64",

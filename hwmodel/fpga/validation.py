@@ -121,7 +121,8 @@ def table_rows(comparisons: list[Comparison]) -> list[dict]:
         rows.append({
             "design": d.key, "device": d.device.name, "bits": d.bits, "MHz": f"{d.device.freq_mhz:g}",
             "DSP": f"{est.dsp_used}/{d.device.dsp}", "engine": f"{est.engine.tm}x{est.engine.tn}",
-            "DRAM GB/s": f"{d.device.dram_gbps:g}", "network": d.network,
+            "BRAM MB": f"{d.device.bram_bytes / 1e6:.2f}", "DRAM GB/s": f"{d.device.dram_gbps:g}",
+            "network": d.network,
             "conv measured": conv_measured, "conv model": conv_model,
             "conv ratio": "-" if c.conv_ratio is None else f"{c.conv_ratio:.2f}",
             "e2e measured": e2e_measured, "e2e model": e2e_model,

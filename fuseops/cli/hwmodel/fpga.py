@@ -156,6 +156,9 @@ def report(layers: list[Layer], args: argparse.Namespace) -> int:
           *[f"{r.dram_bytes[k] / 1e6:.2f}" for k in KIND_ORDER], f"{r.buffer_bytes / 1e3:.0f}", r.fits,
           f"{r.extra_macs / 1e6:.0f}"] for s, r in results.items()],
     )
+    print("Assumptions:")
+    for line in chosen.assumptions:
+        print(f"- {line}")
     if not args.no_plot:
         plot_traffic({f"{_label(args)} on {args.device}, {args.bits}-bit": results}, args.plot)
         print(f"wrote {args.plot}")
