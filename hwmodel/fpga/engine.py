@@ -36,11 +36,12 @@ from hwmodel.layers import Layer
 #:   8-bit MACs sharing an operand pack into one slice (Xilinx WP486, "Deep Learning with
 #:   INT8 Optimization on Xilinx Devices").
 #: * ``intel-vp`` (Arria 10, Stratix 10 variable-precision blocks): one hardened IEEE-754
-#:   single-precision multiply-add per block, or two 18 x 19 multipliers (16-bit and 8-bit
-#:   alike: the 18 x 19 mode is the narrowest).
-#: * ``intel-sv`` (Stratix V, Arria V variable-precision blocks): no hardened float (the
-#:   mantissa product takes the 27 x 27 mode, one block; the adder is soft logic), two
-#:   18 x 18 multipliers, or three 9 x 9.
+#:   single-precision multiply-add per block, or two 18 x 19 multipliers (the Stratix 10 DSP
+#:   user guide's "18 x 18 full mode": two independent multipliers; 16-bit and 8-bit alike,
+#:   the 18 x 19 mode being the narrowest).
+#: * ``intel-sv`` (Stratix V, Arria V variable-precision blocks; Stratix V Device Overview,
+#:   Table 11: a 9 x 9 multiplier is 1/3 of a block, 18 x 18 is 1/2, 27 x 27 or single
+#:   precision float is 1): no hardened float adder (soft logic, not counted).
 DSP_FAMILIES: dict[str, dict[int, float]] = {
     "DSP48E1": {32: 5.0, 16: 1.0, 8: 1.0},
     "DSP48E2": {32: 5.0, 16: 1.0, 8: 0.5},
