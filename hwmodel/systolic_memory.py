@@ -6,38 +6,52 @@ loop rather than its address-by-address simulation:
 
 * **Three SRAMs** (ifmap, filter, ofmap) of ``kb * 1024 / word_bytes`` words each.  SCALE-Sim
   has 1-byte words and whole-kB sizes.
-* **Read buffers (ifmap, filter) are double-buffered**: an active half of ceil(S/2) words
-  that the array reads from, and a prefetch half of S - ceil(S/2) words.  The operand is
-  fetched in SCALE-Sim's fetch order, fold after fold, which is a ring of V words (V = the
-  operand's im2col volume, duplicates included, since SCALE-Sim fetches the im2col operand
-  matrix).  The active window only moves forward round that ring, by one prefetch half at a
-  time.  A fold that needs data ahead of the window slides it; a fold that needs data behind
-  it (a tile re-read after the window moved on) slides it all the way round the ring.
-* **An operand that fits in the active half** (V <= ceil(S/2)) is fetched once, before the
-  layer starts; SCALE-Sim leaves that first fill out of "Total Cycles" (it is in the
-  "(incl. prefetch)" column), and so does this model.  The first fill of a streamed operand
-  is left out the same way.
-* **Refills are chained back to back on the DRAM port**: refill k ends at cycle
-  ``1 + k * (ceil(half / B) + 1)`` (B = words per cycle, one cycle of DRAM latency each),
-  whatever the array is doing, as SCALE-Sim issues each prefetch as soon as the previous one
-  returns.  The array stalls at the line that needs refill k until it has arrived.  The
-  array's time is max-plus linear in these constraints, so each fold costs
-  ``max(start + fold_lines, max_k(L_k - 1 + fold_lines - line_k))``; within one fold the
-  refills of one operand are evenly spaced, so only the first and the last can bind.
-  Without double buffering a refill starts only when the array asks for it, and the array
-  waits for all of it.
+* **Read buffers (ifmap, filter) are double-buffered** and follow ``read_buffer.py`` to the
+  element (:class:`_Ring`): the operand's fetch order is cut into sets of ceil(S/100)
+  elements; the window the array reads from is ceil(ceil(S/2) / set) sets and slides forward,
+  round a ring, by floor(S/2) words' worth of sets per refill; an element is looked up in the
+  window only, so an element the window has passed costs a slide all the way round.  An
+  operand that fits the window is fetched once, before the layer; SCALE-Sim leaves that first
+  fill out of "Total Cycles" (it is in "(incl. prefetch)"), and so does this model, as it
+  leaves out the first fill of a streamed operand.
+* **Where each fold reads in the fetch order** (``compute/systolic_compute_*.py``):
+
+  ========  =========================================  ========================================
+  dataflow  ifmap                                      filter
+  ========  =========================================  ========================================
+  os        skewed: blocks = row folds of P, T long    skewed: blocks = column folds of M, T long
+  ws        skewed: blocks = row folds of T, P long    stationary: rows of column fold blocks
+  is        stationary: rows of column fold blocks     skewed: blocks = row folds of T, M long
+  ========  =========================================  ========================================
+
+  *Skewed* operands (:class:`_Skewed`) are fetched along the anti-diagonals of the stacked
+  blocks and fed along the anti-diagonals of one block: reads move forward within a fold, and
+  a fold starts a little behind where the previous one ended (the blocks share diagonals).
+  *Stationary* operands (:class:`_Stationary`) are fetched row-major and fed a row per line,
+  last row first.  Either way the model computes, per fold, at which line each slide is
+  needed (bisection over the fold's diagonals, or one step per loading line): a loop over
+  folds and refills, never over array cycles.
+* **Refills are chained back to back on the DRAM port**: refill k arrives at cycle
+  ``1 + k * (ceil(floor(S/2) / B) + 1)`` (B = words per cycle, one cycle of DRAM latency
+  each), whatever the array is doing, as SCALE-Sim issues each prefetch right after the
+  previous one returned.  A line that needs refill k stalls as ``service_reads`` counts it,
+  which counts a wait twice (:func:`_line_stall`); a line's stall is the larger of its two
+  operands'.  Without double buffering (not a SCALE-Sim mode) the window is the whole SRAM,
+  a refill is asked for only when needed, and the array waits for all of it.
 * **The ofmap write buffer** is drained to DRAM at B words per cycle and holds S words; the
   words of a fold are written at the fold's end, and the array stalls while the backlog
   would exceed S (a fluid queue; SCALE-Sim drains in half-buffer chunks).
-* **Dataflows** map the GEMM as in :mod:`hwmodel.systolic`; per fold, the stationary operand
-  (filter in ws, ifmap in is) is read in the first X lines and the streamed one after it;
-  in os both operands are read over the T streamed lines.
+* **Dataflows** map the GEMM as in :mod:`hwmodel.systolic`, folds in SCALE-Sim's order
+  (column folds outer, row folds inner).
 
-What it does not reproduce: SCALE-Sim reads each demanded address from the active window
-only, and at a fold boundary the skewed demand of the new fold can start a few elements
-behind a window that the previous fold's tail just slid; SCALE-Sim then slides the window
-round the whole ring.  Whether that happens depends on exact set boundaries, so it is not
-modelled (docs/hwmodel-systolic.md has the measured agreement).
+What it does not reproduce: SCALE-Sim looks up *addresses*, and an im2col ifmap holds each
+input pixel up to kh*kw times (a conv whose kernel is larger than its stride).  A pixel the
+window has passed can then still be found under another of its copies inside the window,
+saving the slide round the ring that the model (which follows positions, not addresses)
+charges.  This only matters where the ifmap streams; in is, where the stationary ifmap's
+fold reads its rows backwards, the model then charges up to 3.85x SCALE-Sim's cycles (an
+upper bound, docs/hwmodel-systolic.md has the measured figures); in os and ws it is within
+2%.  Operands without duplicates (filters, 1x1 and linear ifmaps) are followed exactly.
 """
 
 from __future__ import annotations
@@ -117,57 +131,192 @@ class MemoryCost:
                           self.ofmap_dram_words * n)
 
 
-class _ReadBuffer:
-    """One double-buffered (or single-buffered) read SRAM streaming an operand of
-    ``volume`` words, in fetch order, round a ring."""
+def _ramp(x: int, cap: int) -> int:
+    """sum_{u=0..x} min(u, cap): the elements of ``x + 1`` consecutive diagonals of a column
+    group whose rows are capped at ``cap`` (0 for x < 0)."""
+    if x < 0:
+        return 0
+    if x <= cap:
+        return x * (x + 1) // 2
+    return cap * (cap + 1) // 2 + (x - cap) * cap
+
+
+class _Ring:
+    """SCALE-Sim's read buffer (``memory/read_buffer.py``) over one operand: where its window
+    is, and how many refills each demanded element costs.
+
+    * The operand's fetch order (its "prefetch matrix", duplicates included, the -1 padding of
+      partial folds dropped) is cut into *sets* of ``eps = ceil(S / 100)`` elements
+      (``prepare_hashed_buffer``); there are ``n = V // eps + 1`` of them, the last partial or
+      empty.  The ring is these sets, in order.
+    * The active window is ``A = ceil(ceil(S/2) / eps)`` consecutive sets (mod n) and a refill
+      moves it forward by ``P = ceil(floor(S/2) / eps)`` sets (``new_prefetch``): with S even
+      (whole kB) P = A, so consecutive windows tile the ring, and a window that passed an
+      element leaves it behind.
+    * A demanded element is looked up in the window's sets only (``active_buffer_hit``); on a
+      miss the window slides forward, one refill at a time, until it holds the element, round
+      the ring if the element is behind it.  That is the whole rule: no search of the whole
+      SRAM, no backward step.
+    * Refill k (k = 1, 2, ...) is requested ``ceil(floor(S/2) / B)`` lines after refill k - 1
+      returned, and returns one cycle of DRAM latency later, whenever the array asked for it:
+      ``arrival_k = 1 + k * (ceil(floor(S/2) / B) + 1)`` (the first fill returns at cycle 1).
+
+    Without double buffering (a mode of this model, not of SCALE-Sim) the window is the whole
+    SRAM in single words, a refill replaces all of it, and the array waits for each refill."""
 
     def __init__(self, size: int, volume: int, bandwidth: float, double_buffered: bool) -> None:
-        self.volume = volume
         self.double = double_buffered
         if double_buffered:
-            self.active = -(-size // 2)
-            self.half = size - self.active
+            eps = -(-size // 100)
+            active_words, prefetch_words = -(-size // 2), size // 2
         else:
-            self.active = self.half = size
-        self.fits = volume <= self.active
-        # One refill: ceil(half / B) request lines, then one cycle of DRAM latency.
-        self.refill_cycles = math.ceil(self.half / bandwidth) + 1
-        self.window = 0  # start of the active window, unwrapped position along the ring
+            eps, active_words, prefetch_words = 1, size, size
+        self.eps = eps
+        self.n = volume // eps + 1
+        self.active = min(-(-active_words // eps), self.n)
+        self.step = min(-(-prefetch_words // eps), self.n - self.active)
+        # useful words: the first fill (SCALE-Sim leaves it out of "Total Cycles") and the refills
+        self.first_fill = min(volume, active_words)
+        self.prefetch_words = prefetch_words
+        self.refill_cycles = math.ceil(prefetch_words / bandwidth) + 1
+        self.start = 0  # the window's first set
         self.refills = 0
-        self.last_done = 1  # SCALE-Sim's first fill returns at cycle 1
-        self.dram_words = volume if self.fits else self.active
+        self.served = 0  # refills whose stall has been counted
 
-    def demand(self, start: int, length: int, first_line: float, lines: float) -> list[tuple[float, int]]:
-        """The array reads [start, start + length) of the ring, evenly over ``lines`` fold
-        lines from ``first_line``.  Returns the constraints (line, cycle the data is there)
-        that can bind: the refills at the first line and the first and last after it."""
-        if self.fits or length <= 0:
-            return []
-        w, a, h = self.window, self.active, self.half
-        pos = w + (start - w) % self.volume  # the first copy of ``start`` at or after the window
-        jump = max(0, -(-(pos + 1 - (w + a)) // h))  # slides before the first word is in the window
-        more = max(0, -(-(pos + length - (w + jump * h + a)) // h))  # slides while reading the tile
-        self.window = w + (jump + more) * h
-        if not self.double:
-            # A single buffer refills only when asked, and the array waits for all of it.
-            self._advance(jump + more)
-            return [(first_line, None, (jump + more) * self.refill_cycles)] if jump + more else []
-        out: list[tuple] = []
-        if jump:
-            out.append((first_line, self.last_done + jump * self.refill_cycles))
-        w += jump * h
-        rate = lines / length
-        for j in sorted({1, more}) if more else ():
-            # Slide j of the tile is needed when the demand reaches the window's end.
-            line = first_line + (w + a + (j - 1) * h - pos) * rate
-            out.append((line, self.last_done + (jump + j) * self.refill_cycles))
-        self._advance(jump + more)
-        return out
+    @property
+    def dram_words(self) -> int:
+        return self.first_fill + self.refills * self.prefetch_words
 
-    def _advance(self, count: int) -> None:
-        self.refills += count
-        self.last_done += count * self.refill_cycles
-        self.dram_words += count * self.half
+    def cover(self, set_id: int) -> int:
+        """Slide the window forward until it holds ``set_id``; return the slides."""
+        slides = 0
+        while (set_id - self.start) % self.n >= self.active:
+            self.start = (self.start + self.step) % self.n
+            slides += 1
+        self.refills += slides
+        return slides
+
+    def end_after(self, set_id: int) -> int:
+        """The first set past the window, counted forward from ``set_id`` (which it holds),
+        without wrapping: the window covers [set_id, end)."""
+        return set_id + self.active - (set_id - self.start) % self.n
+
+    def cover_run(self, first: int, last: int) -> int:
+        """The array reads the sets ``first`` .. ``last`` (ascending, same line): slides to hold
+        ``first``, then forward ones as the reads pass the window's end."""
+        slides = self.cover(first)
+        end = self.end_after(first)
+        if last >= end:
+            more = -(-(last - end + 1) // self.step)
+            self.start = (self.start + more * self.step) % self.n
+            self.refills += more
+            slides += more
+        return slides
+
+
+class _Skewed:
+    """An operand that SCALE-Sim both fetches and feeds along anti-diagonals: the ifmap and
+    filter of os, the ifmap of ws, the filter of is.
+
+    Its prefetch matrix stacks ``blocks`` blocks of ``length`` rows (the streamed dimension:
+    T in os, P for the ws ifmap, M for the is filter) by ``width`` columns (the array edge the
+    operand enters by); the last block uses only ``last_width`` columns, the rest being -1.
+    ``create_*_prefetch_mat`` reads the whole stack along its anti-diagonals, top row first,
+    so element (row, col) is fetched in diagonal row + col, and within it by column.  A fold
+    reading block b feeds it skewed: demand line j reads diagonal ``b * length + j``, columns
+    ``max(0, j - length + 1)`` .. ``min(j, w_b - 1)``.  Within a fold the reads therefore only
+    move forward through the fetch order; across a fold boundary the next block's first
+    diagonals were fetched *before* the previous block's last ones (they share diagonals), so
+    the new fold starts up to ``w (w - 1) / 2`` elements behind where the last one ended, and
+    a window that slid during that tail has left them behind: SCALE-Sim then slides it round
+    the whole ring (``_Ring.cover``).  Positions are closed forms in the diagonal; the slide
+    lines are found by bisection over a fold's diagonals, one per refill."""
+
+    def __init__(self, ring: _Ring, length: int, width: int, blocks: int, last_width: int) -> None:
+        self.ring = ring
+        self.length, self.width, self.blocks, self.last_width = length, width, blocks, last_width
+        self.rows_full = blocks * length  # rows of the columns < last_width
+        self.rows_short = (blocks - 1) * length  # rows of the other columns
+
+    def _before(self, diag: int) -> int:
+        """Elements fetched before diagonal ``diag``: sum over columns c of the rows r < diag - c."""
+        lw, w = self.last_width, self.width
+        full = _ramp(diag, self.rows_full) - _ramp(diag - lw, self.rows_full)
+        short = _ramp(diag - lw, self.rows_short) - _ramp(diag - w, self.rows_short)
+        return full + short
+
+    def _index(self, diag: int, col: int) -> int:
+        """Position of (diag - col, col) within its diagonal: the valid columns before it."""
+        def count(lo: int, hi: int, rows: int) -> int:  # columns c in [lo, hi) with 0 <= diag - c < rows
+            return max(0, min(hi, diag + 1) - max(lo, diag - rows + 1))
+        lw = self.last_width
+        return count(0, min(col, lw), self.rows_full) + count(lw, max(col, lw), self.rows_short)
+
+    def pos(self, diag: int, col: int) -> int:
+        return self._before(diag) + self._index(diag, col)
+
+    def fold(self, block: int, prefix: int) -> list[tuple[int, int]]:
+        """The refills of a fold that reads ``block``, its line j being fold line
+        ``prefix + j``: a list of (fold line, refills wanted there)."""
+        ring, eps, length = self.ring, self.ring.eps, self.length
+        w = self.last_width if block == self.blocks - 1 else self.width
+        base, last_line = block * length, length + w - 2
+
+        def span(j: int) -> tuple[int, int]:  # first and last position line j reads
+            d = base + j
+            return self.pos(d, max(0, j - length + 1)), self.pos(d, min(j, w - 1))
+
+        events = []
+        first, last = span(0)
+        slides = ring.cover_run(first // eps, last // eps)
+        if slides:
+            events.append((prefix, slides))
+        end = ring.end_after(last // eps) if ring.active < ring.n else ring.n
+        while end * eps <= span(last_line)[1] and end < ring.n:
+            # the first line that reads a position >= end * eps: bisection over the lines
+            lo, hi = 0, last_line
+            while lo < hi:
+                mid = (lo + hi) // 2
+                if span(mid)[1] >= end * eps:
+                    hi = mid
+                else:
+                    lo = mid + 1
+            top = span(lo)[1] // eps
+            more = -(-(top - end + 1) // ring.step)
+            ring.start = (ring.start + more * ring.step) % ring.n
+            ring.refills += more
+            events.append((prefix + lo, more))
+            end += more * ring.step
+        return events
+
+
+class _Stationary:
+    """An operand that SCALE-Sim fetches row by row and feeds a row per line, bottom row
+    first: the filter of ws, the ifmap of is (the stationary operand).
+
+    The prefetch matrix stacks the column folds (blocks of ``length`` = T rows by ``width``
+    columns, the last one ``last_width`` wide) and is fetched row-major
+    (``create_*_prefetch_mat`` does not diagonalise it).  A fold (column fold b, row fold f)
+    reads rows f X .. f X + r - 1 of block b, *flipped* (``np.flip``): its first line reads
+    the last row.  When that row is past the window's end the window slides to it, which can
+    leave the fold's other rows behind, and SCALE-Sim slides it round the whole ring to reach
+    them (``_Ring.cover``).  One step per line of the fold's X loading lines."""
+
+    def __init__(self, ring: _Ring, length: int, width: int, blocks: int, last_width: int) -> None:
+        self.ring = ring
+        self.length, self.width, self.blocks, self.last_width = length, width, blocks, last_width
+
+    def fold(self, block: int, row0: int, rows: int, pad_lines: int) -> list[tuple[int, int]]:
+        ring, eps = self.ring, self.ring.eps
+        w = self.last_width if block == self.blocks - 1 else self.width
+        base = block * self.length * self.width
+        events = []
+        for k in range(rows):
+            first = base + (row0 + rows - 1 - k) * w
+            slides = ring.cover_run(first // eps, (first + w - 1) // eps)
+            if slides:
+                events.append((pad_lines + k, slides))
+        return events
 
 
 def _fold_schedule(dataflow: str, rows: int, cols: int, outputs: int, reduction: int, filters: int):
@@ -185,6 +334,22 @@ def _fold_schedule(dataflow: str, rows: int, cols: int, outputs: int, reduction:
             yield fr, fc, min(rows, spatial_r - fr * rows), min(cols, spatial_c - fc * cols)
 
 
+def _line_stall(ring: _Ring, first_refill: int, count: int, cycle: int) -> int:
+    """Stall of one operand at a line (array cycle ``cycle``) that needs refills
+    ``first_refill`` .. ``first_refill + count - 1``, as ``read_buffer.service_reads``
+    counts it: an offset starting at the hit latency (1) moves to each refill's arrival, and
+    a wait is counted *twice* (it does ``offset += stall`` and then, when positive, once more);
+    a refill that had already arrived pulls the offset down to its arrival.  The stall is the
+    final offset minus the hit latency; a negative one is no stall."""
+    if not ring.double:
+        return count * ring.refill_cycles  # single buffer: the array waits for each refill
+    offset = 1
+    for k in range(first_refill, first_refill + count):
+        wait = 1 + k * ring.refill_cycles - (cycle + offset)
+        offset += 2 * wait if wait > 0 else wait
+    return offset - 1
+
+
 def gemm_memory_cost(memory: MemorySystem, dataflow: str, rows: int, cols: int, outputs: int, reduction: int,
                      filters: int, fold_lines) -> MemoryCost:
     """Stalls and DRAM traffic of one GEMM (P = ``outputs``, T = ``reduction``, M =
@@ -193,8 +358,23 @@ def gemm_memory_cost(memory: MemorySystem, dataflow: str, rows: int, cols: int, 
     x, y = rows, cols
     p, t, m = outputs, reduction, filters
     bw = memory.dram_words_per_cycle
-    ifmap = _ReadBuffer(memory.ifmap_words, p * t, bw, memory.double_buffered)
-    filt = _ReadBuffer(memory.filter_words, t * m, bw, memory.double_buffered)
+    ifmap = _Ring(memory.ifmap_words, p * t, bw, memory.double_buffered)
+    filt = _Ring(memory.filter_words, t * m, bw, memory.double_buffered)
+
+    def blocks(total: int, edge: int) -> tuple[int, int]:  # (blocks, width of the last one)
+        count = -(-total // edge)
+        return count, total - (count - 1) * edge
+
+    # Each operand's fetch order and feed pattern (the module docstring's table).
+    if dataflow == "os":
+        ifmap_op = _Skewed(ifmap, t, x, *blocks(p, x))
+        filt_op = _Skewed(filt, t, y, *blocks(m, y))
+    elif dataflow == "ws":
+        ifmap_op = _Skewed(ifmap, p, x, *blocks(t, x))
+        filt_op = _Stationary(filt, t, y, *blocks(m, y))
+    else:
+        ifmap_op = _Stationary(ifmap, t, y, *blocks(p, y))
+        filt_op = _Skewed(filt, m, x, *blocks(t, x))
     ofmap_size = memory.ofmap_words
     now = 0.0  # array time at the start of the fold, stalls included
     stalls = 0.0
@@ -202,28 +382,37 @@ def gemm_memory_cost(memory: MemorySystem, dataflow: str, rows: int, cols: int, 
     ofmap_words = 0
     for fr, fc, r, c in _fold_schedule(dataflow, x, y, p, t, m):
         lines = fold_lines(r, c)
+        # The refills each operand wants, by fold line (SCALE-Sim's demand-matrix lines).
         if dataflow == "os":
-            # ifmap: row fold fr of the P x T operand; filter: column fold fc of T x M.
-            reads = ((ifmap, fr * x * t, r * t, 0, t), (filt, fc * y * t, c * t, 0, t))
+            # ifmap: row fold fr's block, filter: column fold fc's, both skewed from line 0.
+            wants = ((ifmap, ifmap_op.fold(fr, 0)), (filt, filt_op.fold(fc, 0)))
             written, span = r * c, x + y - 1  # drained out of the array in its last X + Y - 1 lines
         elif dataflow == "ws":
-            # filter (stationary): the r x c block, loaded in the first X lines; ifmap: the
-            # P x r slice of row fold fr, streamed after it.
-            reads = ((filt, fc * y * t + fr * x * c, r * c, 0, x), (ifmap, fr * x * p, p * r, x, p))
+            # filter (stationary): rows fr X.. of column block fc over the first X lines (the
+            # X - r padding rows first); ifmap: block fr, skewed after those X lines.
+            wants = ((filt, filt_op.fold(fc, fr * x, r, x - r)), (ifmap, ifmap_op.fold(fr, x)))
             written, span = p * c, p + y - 1  # one partial-sum row per streamed input
         else:
-            # ifmap (stationary): the r x c block of column fold fc; filter: the r x M slice.
-            reads = ((ifmap, fc * y * t + fr * x * c, r * c, 0, x), (filt, fr * x * m, r * m, x, m))
+            # ifmap (stationary): rows fr X.. of pixel block fc; filter: block fr, skewed after X lines.
+            wants = ((ifmap, ifmap_op.fold(fc, fr * x, r, x - r)), (filt, filt_op.fold(fr, x)))
             written, span = c * m, m + y - 1
-        end = now + lines
-        for buf, start, length, first, read_lines in reads:
-            for constraint in buf.demand(start, length, first, read_lines):
-                if constraint[1] is None:  # single-buffered: the array waits for the whole refill
-                    end += constraint[2]
-                else:
-                    line, ready = constraint
-                    end = max(end, ready - 1 + lines - line)
-        fold_stall = end - now - lines
+        # SCALE-Sim stalls a line by the larger of its two operands' stalls; the stalls of
+        # earlier lines delay the cycle at which later lines ask.  One step per line that
+        # wants a refill.
+        by_line: dict[int, list] = {}
+        for ring, events in wants:
+            for line, count in events:
+                by_line.setdefault(line, []).append((ring, count))
+        fold_stall = 0
+        for line in sorted(by_line):
+            cycle = now + min(line, lines - 1) + fold_stall
+            worst = 0
+            for ring, count in by_line[line]:
+                first = ring.served + 1
+                ring.served += count
+                worst = max(worst, _line_stall(ring, first, count, cycle))
+            fold_stall += worst
+        end = now + lines + fold_stall
         # The fold writes its ofmap words over its last ``span`` lines, into a buffer of S
         # words drained at B words per cycle (fluid); the array waits while it would overflow.
         ofmap_words += written

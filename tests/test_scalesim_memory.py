@@ -14,9 +14,11 @@ What is compared with SCALE-Sim, layer by layer (COMPUTE_REPORT.csv's "Total Cyc
   drain to DRAM stalls the array.  The model is within 15% of SCALE-Sim's total cycles on
   every layer and within 5% on each run's sum (measured: at most 13.9% and 3.7%).
 
-Not compared: read-side streaming (an ifmap or filter larger than half its SRAM), where
-SCALE-Sim's forward-only window slides round the whole operand at fold boundaries; see
-docs/hwmodel-systolic.md.
+* **Streaming** (1-2 kB ifmap/filter SRAMs that the ifmap and/or filter overflow, 1-3
+  words/cycle, os/ws/is, 8x8 and 4x6): within 10% per layer (measured at most 1.9%) with the
+  same refills (DRAM reads up to SCALE-Sim's rounding to B-word lines), except is on convs
+  whose kernel overlaps itself (im2col duplicates in the streamed ifmap): there the model is an
+  upper bound, at most 4x (measured 3.85x); see docs/hwmodel-systolic.md.
 """
 
 from __future__ import annotations
@@ -37,12 +39,23 @@ UNCONSTRAINED = MemorySystem(1024, 1024, 1024, 1000)
 OFMAP_BOUND = (MemorySystem(64, 64, 1, 1), MemorySystem(64, 64, 1, 3))
 LAYER_TOLERANCE = 0.15
 RUN_TOLERANCE = 0.05
+# Streaming: 1-2 kB ifmap/filter SRAMs that every layer's ifmap or filter overflows, and an
+# ofmap SRAM big enough not to matter.
+STREAMING = (MemorySystem(1, 1, 64, 1), MemorySystem(1, 2, 64, 3))
+STREAMING_8X8 = MemorySystem(2, 1, 64, 2)  # on 8x8 only, to keep SCALE-Sim's time down
+STREAMING_TOLERANCE = 0.10
+# The one sub-case not matched (module docstring): is with an ifmap holding im2col duplicates
+# (kernel > stride).  The model, which follows positions, charges SCALE-Sim's worst case and
+# SCALE-Sim finds some passed pixels under other copies: the model is an upper bound there,
+# measured at most 3.85x SCALE-Sim's cycles.
+DUPLICATES_BOUND = 4.0
 
 LAYERS = (
     Layer("dense", "conv", 1, 8, 12, 12, 16, kernel_h=3, kernel_w=3, pad_h=1, pad_w=1),
     Layer("pointwise", "conv", 1, 16, 8, 8, 16),
     Layer("strided", "conv", 1, 4, 11, 11, 12, kernel_h=3, kernel_w=3, stride_h=2, stride_w=2, pad_h=1, pad_w=1),
 )
+STREAM_LAYERS = (*LAYERS, Layer("linear", "linear", 4, 512, 1, 1, 8))
 
 
 # -- without SCALE-Sim ----------------------------------------------------------------------------
@@ -91,15 +104,33 @@ def test_an_ofmap_bound_fold_by_hand():
 
 def test_streaming_operand_refills_by_hand():
     # os on 4x4, a linear layer P = 4, T = 256, M = 4: one fold of 256 + 6 = 262 lines.  The
-    # ifmap (1024 words) streams through a 256-word SRAM: active half 128 words, 7 refills of
-    # 128 words (1024 = 128 + 7 * 128), each ceil(128 / 1) + 1 = 129 cycles on a 1-word/cycle
-    # port, the last done at 1 + 7 * 129 = 904.  It is needed when the demand reaches word
-    # 896 of 1024, at line 896 / 4 = 224 of the fold: the fold ends at 904 - 1 + 262 - 224 =
-    # 941 instead of 262, 679 stall cycles.  The filter streams the same way (same sizes).
+    # ifmap (1024 words) streams through a 256-word SRAM: sets of ceil(256 / 100) = 3 words,
+    # n = 1024 // 3 + 1 = 342 sets, a window of A = ceil(128 / 3) = 43 sets sliding 43 sets
+    # per refill: 7 refills (43 * 8 = 344 > 341).  Refill k arrives at 1 + 129 k (128 lines of
+    # 1 word, + 1) and is wanted at position 129 k, in diagonal (129 k + 6) // 4 (4 words per
+    # diagonal after the first 3): lines 33, 66, 98, 130, 162, 195, 227.  Waits count twice:
+    # line 33 at cycle 33 waits 130 - 34 = 96 -> 192; line 66 at 258 waits 0; line 98 at
+    # 290 waits 97 -> 194; 130 at 516 waits 0; 162 at 548 waits 97 -> 194; 195 at 775 is
+    # early; 227 at 807 waits 96 -> 192.  Total 772.  The filter streams identically on the
+    # same lines, and a line stalls by the larger of its two operands' stalls, not the sum.
     memory = MemorySystem(0.25, 0.25, 1, 1)
     cost = SystolicArray(4, 4, convention="scalesim", memory=memory).layer_cost(Layer("fc", "linear", 4, 256, 1, 1, 4))
-    assert (cost.compute_cycles, cost.stall_cycles) == (261, 679)
-    assert (cost.ifmap_dram_words, cost.filter_dram_words) == (1024, 1024)
+    assert (cost.compute_cycles, cost.stall_cycles) == (261, 772)
+    assert (cost.ifmap_dram_words, cost.filter_dram_words) == (128 + 7 * 128, 128 + 7 * 128)
+
+
+def test_a_fold_that_starts_behind_the_window_slides_round_the_ring():
+    # os on 2x2, a 1x1 conv P = 4, T = 4, M = 1: two row folds reading ifmap blocks 0 and 1
+    # (4 x 2 each).  The ifmap (16 words) goes through a 16-word SRAM: sets of 1 word, n = 17
+    # sets, a window of 8 sliding 8.  It is fetched along the anti-diagonals of the 8 x 2
+    # stack: (0,0) | (1,0) (0,1) | (2,0) (1,1) | (3,0) (2,1) | (4,0) (3,1) | ..., so block 1's
+    # first element (4,0) is at position 7 and block 0's last, (3,1), at 8.  Fold 0 reads
+    # position 8: slide 1, window [8, 16).  Fold 1 starts at 7, behind it: the window slides
+    # round the ring, [16, 17) + [0, 7), then [7, 15): slides 2 and 3.  Fold 1 ends at
+    # position 15: slide 4.  4 refills of 8 words after the first 8.
+    memory = MemorySystem(16 / 1024, 1, 1, 1)
+    cost = SystolicArray(2, 2, convention="scalesim", memory=memory).layer_cost(Layer("pw", "conv", 1, 4, 2, 2, 1))
+    assert cost.ifmap_dram_words == 8 + 4 * 8
 
 
 @pytest.mark.parametrize("dataflow", DATAFLOWS)
@@ -154,13 +185,13 @@ def test_memory_must_be_a_memory_system():
 
 
 def test_single_buffering_by_hand():
-    # The streaming example above with one 256-word buffer per operand: 256 words first, then
-    # 3 refills of 256 words, each ceil(256 / 1) + 1 = 257 cycles that the array waits for in
-    # full (no prefetch overlaps it): 3 * 257 = 771 stall cycles for the ifmap and as many
-    # for the filter.
+    # The streaming example above with one 256-word buffer per operand (sets of one word):
+    # 256 words first, then 3 refills of 256 words, each ceil(256 / 1) + 1 = 257 cycles that
+    # the array waits for in full (no prefetch overlaps it): 3 * 257 = 771 stall cycles.  The
+    # filter refills on the same lines, and a line stalls by the larger of the two, not the sum.
     memory = MemorySystem(0.25, 0.25, 1, 1, double_buffered=False)
     cost = SystolicArray(4, 4, convention="scalesim", memory=memory).layer_cost(Layer("fc", "linear", 4, 256, 1, 1, 4))
-    assert (cost.compute_cycles, cost.stall_cycles) == (261, 2 * 771)
+    assert (cost.compute_cycles, cost.stall_cycles) == (261, 771)
     assert (cost.ifmap_dram_words, cost.filter_dram_words) == (1024, 1024)
 
 
@@ -232,3 +263,56 @@ def test_the_ofmap_bound_runs_do_stall(scalesim_runs):
         for dataflow in ("ws", "is"):
             run = _run(scalesim_runs, array, dataflow, OFMAP_BOUND[0])
             assert min(run.stall_cycles) > 0, (array, dataflow, run.stall_cycles)
+
+
+# -- streaming: the ifmap and/or the filter larger than half its SRAM ------------------------------
+def _streaming_configs():
+    configs = [((r, c), df, mem) for r, c in ARRAYS for df in DATAFLOWS for mem in STREAMING]
+    return configs + [((8, 8), df, STREAMING_8X8) for df in DATAFLOWS]
+
+
+@pytest.fixture(scope="module")
+def streaming_runs(scalesim_python, tmp_path_factory):
+    topology = tmp_path_factory.mktemp("scalesim-streaming") / "layers.csv"
+    write_topology(STREAM_LAYERS, topology)
+    start = time.perf_counter()
+    runs = run_scalesim(topology, [(*a, df, mem) for a, df, mem in _streaming_configs()], python=scalesim_python)
+    print(f"\nSCALE-Sim (streaming): {len(runs)} runs in {time.perf_counter() - start:.1f} s")
+    return runs
+
+
+def _has_duplicates(layer):
+    # an im2col ifmap repeats input pixels when the kernel overlaps itself
+    return layer.kernel_h > layer.stride_h or layer.kernel_w > layer.stride_w
+
+
+@pytest.mark.parametrize(("array", "dataflow", "memory"), _streaming_configs(),
+                         ids=lambda v: (f"{v[0]}x{v[1]}" if isinstance(v, tuple) else v if isinstance(v, str)
+                                        else f"sram{v.ifmap_sram_kb},{v.filter_sram_kb}-bw{v.dram_words_per_cycle}"))
+def test_streaming_agrees_with_scalesim(streaming_runs, array, dataflow, memory):
+    run = _run(streaming_runs, array, dataflow, memory)
+    est = SystolicArray(*array, dataflow=dataflow, convention="scalesim", memory=memory).estimate(list(STREAM_LAYERS))
+    bw = memory.dram_words_per_cycle
+    for i, (layer, cost) in enumerate(zip(STREAM_LAYERS, est.layers)):
+        theirs = run.total_cycles[i]
+        if dataflow == "is" and _has_duplicates(layer):
+            assert theirs <= cost.cycles <= DUPLICATES_BOUND * theirs, (layer.name, cost.cycles, theirs)
+            continue
+        assert abs(cost.cycles - theirs) <= STREAMING_TOLERANCE * theirs, (layer.name, cost.cycles, theirs)
+        # The refills are the same: a streamed operand reads the same words from DRAM, but for
+        # SCALE-Sim's whole request lines (each fill rounded up to B words).
+        for ours, dram, sram_kb in ((cost.ifmap_dram_words, run.dram_ifmap_reads[i], memory.ifmap_sram_kb),
+                                    (cost.filter_dram_words, run.dram_filter_reads[i], memory.filter_sram_kb)):
+            half = memory.words(sram_kb) // 2
+            if ours > half:
+                assert 0 <= dram - ours <= (bw - 1) * (ours // half + 1), (layer.name, ours, dram)
+
+
+def test_the_streaming_runs_stream(streaming_runs):
+    # every run re-reads some operand many times over, and stalls: the comparison above is
+    # not one of unconstrained layers
+    for run in streaming_runs:
+        est = SystolicArray(run.rows, run.cols, dataflow=run.dataflow, convention="scalesim",
+                            memory=run.memory).estimate(list(STREAM_LAYERS))
+        assert sum(run.stall_cycles) > 0 and est.total_stall_cycles > 0
+        assert max(run.dram_ifmap_reads) > 4 * 1024 or max(run.dram_filter_reads) > 4 * 1024
