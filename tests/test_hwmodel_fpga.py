@@ -256,7 +256,7 @@ def test_anchor_block_vgg16_f28_on_zc706():
     gop = 2 * sum(x.macs for x in layers[:13]) / 1e9
     assert gop == pytest.approx(30.7, rel=0.01)
     assert kept.compute_roof_gops == pytest.approx(2 * 896 * 150e6 / 1e9)
-    assert 12.19 * gop > 2 * 900 * 150e6 / 1e9
+    assert 12.19 * gop > max(kept.compute_roof_gops, 2 * 900 * 150e6 / 1e9)
     assert 6 < kept.fps < 12.19
     packed = estimate(layers, device="zc706", bits=8, schedule="block-fused", freq_mhz=150)
     assert packed.compute_roof_gops == kept.compute_roof_gops and packed.fps < 12.19

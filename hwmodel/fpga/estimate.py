@@ -204,7 +204,8 @@ def assumptions(dev: Device, bits: int, engine: eng.Engine, freq_mhz: float, bat
         dev.dram.describe(dev.dram_gbps) if dev.dram != IDEAL_DRAM
         else f"DRAM at its {dev.dram_gbps:g} GB/s peak for every burst (the device names no DramAccess); "
         "reads and writes share one bus",
-        "weights stored in the order the engine reads them (tile by tile); maps row-major, one burst per tile row",
+        "weights stored in the order the engine reads them (tile by tile); maps row-major, one burst per tile row, "
+        "or per channel plane when a tile spans every column",
         "double-buffered tiles: a phase's reads and writes overlap its compute except the first step's reads and "
         "the last step's writes",
         "phases run in sequence (a layer waits for its input); weights and the network input of the next phase "
@@ -212,6 +213,13 @@ def assumptions(dev: Device, bits: int, engine: eng.Engine, freq_mhz: float, bat
         f"batch {batch}: conv work repeats per image; fully connected weights are loaded once for the batch",
         "BN, activations, pooling and residual adds are free; identity shortcuts are not in the layer list",
     ]
+
+
+def _bound(spans: list[timeline.PhaseTime]) -> str:
+    """A group's pace: "compute" or "memory" when all its phases agree, "mixed" when they do not
+    (block VGG-16's last group: compute-bound convs, then DRAM-bound fully connected layers)."""
+    bounds = {t.bound for t in spans} or {"compute"}
+    return bounds.pop() if len(bounds) == 1 else "mixed"
 
 
 def _collect(layers, plans, dev, bits, schedule, engine, freq_mhz, dsp_used) -> FpgaEstimate:
@@ -225,7 +233,7 @@ def _collect(layers, plans, dev, bits, schedule, engine, freq_mhz, dsp_used) -> 
         spans = [next(times) for _ in plan.phases]
         time_s = sum(t.time_s for t in spans)
         compute_s = sum(t.compute_s for t in spans)
-        dram_busy += sum(t.memory_s for t in spans)
+        dram_busy += sum(t.memory_s + t.prefetch_s for t in spans)
         latency += time_s
         buffer_peak = max(buffer_peak, plan.buffer_bytes)
         fits = fits and plan.fits and plan.buffer_bytes <= dev.bram_bytes
@@ -241,7 +249,7 @@ def _collect(layers, plans, dev, bits, schedule, engine, freq_mhz, dsp_used) -> 
             "weights_MB": plan.traffic["weights"] / 1e6, "buffer_KB": plan.buffer_bytes / 1e3,
             "ctc": group_ops / plan.dram_bytes if plan.dram_bytes else float("inf"),
             "ms": time_s * 1e3, "compute_ms": compute_s * 1e3,
-            "bound": "memory" if sum(t.memory_s for t in spans) > compute_s else "compute", "detail": plan.detail,
+            "bound": _bound(spans), "detail": plan.detail,
         })
         for offset, i in enumerate(range(plan.start, plan.stop)):
             layer = layers[i]

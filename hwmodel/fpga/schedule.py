@@ -109,11 +109,11 @@ def _read_kind(t: int) -> str:
     return "input" if t == NETWORK_INPUT else "intermediate"
 
 
-def _boundary(ctx: Context, start: int, stop: int) -> list[tuple[int, str, int, bool]]:
+def _boundary(ctx: Context, start: int, stop: int) -> list[tuple[int, str, int, bool, int]]:
     """Words read from / written to DRAM at a fused group's edges (activations only), as
-    (layer that moves them, kind, words, is a write).  A tensor from outside is read once,
-    at its largest, by the first layer inside that needs it."""
-    moves: list[tuple[int, str, int, bool]] = []
+    (layer that moves them, kind, words, is a write, tensor).  A tensor from outside is read
+    once, at its largest, by the first layer inside that needs it."""
+    moves: list[tuple[int, str, int, bool, int]] = []
     inside = range(start, stop)
     reads: dict[int, tuple[int, int]] = {}  # tensor -> (words, first reader)
 
@@ -129,23 +129,23 @@ def _boundary(ctx: Context, start: int, stop: int) -> list[tuple[int, str, int, 
         if k in inside and t not in inside:
             read(t, _tensor_size(ctx, t), k)
     for t, (words, reader) in reads.items():
-        moves.append((reader, _read_kind(t), words, False))
+        moves.append((reader, _read_kind(t), words, False, t))
     for t in inside:
         outside = [ctx.layers[c] for c in ctx.graph.consumers(t) if c not in inside]
         merged_out = any(a == t and k not in inside for a, k in ctx.graph.merges)
         if outside:
-            moves.append((t, "intermediate", max(_input_size(layer) for layer in outside), True))
+            moves.append((t, "intermediate", max(_input_size(layer) for layer in outside), True, t))
         elif merged_out:
-            moves.append((t, "intermediate", _tensor_size(ctx, t), True))
+            moves.append((t, "intermediate", _tensor_size(ctx, t), True, t))
         elif _is_final(ctx, t):
-            moves.append((t, "output", _tensor_size(ctx, t), True))
+            moves.append((t, "output", _tensor_size(ctx, t), True, t))
     return moves
 
 
 def _boundary_traffic(ctx: Context, start: int, stop: int) -> dict[str, int]:
     """Words read from / written to DRAM at a fused group's edges (activations only), by kind."""
     traffic = empty_traffic()
-    for _, kind, words, _ in _boundary(ctx, start, stop):
+    for _, kind, words, _, _ in _boundary(ctx, start, stop):
         traffic[kind] += words
     return traffic
 
@@ -320,6 +320,8 @@ def plan_block(ctx: Context, start: int, stop: int) -> GroupPlan | None:
     for i in inside:
         layer, e = layers[i], graph.inputs[i]
         in_h, in_w = _block_shape(layer, output=False)
+        # A linear layer runs once for the whole batch, so it needs every image's input at once.
+        vectors = layer.batch if layer.kind == "linear" else 1
         if layer.kind == "linear":
             in_h = in_w = 1
         if e.source in inside:
@@ -340,14 +342,14 @@ def plan_block(ctx: Context, start: int, stop: int) -> GroupPlan | None:
                 while j - 1 >= start and block_count(layers[j - 1]) > block_count(layer):
                     j -= 1
                 during |= set(range(j, i + 1))
-            hold(e.source, layer.in_channels * rows * cols if not e.flatten else layer.in_channels, during)
+            hold(e.source, vectors * (layer.in_channels * rows * cols if not e.flatten else layer.in_channels), during)
         else:
             # Streamed in from DRAM block by block, double-buffered.
-            words = layer.in_channels * (in_h * in_w if layer.kind != "linear" else 1)
+            words = vectors * layer.in_channels * (in_h * in_w if layer.kind != "linear" else 1)
             hold(("in", i), 2 * words, {i})  # type: ignore[arg-type]
     for t in inside:
         oh, ow = _block_shape(layers[t], output=True)
-        own = layers[t].out_channels * oh * ow
+        own = layers[t].out_channels * oh * ow * (layers[t].batch if layers[t].kind == "linear" else 1)
         hold(t, own, {t})
         needed_outside = any(c not in inside for c in graph.consumers(t)) or _is_final(ctx, t) or any(
             a == t and k not in inside for a, k in graph.merges)
@@ -417,7 +419,7 @@ def _block_phases(ctx: Context, start: int, stop: int, cycles: list[int], weight
             layer = layers[i]
             burst = _weight_burst(ctx, layer, weights.streamed[j])
             transfers.append(Transfer("weights", weights.per_layer[j] * w, burst, prefetchable=True))
-            for mover, kind, words, write in moves:
+            for mover, kind, words, write, _ in moves:
                 if mover == i:
                     transfers.append(Transfer(kind, words * w, _activation_burst(ctx, layer, output=write), write=write,
                                               prefetchable=kind == "input"))
@@ -455,8 +457,8 @@ def plan_tiled(ctx: Context, start: int, stop: int, max_layers: int = 10) -> Gro
         e = graph.inputs[i]
         if e.source != i - 1 or e.flatten or layers[i].kind == "linear":
             return None  # a chain of convs only
-    if layers[start].kind == "linear" and stop - start > 1:
-        return None
+    if any(layers[i].kind == "linear" for i in inside):
+        return None  # no map to cut into tiles: a linear layer runs on the tiled engine
     if any(t in inside and k in inside for t, k in graph.merges):
         return None
     last = layers[stop - 1]
@@ -510,8 +512,10 @@ def plan_tiled(ctx: Context, start: int, stop: int, max_layers: int = 10) -> Gro
         tile_in = (max(b - a for a, b in rows), max(b - a for a, b in cols))
         in_burst = _run_bytes(ctx, first.in_w, tile_in[1], tile_in[0])
         out_burst = _run_bytes(ctx, last.out_w, tile, tile)
-        transfers = [Transfer(_read_kind(src), overlap * w, in_burst, prefetchable=src == NETWORK_INPUT)]
-        for _, kind, words, write in moves:
+        transfers = []
+        for _, kind, words, write, tensor in moves:
+            if tensor == src and not write:
+                words += overlap  # the group input, tile by tile: one read of every tile's window
             transfers.append(Transfer(kind, words * w, out_burst if write else in_burst, write=write,
                                       prefetchable=kind == "input"))
         for j, i in enumerate(inside):
