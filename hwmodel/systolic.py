@@ -27,7 +27,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from hwmodel.layers import Layer, Unsupported
-from hwmodel.systolic_memory import MemoryCost, MemorySystem, gemm_memory_cost
+from hwmodel.systolic_memory import ConvGeometry, MemoryCost, MemorySystem, gemm_memory_cost
 
 DATAFLOWS = ("os", "ws", "is")
 CONVENTIONS = ("fuseconv", "scalesim")
@@ -265,9 +265,11 @@ class SystolicArray:
             cycles += fold(rem_r, rem_c)
         return cycles
 
-    def gemm_memory(self, outputs: int, reduction: int, filters: int) -> MemoryCost:
+    def gemm_memory(self, outputs: int, reduction: int, filters: int,
+                    geometry: ConvGeometry | None = None) -> MemoryCost:
         """Stalls and DRAM traffic of one GEMM under ``self.memory`` (which must be set).
-        The folds last as long as the convention says, so stalls add to its cycles."""
+        The folds last as long as the convention says, so stalls add to its cycles.
+        ``geometry`` (the conv behind the GEMM) lets the is ifmap be read by address."""
         if self.memory is None:
             raise ValueError("this array has no memory system (memory=None)")
         x, y = self.rows, self.cols
@@ -279,7 +281,8 @@ class SystolicArray:
         else:
             def fold_lines(r: int, c: int) -> int:
                 return stream + r + c - 1 + (r if preload else 0)
-        return gemm_memory_cost(self.memory, self.dataflow, x, y, outputs, reduction, filters, fold_lines)
+        return gemm_memory_cost(self.memory, self.dataflow, x, y, outputs, reduction, filters, fold_lines,
+                                geometry)
 
     def gemm_cycles(self, outputs: int, reduction: int, filters: int) -> int:
         """One GEMM: P = ``outputs`` rows of the output, T = ``reduction``, M = ``filters``."""
@@ -307,14 +310,30 @@ class SystolicArray:
         return _ceil_div(line_folds * (self.cols + kernel) * _ceil_div(length, self.cols), stride)
 
     # -- one layer --------------------------------------------------------------------------------
-    def _outputs_per_image(self, layer: Layer) -> int:
+    def _output_dims(self, layer: Layer) -> tuple[int, int]:
         if self.convention == "scalesim":
             out_h = _scalesim_out_dim(layer.block_rows, layer.in_h, layer.kernel_h, layer.stride_h,
                                       layer.pad_h, layer.dilation_h)
             out_w = _scalesim_out_dim(layer.block_cols, layer.in_w, layer.kernel_w, layer.stride_w,
                                       layer.pad_w, layer.dilation_w)
-            return out_h * out_w
-        return layer.out_h * layer.out_w
+            return out_h, out_w
+        return layer.out_h, layer.out_w
+
+    def _outputs_per_image(self, layer: Layer) -> int:
+        out_h, out_w = self._output_dims(layer)
+        return out_h * out_w
+
+    def _geometry(self, layer: Layer) -> ConvGeometry | None:
+        """The conv behind a layer's (per-group) GEMM, for the memory model's address look-ups;
+        None where the im2col ifmap is not one padded map read by a strided window (linear
+        layers, which have no duplicates, dilated and block convolutions)."""
+        if (layer.kind == "linear" or layer.dilation_h != 1 or layer.dilation_w != 1
+                or layer.block_rows is not None or layer.block_cols is not None):
+            return None
+        out_h, out_w = self._output_dims(layer)
+        return ConvGeometry(layer.in_h + 2 * layer.pad_h, layer.in_w + 2 * layer.pad_w,
+                            layer.in_channels // layer.groups, layer.kernel_h, layer.kernel_w,
+                            layer.stride_h, layer.stride_w, out_h, out_w, layer.batch)
 
     def layer_cost(self, layer: Layer) -> LayerCost:
         """Cycles of one layer.  Raises ValueError for a layer with no output."""
@@ -337,7 +356,8 @@ class SystolicArray:
             cycles = layer.groups * self.gemm_cycles(outputs, reduction, filters)
             mapping = "gemm" if layer.groups == 1 else "per_group_gemm"
             # Each group is a GEMM of its own (as each is a layer of its own in SCALE-Sim).
-            mem = None if self.memory is None else self.gemm_memory(outputs, reduction, filters) * layer.groups
+            mem = (None if self.memory is None
+                   else self.gemm_memory(outputs, reduction, filters, self._geometry(layer)) * layer.groups)
         macs = layer.macs
         if self.memory is None:
             return LayerCost(layer.name, layer.kind, category(layer), mapping, macs, cycles,

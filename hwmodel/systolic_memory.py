@@ -44,14 +44,16 @@ loop rather than its address-by-address simulation:
 * **Dataflows** map the GEMM as in :mod:`hwmodel.systolic`, folds in SCALE-Sim's order
   (column folds outer, row folds inner).
 
-What it does not reproduce: SCALE-Sim looks up *addresses*, and an im2col ifmap holds each
-input pixel up to kh*kw times (a conv whose kernel is larger than its stride).  A pixel the
-window has passed can then still be found under another of its copies inside the window,
-saving the slide round the ring that the model (which follows positions, not addresses)
-charges.  This only matters where the ifmap streams; in is, where the stationary ifmap's
-fold reads its rows backwards, the model then charges up to 3.85x SCALE-Sim's cycles (an
-upper bound, docs/hwmodel-systolic.md has the measured figures); in os and ws it is within
-2%.  Operands without duplicates (filters, 1x1 and linear ifmaps) are followed exactly.
+* **Addresses** (:class:`ConvGeometry`, :class:`_AddressedStationary`): SCALE-Sim looks up
+  *addresses*, and an im2col ifmap holds each input pixel up to kh*kw times (a conv whose
+  kernel is larger than its stride).  A pixel the window has passed can then still be found
+  under another of its copies inside the window, saving the slide round the ring.  Given the
+  conv's geometry, the is ifmap (stationary, each fold's rows read backwards: where this
+  matters) is looked up by address as SCALE-Sim does; it was up to 3.85x SCALE-Sim's cycles
+  when followed by position, and is within 0.2%.  The os and ws ifmaps are followed by
+  position (within 2% with duplicates: their skewed reads rarely go back to a passed pixel);
+  operands without duplicates (filters, 1x1 and linear ifmaps) have addresses in the order of
+  positions and are followed exactly.
 """
 
 from __future__ import annotations
@@ -59,7 +61,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-__all__ = ["MemoryCost", "MemorySystem", "gemm_memory_cost"]
+import numpy as np
+
+__all__ = ["ConvGeometry", "MemoryCost", "MemorySystem", "gemm_memory_cost"]
 
 
 def _positive_number(name: str, value: object) -> float:
@@ -130,6 +134,66 @@ class MemoryCost:
         return MemoryCost(self.stall_cycles * n, self.ifmap_dram_words * n, self.filter_dram_words * n,
                           self.ofmap_dram_words * n)
 
+@dataclass(frozen=True)
+class ConvGeometry:
+    """The conv behind a GEMM, so that the memory model can name each element of the im2col
+    ifmap by its *address*, as SCALE-Sim does (``compute/operand_matrix.py``,
+    ``calc_ifmap_elem_addr``).  ``in_h`` and ``in_w`` are the padded input (SCALE-Sim's
+    topologies are pre-padded), ``channels`` the input channels of one group; ``out_h`` and
+    ``out_w`` the output the GEMM computes (SCALE-Sim's ceil((H - R + s) / s) can put windows
+    partly off the map: their missing pixels are address -1, which SCALE-Sim neither fetches nor
+    reads).  Images of a batch > 1 (which SCALE-Sim has no notion of) get addresses of their own.
+
+    Output pixel p = (n, oy, ox) and reduction index t = (ky, kx, c), both row-major, read
+    address ``((n H + oy sh + ky) W + ox sw + kx) C + c``: with a kernel larger than its stride
+    the same address is held by several (p, t), the im2col duplicates."""
+
+    in_h: int
+    in_w: int
+    channels: int
+    kernel_h: int
+    kernel_w: int
+    stride_h: int
+    stride_w: int
+    out_h: int
+    out_w: int
+    batch: int = 1
+
+    @property
+    def outputs(self) -> int:
+        return self.batch * self.out_h * self.out_w
+
+    @property
+    def reduction(self) -> int:
+        return self.channels * self.kernel_h * self.kernel_w
+
+    def _valid(self, out: int, kernel: int, stride: int, size: int) -> np.ndarray:
+        """(out, kernel) mask of the window rows (or columns) that fall on the map."""
+        return (np.arange(out)[:, None] * stride + np.arange(kernel)[None, :]) < size
+
+    @property
+    def volume(self) -> int:
+        """Elements of the im2col ifmap that have an address (the ones SCALE-Sim fetches)."""
+        rows = int(self._valid(self.out_h, self.kernel_h, self.stride_h, self.in_h).sum())
+        cols = int(self._valid(self.out_w, self.kernel_w, self.stride_w, self.in_w).sum())
+        return self.batch * rows * cols * self.channels
+
+    @property
+    def readdressed(self) -> bool:
+        """Whether addresses and positions differ: some pixel is held twice (kernel > stride)
+        or some window element is off the map."""
+        return (self.kernel_h > self.stride_h or self.kernel_w > self.stride_w
+                or self.volume != self.outputs * self.reduction)
+
+    def addresses(self) -> np.ndarray:
+        """The (P, T) im2col ifmap as addresses, -1 where a window is off the map."""
+        n, oy, ox = np.unravel_index(np.arange(self.outputs), (self.batch, self.out_h, self.out_w))
+        ky, kx, c = np.unravel_index(np.arange(self.reduction), (self.kernel_h, self.kernel_w, self.channels))
+        y = (oy * self.stride_h)[:, None] + ky[None, :]
+        x = (ox * self.stride_w)[:, None] + kx[None, :]
+        addr = ((n[:, None] * self.in_h + y) * self.in_w + x) * self.channels + c[None, :]
+        return np.where((y < self.in_h) & (x < self.in_w), addr, -1)
+
 
 def _ramp(x: int, cap: int) -> int:
     """sum_{u=0..x} min(u, cap): the elements of ``x + 1`` consecutive diagonals of a column
@@ -187,13 +251,23 @@ class _Ring:
     def dram_words(self) -> int:
         return self.first_fill + self.refills * self.prefetch_words
 
+    def slides_to(self, set_id: int) -> int:
+        """The slides that bring ``set_id`` into the window (0 if it is there), without moving it."""
+        slides, start = 0, self.start
+        while (set_id - start) % self.n >= self.active:
+            start = (start + self.step) % self.n
+            slides += 1
+        return slides
+
+    def advance(self, slides: int) -> None:
+        """Slide the window forward ``slides`` refills."""
+        self.start = (self.start + slides * self.step) % self.n
+        self.refills += slides
+
     def cover(self, set_id: int) -> int:
         """Slide the window forward until it holds ``set_id``; return the slides."""
-        slides = 0
-        while (set_id - self.start) % self.n >= self.active:
-            self.start = (self.start + self.step) % self.n
-            slides += 1
-        self.refills += slides
+        slides = self.slides_to(set_id)
+        self.advance(slides)
         return slides
 
     def end_after(self, set_id: int) -> int:
@@ -318,6 +392,89 @@ class _Stationary:
                 events.append((pad_lines + k, slides))
         return events
 
+class _AddressedStationary:
+    """The stationary ifmap of is (:class:`_Stationary`'s fetch and feed orders) looked up by
+    *address*, as ``read_buffer.active_buffer_hit`` does: the rule that matters where the
+    im2col ifmap holds a pixel several times (a kernel larger than its stride).
+
+    * **Positions.**  The fetch order is the column folds' blocks (T rows by ``w`` output
+      pixels) stacked and read row-major; the -1s (partial folds' padding, window elements off
+      the map) are not fetched and take no place in a set.  Position q of an element is its
+      rank among the fetched ones, its set ``q // eps`` (a set is a *set* of addresses: a
+      duplicate still counts towards the set's ``eps`` elements).
+    * **Hit.**  An element is a hit when *any* position holding its address lies in the
+      window's sets, not only its own: a pixel the window has passed is still found under a
+      copy further on (the same pixel under another kernel offset, for a later reduction row
+      or a neighbouring output pixel), and SCALE-Sim then does not slide round the ring.
+    * **Miss.**  SCALE-Sim slides the window one refill at a time and looks the address up
+      again after each; it stops at the first window that holds any copy, so the slides are
+      the fewest over the copies (:meth:`_Ring.slides_to` for each copy's set).
+    * **Order.**  A line's reads are served in column order (``service_reads`` walks the
+      request line), so an element read after a slide on the same line is looked up in the
+      moved window.  A line all of whose addresses are in the window costs one vectorised
+      look-up; the element-by-element walk is only for lines that slide (at most one per
+      refill).
+
+    Addresses are kept as ``addr * V + q`` (V fetched elements) sorted, so the copies of an
+    address in a position range are a ``searchsorted`` of the range's ends."""
+
+    def __init__(self, ring: _Ring, addresses: np.ndarray, width: int) -> None:
+        self.ring = ring
+        outputs, _ = addresses.shape
+        # Column fold b's block: rows t, columns the output pixels b Y .. b Y + w - 1.
+        self.blocks = [np.ascontiguousarray(addresses[b:b + width].T) for b in range(0, outputs, width)]
+        order = np.concatenate([blk.ravel() for blk in self.blocks])
+        fetched = order >= 0
+        self.volume = volume = int(fetched.sum())
+        self.keys = np.sort(order[fetched].astype(np.int64) * volume + np.arange(volume, dtype=np.int64))
+
+    def _in_window(self, addrs: np.ndarray) -> np.ndarray:
+        """Which of ``addrs`` have a copy in the window's sets (vectorised)."""
+        ring, eps, volume = self.ring, self.ring.eps, self.volume
+        base = addrs.astype(np.int64) * volume
+        ranges = [(ring.start, min(ring.start + ring.active, ring.n))]
+        if ring.start + ring.active > ring.n:  # the window wraps round the ring
+            ranges.append((0, ring.start + ring.active - ring.n))
+        hit = np.zeros(addrs.shape, dtype=bool)
+        for lo, hi in ranges:
+            lo_q, hi_q = lo * eps, min(hi * eps, volume)
+            hit |= np.searchsorted(self.keys, base + hi_q) > np.searchsorted(self.keys, base + lo_q)
+        return hit
+
+    def _slides_for(self, addr: int) -> int:
+        """The slides SCALE-Sim makes for ``addr``: to the first window holding any copy."""
+        volume, eps = self.volume, self.ring.eps
+        lo, hi = np.searchsorted(self.keys, [addr * volume, (addr + 1) * volume])
+        sets = np.unique((self.keys[lo:hi] - addr * volume) // eps)
+        return min(self.ring.slides_to(int(s)) for s in sets)
+
+    def fold(self, block: int, row0: int, rows: int, pad_lines: int) -> list[tuple[int, int]]:
+        """As :meth:`_Stationary.fold`: rows ``row0`` .. ``row0 + rows - 1`` of ``block``, last
+        row first, one per line after ``pad_lines`` lines of padding.  The fold's remaining rows
+        are looked up together in the current window; the first one with a miss is walked
+        element by element (it slides the window), and the rest looked up again."""
+        lines = self.blocks[block][row0:row0 + rows][::-1]  # in the order they are read
+        fetched = lines >= 0
+        events = []
+        k = 0
+        while k < rows:
+            hit = self._in_window(lines[k:].ravel()).reshape(rows - k, -1) | ~fetched[k:]
+            missing = ~hit.all(axis=1)
+            if not missing.any():
+                break
+            first_row = int(np.argmax(missing))
+            k += first_row
+            # the row's reads before its first miss hit; from there on each read may slide
+            line = lines[k][int(np.argmax(~hit[first_row])):]
+            slides = 0
+            for addr in line[line >= 0]:
+                more = self._slides_for(int(addr))
+                self.ring.advance(more)
+                slides += more
+            events.append((pad_lines + k, slides))
+            k += 1
+        return events
+
 
 def _fold_schedule(dataflow: str, rows: int, cols: int, outputs: int, reduction: int, filters: int):
     """SCALE-Sim's folds in order (column folds outer, row folds inner), each as
@@ -351,14 +508,23 @@ def _line_stall(ring: _Ring, first_refill: int, count: int, cycle: int) -> int:
 
 
 def gemm_memory_cost(memory: MemorySystem, dataflow: str, rows: int, cols: int, outputs: int, reduction: int,
-                     filters: int, fold_lines) -> MemoryCost:
+                     filters: int, fold_lines, geometry: ConvGeometry | None = None) -> MemoryCost:
     """Stalls and DRAM traffic of one GEMM (P = ``outputs``, T = ``reduction``, M =
     ``filters``) on a ``rows`` x ``cols`` array.  ``fold_lines(r, c)`` is the cycles of a
-    fold that uses r rows and c columns (the compute convention's)."""
+    fold that uses r rows and c columns (the compute convention's).  ``geometry``, the conv
+    behind the GEMM (P and T must be its own), lets the is ifmap be looked up by address
+    (:class:`_AddressedStationary`); without it elements are followed by position."""
     x, y = rows, cols
     p, t, m = outputs, reduction, filters
     bw = memory.dram_words_per_cycle
-    ifmap = _Ring(memory.ifmap_words, p * t, bw, memory.double_buffered)
+    if geometry is not None and (geometry.outputs, geometry.reduction) != (p, t):
+        raise ValueError(f"geometry gives a {geometry.outputs} x {geometry.reduction} ifmap, the GEMM is {p} x {t}")
+    # Only is reads its ifmap by address (os and ws follow positions, within 2% of SCALE-Sim),
+    # and only where addresses and positions differ.
+    by_address = dataflow == "is" and geometry is not None and geometry.readdressed
+    ifmap = _Ring(memory.ifmap_words, geometry.volume if by_address else p * t, bw, memory.double_buffered)
+    if by_address and ifmap.active >= ifmap.n:
+        by_address = False  # the ifmap fits the window: fetched once, never looked up past it
     filt = _Ring(memory.filter_words, t * m, bw, memory.double_buffered)
 
     def blocks(total: int, edge: int) -> tuple[int, int]:  # (blocks, width of the last one)
@@ -373,7 +539,10 @@ def gemm_memory_cost(memory: MemorySystem, dataflow: str, rows: int, cols: int, 
         ifmap_op = _Skewed(ifmap, p, x, *blocks(t, x))
         filt_op = _Stationary(filt, t, y, *blocks(m, y))
     else:
-        ifmap_op = _Stationary(ifmap, t, y, *blocks(p, y))
+        if by_address:
+            ifmap_op = _AddressedStationary(ifmap, geometry.addresses(), y)
+        else:
+            ifmap_op = _Stationary(ifmap, t, y, *blocks(p, y))
         filt_op = _Skewed(filt, m, x, *blocks(t, x))
     ofmap_size = memory.ofmap_words
     now = 0.0  # array time at the start of the fold, stalls included
