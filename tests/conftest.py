@@ -34,6 +34,19 @@ CI_ALLOWED_SKIP = "needs a CUDA device"
 _SEED_KEY = pytest.StashKey[int]()
 
 
+@pytest.fixture(scope="session")
+def scalesim_python():
+    """The python of SCALE-Sim 3.0.0's own venv (hwmodel.scalesim), created on first use."""
+    from hwmodel.scalesim import ensure_scalesim
+
+    try:
+        return ensure_scalesim()
+    except (RuntimeError, OSError) as err:
+        if in_ci():
+            pytest.fail(f"SCALE-Sim could not be installed in CI: {err}")
+        pytest.skip(f"SCALE-Sim could not be installed (no access to PyPI?): {err}")
+
+
 @pytest.fixture(autouse=True)
 def _fresh_seed(request):
     # Fresh random data in every test, reproducible from the seed printed on failure.

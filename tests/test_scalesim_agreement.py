@@ -19,10 +19,9 @@ ceil((H - R + s) / s), one more than PyTorch's when s does not divide H - R (the
 from __future__ import annotations
 
 import pytest
-from backend_helpers import in_ci
 
 from hwmodel import Layer, SystolicArray, read_topology, write_topology
-from hwmodel.scalesim import ensure_scalesim, run_scalesim
+from hwmodel.scalesim import run_scalesim
 from hwmodel.topology import topology_rows
 
 ARRAYS = ((4, 6), (8, 8), (16, 5))  # non-square both ways, and taller than some layers' folds
@@ -45,16 +44,6 @@ LAYERS = (
     Layer("dw_3x3_s2", "depthwise", 1, 4, 9, 9, 4, kernel_h=3, kernel_w=3, stride_h=2, stride_w=2,
           pad_h=1, pad_w=1, groups=4),
 )
-
-
-@pytest.fixture(scope="module")
-def scalesim_python():
-    try:
-        return ensure_scalesim()
-    except (RuntimeError, OSError) as err:
-        if in_ci():
-            pytest.fail(f"SCALE-Sim could not be installed in CI: {err}")
-        pytest.skip(f"SCALE-Sim could not be installed (no access to PyPI?): {err}")
 
 
 @pytest.fixture(scope="module")

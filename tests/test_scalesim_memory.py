@@ -28,10 +28,9 @@ import math
 import time
 
 import pytest
-from backend_helpers import in_ci
 
 from hwmodel import Layer, SystolicArray, write_topology
-from hwmodel.scalesim import ensure_scalesim, run_scalesim
+from hwmodel.scalesim import run_scalesim
 from hwmodel.systolic_memory import ConvGeometry, MemorySystem
 from hwmodel.topology import topology_rows
 
@@ -261,16 +260,6 @@ def test_is_ifmap_refills_follow_addresses_like_read_buffer(array, geometry, sra
 
 
 # -- against SCALE-Sim ----------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def scalesim_python():
-    try:
-        return ensure_scalesim()
-    except (RuntimeError, OSError) as err:
-        if in_ci():
-            pytest.fail(f"SCALE-Sim could not be installed in CI: {err}")
-        pytest.skip(f"SCALE-Sim could not be installed (no access to PyPI?): {err}")
-
-
 @pytest.fixture(scope="module")
 def scalesim_runs(scalesim_python, tmp_path_factory):
     topology = tmp_path_factory.mktemp("scalesim-memory") / "layers.csv"
