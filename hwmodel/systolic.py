@@ -17,7 +17,7 @@ in either convention: SCALE-Sim has no model of that hardware.
 
 ``memory=MemorySystem(...)`` adds SRAM and DRAM stalls and DRAM traffic to every GEMM-mapped
 layer (:mod:`hwmodel.systolic_memory`, after SCALE-Sim's double-buffered scratchpads); without
-it the array is fed for free, as before.  Memory stalls of the FuSe 1-D mapping are not
+it the array is fed for free and the cycles are the compute cycles alone.  Memory stalls of the FuSe 1-D mapping are not
 modelled: such layers say so in ``LayerCost.memory_note`` and ``Estimate.memory_unmodelled``.
 """
 
@@ -272,6 +272,8 @@ class SystolicArray:
         ``geometry`` (the conv behind the GEMM) lets the is ifmap be read by address."""
         if self.memory is None:
             raise ValueError("this array has no memory system (memory=None)")
+        for name, value in (("outputs", outputs), ("reduction", reduction), ("filters", filters)):
+            _positive_int(name, value)
         x, y = self.rows, self.cols
         preload = self.dataflow != "os"
         stream = {"os": reduction, "ws": outputs, "is": filters}[self.dataflow]
@@ -325,15 +327,15 @@ class SystolicArray:
 
     def _geometry(self, layer: Layer) -> ConvGeometry | None:
         """The conv behind a layer's (per-group) GEMM, for the memory model's address look-ups;
-        None where the im2col ifmap is not one padded map read by a strided window (linear
-        layers, which have no duplicates, dilated and block convolutions)."""
-        if (layer.kind == "linear" or layer.dilation_h != 1 or layer.dilation_w != 1
-                or layer.block_rows is not None or layer.block_cols is not None):
+        None where the im2col ifmap is not one padded map read by a strided (and possibly
+        dilated) window: linear layers, which have no duplicates, and block convolutions."""
+        if layer.kind == "linear" or layer.block_rows is not None or layer.block_cols is not None:
             return None
         out_h, out_w = self._output_dims(layer)
         return ConvGeometry(layer.in_h + 2 * layer.pad_h, layer.in_w + 2 * layer.pad_w,
                             layer.in_channels // layer.groups, layer.kernel_h, layer.kernel_w,
-                            layer.stride_h, layer.stride_w, out_h, out_w, layer.batch)
+                            layer.stride_h, layer.stride_w, out_h, out_w, layer.batch,
+                            layer.dilation_h, layer.dilation_w)
 
     def layer_cost(self, layer: Layer) -> LayerCost:
         """Cycles of one layer.  Raises ValueError for a layer with no output."""

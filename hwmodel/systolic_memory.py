@@ -49,11 +49,12 @@ loop rather than its address-by-address simulation:
   kernel is larger than its stride).  A pixel the window has passed can then still be found
   under another of its copies inside the window, saving the slide round the ring.  Given the
   conv's geometry, the is ifmap (stationary, each fold's rows read backwards: where this
-  matters) is looked up by address as SCALE-Sim does; it was up to 3.85x SCALE-Sim's cycles
-  when followed by position, and is within 0.2%.  The os and ws ifmaps are followed by
-  position (within 2% with duplicates: their skewed reads rarely go back to a passed pixel);
-  operands without duplicates (filters, 1x1 and linear ifmaps) have addresses in the order of
-  positions and are followed exactly.
+  matters) is looked up by address as SCALE-Sim does (within 0.12% of SCALE-Sim's cycles on
+  the test layers; followed by position it would be charged a slide round the ring for each
+  passed pixel, up to 3.85x).  The os and ws ifmaps are followed by position (within 2% with
+  duplicates: their skewed reads rarely go back to a passed pixel); operands without
+  duplicates (filters, 1x1 and linear ifmaps) have addresses in the order of positions and
+  take the same refills (cycles within 0.2%).
 """
 
 from __future__ import annotations
@@ -66,6 +67,14 @@ import numpy as np
 __all__ = ["ConvGeometry", "MemoryCost", "MemorySystem", "gemm_memory_cost"]
 
 
+def _positive_int(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < 1:
+        raise ValueError(f"{name} must be >= 1, got {value}")
+    return int(value)
+
+
 def _positive_number(name: str, value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{name} must be a number, got {type(value).__name__}")
@@ -76,9 +85,9 @@ def _positive_number(name: str, value: object) -> float:
 
 @dataclass(frozen=True)
 class MemorySystem:
-    """SRAM sizes in kB (1024 bytes), DRAM bandwidth in words per cycle (shared by the
-    ifmap and filter read ports and the ofmap write port, each of which gets it in full,
-    as in SCALE-Sim), and the word size in bytes (SCALE-Sim: 1).
+    """SRAM sizes in kB (1024 bytes), DRAM bandwidth in words per cycle (the same bandwidth
+    on each of the three ports, ifmap read, filter read and ofmap write, not shared, as in
+    SCALE-Sim), and the word size in bytes (SCALE-Sim: 1).
 
     Raises TypeError/ValueError naming the argument for anything invalid, including an
     SRAM smaller than two words (it could not be double-buffered)."""
@@ -145,8 +154,10 @@ class ConvGeometry:
     reads).  Images of a batch > 1 (which SCALE-Sim has no notion of) get addresses of their own.
 
     Output pixel p = (n, oy, ox) and reduction index t = (ky, kx, c), both row-major, read
-    address ``((n H + oy sh + ky) W + ox sw + kx) C + c``: with a kernel larger than its stride
-    the same address is held by several (p, t), the im2col duplicates."""
+    address ``((n H + oy sh + ky dh) W + ox sw + kx dw) C + c`` (dh, dw the dilation): with a
+    kernel span larger than its stride the same address is held by several (p, t), the im2col
+    duplicates.  Raises TypeError/ValueError naming the field for a field that is not a
+    positive int."""
 
     in_h: int
     in_w: int
@@ -158,6 +169,13 @@ class ConvGeometry:
     out_h: int
     out_w: int
     batch: int = 1
+    dilation_h: int = 1
+    dilation_w: int = 1
+
+    def __post_init__(self) -> None:
+        for name in ("in_h", "in_w", "channels", "kernel_h", "kernel_w", "stride_h", "stride_w", "out_h",
+                     "out_w", "batch", "dilation_h", "dilation_w"):
+            _positive_int(name, getattr(self, name))
 
     @property
     def outputs(self) -> int:
@@ -167,30 +185,31 @@ class ConvGeometry:
     def reduction(self) -> int:
         return self.channels * self.kernel_h * self.kernel_w
 
-    def _valid(self, out: int, kernel: int, stride: int, size: int) -> np.ndarray:
+    def _valid(self, out: int, kernel: int, stride: int, dilation: int, size: int) -> np.ndarray:
         """(out, kernel) mask of the window rows (or columns) that fall on the map."""
-        return (np.arange(out)[:, None] * stride + np.arange(kernel)[None, :]) < size
+        return (np.arange(out)[:, None] * stride + np.arange(kernel)[None, :] * dilation) < size
 
     @property
     def volume(self) -> int:
         """Elements of the im2col ifmap that have an address (the ones SCALE-Sim fetches)."""
-        rows = int(self._valid(self.out_h, self.kernel_h, self.stride_h, self.in_h).sum())
-        cols = int(self._valid(self.out_w, self.kernel_w, self.stride_w, self.in_w).sum())
+        rows = int(self._valid(self.out_h, self.kernel_h, self.stride_h, self.dilation_h, self.in_h).sum())
+        cols = int(self._valid(self.out_w, self.kernel_w, self.stride_w, self.dilation_w, self.in_w).sum())
         return self.batch * rows * cols * self.channels
 
     @property
     def readdressed(self) -> bool:
-        """Whether addresses and positions differ: some pixel is held twice (kernel > stride)
-        or some window element is off the map."""
-        return (self.kernel_h > self.stride_h or self.kernel_w > self.stride_w
+        """Whether addresses and positions differ: some pixel is held twice (kernel span >
+        stride) or some window element is off the map."""
+        span_h, span_w = self.dilation_h * (self.kernel_h - 1) + 1, self.dilation_w * (self.kernel_w - 1) + 1
+        return (span_h > self.stride_h or span_w > self.stride_w
                 or self.volume != self.outputs * self.reduction)
 
     def addresses(self) -> np.ndarray:
         """The (P, T) im2col ifmap as addresses, -1 where a window is off the map."""
         n, oy, ox = np.unravel_index(np.arange(self.outputs), (self.batch, self.out_h, self.out_w))
         ky, kx, c = np.unravel_index(np.arange(self.reduction), (self.kernel_h, self.kernel_w, self.channels))
-        y = (oy * self.stride_h)[:, None] + ky[None, :]
-        x = (ox * self.stride_w)[:, None] + kx[None, :]
+        y = (oy * self.stride_h)[:, None] + (ky * self.dilation_h)[None, :]
+        x = (ox * self.stride_w)[:, None] + (kx * self.dilation_w)[None, :]
         addr = ((n[:, None] * self.in_h + y) * self.in_w + x) * self.channels + c[None, :]
         return np.where((y < self.in_h) & (x < self.in_w), addr, -1)
 
@@ -252,12 +271,17 @@ class _Ring:
         return self.first_fill + self.refills * self.prefetch_words
 
     def slides_to(self, set_id: int) -> int:
-        """The slides that bring ``set_id`` into the window (0 if it is there), without moving it."""
-        slides, start = 0, self.start
-        while (set_id - start) % self.n >= self.active:
-            start = (start + self.step) % self.n
-            slides += 1
-        return slides
+        """The slides that bring ``set_id`` into the window (0 if it is there), without moving it.
+
+        SCALE-Sim slides one refill (``step`` sets) at a time until the set is in the window.
+        As ``step <= active`` (ceil(floor(S/2) / eps) <= ceil(ceil(S/2) / eps)) the window
+        cannot jump over a set, so the count is the closed form ceil((d - active + 1) / step),
+        d the set's distance ahead of the window's start."""
+        d = (set_id - self.start) % self.n
+        if d < self.active:
+            return 0
+        assert self.step > 0, "a window that covers the ring never slides"
+        return -(-(d - self.active + 1) // self.step)
 
     def advance(self, slides: int) -> None:
         """Slide the window forward ``slides`` refills."""
@@ -281,6 +305,7 @@ class _Ring:
         slides = self.cover(first)
         end = self.end_after(first)
         if last >= end:
+            assert self.step > 0, "a window that covers the ring never slides"
             more = -(-(last - end + 1) // self.step)
             self.start = (self.start + more * self.step) % self.n
             self.refills += more
@@ -476,6 +501,13 @@ class _AddressedStationary:
         return events
 
 
+class _Resident:
+    """An operand that the first fill holds whole: no fold ever wants a refill."""
+
+    def fold(self, *args: int) -> list[tuple[int, int]]:
+        return []
+
+
 def _fold_schedule(dataflow: str, rows: int, cols: int, outputs: int, reduction: int, filters: int):
     """SCALE-Sim's folds in order (column folds outer, row folds inner), each as
     (row_fold, col_fold, rows used, cols used), plus the spatial sizes."""
@@ -497,14 +529,32 @@ def _line_stall(ring: _Ring, first_refill: int, count: int, cycle: int) -> int:
     counts it: an offset starting at the hit latency (1) moves to each refill's arrival, and
     a wait is counted *twice* (it does ``offset += stall`` and then, when positive, once more);
     a refill that had already arrived pulls the offset down to its arrival.  The stall is the
-    final offset minus the hit latency; a negative one is no stall."""
+    final offset minus the hit latency; a negative one is no stall.
+
+    Step by step (k = first_refill ..): ``wait = 1 + k R - (cycle + offset)``, then
+    ``offset += 2 wait if wait > 0 else wait`` (R = ``refill_cycles``).  Successive waits obey
+    ``wait' = R - max(wait, 0)``, which is 2-periodic from the second wait on, so the sum is
+    closed: the first three steps explicitly, then whole pairs."""
     if not ring.double:
         return count * ring.refill_cycles  # single buffer: the array waits for each refill
-    offset = 1
-    for k in range(first_refill, first_refill + count):
-        wait = 1 + k * ring.refill_cycles - (cycle + offset)
-        offset += 2 * wait if wait > 0 else wait
-    return offset - 1
+    refill = ring.refill_cycles
+    wait = 1 + first_refill * refill - (cycle + 1)
+
+    def charged(w):  # what one wait adds to the offset
+        return 2 * w if w > 0 else w
+
+    total, k = 0, 0
+    while k < count and k < 3:
+        total += charged(wait)
+        wait = refill - max(wait, 0)
+        k += 1
+    rest = count - k
+    if rest > 0:
+        after = refill - max(wait, 0)
+        total += (rest // 2) * (charged(wait) + charged(after))
+        if rest % 2:
+            total += charged(wait)
+    return total
 
 
 def gemm_memory_cost(memory: MemorySystem, dataflow: str, rows: int, cols: int, outputs: int, reduction: int,
@@ -514,6 +564,11 @@ def gemm_memory_cost(memory: MemorySystem, dataflow: str, rows: int, cols: int, 
     fold that uses r rows and c columns (the compute convention's).  ``geometry``, the conv
     behind the GEMM (P and T must be its own), lets the is ifmap be looked up by address
     (:class:`_AddressedStationary`); without it elements are followed by position."""
+    if dataflow not in ("os", "ws", "is"):
+        raise ValueError(f"dataflow must be one of ('os', 'ws', 'is'), got {dataflow!r}")
+    for name, value in (("rows", rows), ("cols", cols), ("outputs", outputs), ("reduction", reduction),
+                        ("filters", filters)):
+        _positive_int(name, value)
     x, y = rows, cols
     p, t, m = outputs, reduction, filters
     bw = memory.dram_words_per_cycle
@@ -523,8 +578,9 @@ def gemm_memory_cost(memory: MemorySystem, dataflow: str, rows: int, cols: int, 
     # and only where addresses and positions differ.
     by_address = dataflow == "is" and geometry is not None and geometry.readdressed
     ifmap = _Ring(memory.ifmap_words, geometry.volume if by_address else p * t, bw, memory.double_buffered)
-    if by_address and ifmap.active >= ifmap.n:
-        by_address = False  # the ifmap fits the window: fetched once, never looked up past it
+    # An addressed ifmap that fits the window is fetched once (its addressed volume, as
+    # SCALE-Sim does) and never looked up past it: the ring keeps that volume.
+    resident = by_address and ifmap.active >= ifmap.n
     filt = _Ring(memory.filter_words, t * m, bw, memory.double_buffered)
 
     def blocks(total: int, edge: int) -> tuple[int, int]:  # (blocks, width of the last one)
@@ -539,7 +595,9 @@ def gemm_memory_cost(memory: MemorySystem, dataflow: str, rows: int, cols: int, 
         ifmap_op = _Skewed(ifmap, p, x, *blocks(t, x))
         filt_op = _Stationary(filt, t, y, *blocks(m, y))
     else:
-        if by_address:
+        if resident:
+            ifmap_op = _Resident()
+        elif by_address:
             ifmap_op = _AddressedStationary(ifmap, geometry.addresses(), y)
         else:
             ifmap_op = _Stationary(ifmap, t, y, *blocks(p, y))

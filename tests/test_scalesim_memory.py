@@ -18,20 +18,23 @@ What is compared with SCALE-Sim, layer by layer (COMPUTE_REPORT.csv's "Total Cyc
   words/cycle, os/ws/is, 8x8 and 4x6): within 10% per layer (measured at most 1.9%) with the
   same refills (DRAM reads up to SCALE-Sim's rounding to B-word lines).  That includes is on
   the 3x3 convs, whose streamed ifmap holds im2col duplicates: the model looks them up by
-  address as SCALE-Sim does (measured at most 0.12%; 3.85x before it did).  Without
-  SCALE-Sim, the address look-ups are checked against a literal replay of read_buffer.py.
+  address as SCALE-Sim does (measured at most 0.12%; followed by position it would be up to
+  3.85x).  Without SCALE-Sim, the address look-ups are checked against a literal replay of
+  read_buffer.py, and the closed forms of the window's slides and of a line's stall against a
+  step-by-step reference.
 """
 
 from __future__ import annotations
 
 import math
+import random
 import time
 
 import pytest
 
 from hwmodel import Layer, SystolicArray, write_topology
 from hwmodel.scalesim import run_scalesim
-from hwmodel.systolic_memory import ConvGeometry, MemorySystem
+from hwmodel.systolic_memory import ConvGeometry, MemorySystem, _line_stall, _Ring, gemm_memory_cost
 from hwmodel.topology import topology_rows
 
 ARRAYS = ((8, 8), (4, 6))
@@ -209,14 +212,15 @@ def _replay_is_ifmap_refills(geometry, rows, cols, sram_words):
     ceil(S / 100) fetched elements (a set of addresses), a window of ceil(ceil(S/2) / eps) sets
     sliding ceil(floor(S/2) / eps) sets round the ring, each demanded address looked up in the
     window's sets and the window slid until one holds it."""
-    h, w, ch, kh, kw, sh, sw, oh, ow, _ = (getattr(geometry, f) for f in (
-        "in_h", "in_w", "channels", "kernel_h", "kernel_w", "stride_h", "stride_w", "out_h", "out_w", "batch"))
+    h, w, ch, kh, kw, sh, sw, oh, ow, dh, dw = (getattr(geometry, f) for f in (
+        "in_h", "in_w", "channels", "kernel_h", "kernel_w", "stride_h", "stride_w", "out_h", "out_w",
+        "dilation_h", "dilation_w"))
 
     def addr(p, t):  # compute/operand_matrix.py, calc_ifmap_elem_addr
         oy, ox = divmod(p, ow)
         ky, rest = divmod(t, kw * ch)
         kx, c = divmod(rest, ch)
-        y, x = oy * sh + ky, ox * sw + kx
+        y, x = oy * sh + ky * dh, ox * sw + kx * dw
         return (y * w + x) * ch + c if y < h and x < w else -1
 
     P, T = oh * ow, ch * kh * kw
@@ -244,7 +248,8 @@ def _replay_is_ifmap_refills(geometry, rows, cols, sram_words):
     ((4, 6), ConvGeometry(13, 13, 4, 3, 3, 2, 2, 6, 6), 512),  # the strided one
     ((4, 6), ConvGeometry(9, 10, 3, 5, 5, 2, 2, 3, 4), 256),  # windows off the map, sets of 3
     ((4, 4), ConvGeometry(8, 8, 1, 3, 3, 1, 1, 6, 6), 64),  # one channel: sets of one word
-], ids=("dense", "strided", "5x5-off-map", "1ch"))
+    ((4, 6), ConvGeometry(12, 12, 4, 3, 3, 1, 1, 8, 8, dilation_h=2, dilation_w=2), 512),  # dilated
+], ids=("dense", "strided", "5x5-off-map", "1ch", "dilated"))
 def test_is_ifmap_refills_follow_addresses_like_read_buffer(array, geometry, sram_words):
     memory = MemorySystem(sram_words / 1024, 64, 64, 1)
     cost = SystolicArray(*array, dataflow="is", convention="scalesim", memory=memory).gemm_memory(
@@ -253,10 +258,106 @@ def test_is_ifmap_refills_follow_addresses_like_read_buffer(array, geometry, sra
     assert refills > 4  # the ifmap streams
     assert cost.ifmap_dram_words == min(geometry.volume, -(-sram_words // 2)) + refills * (sram_words // 2)
     if geometry.volume == geometry.outputs * geometry.reduction:
-        # followed by position (the old model), the passed pixels' copies are missed: more refills
+        # followed by position, the passed pixels' copies are missed: more refills
         plain = SystolicArray(*array, dataflow="is", convention="scalesim", memory=memory).gemm_memory(
             geometry.outputs, geometry.reduction, 4)
         assert plain.ifmap_dram_words > cost.ifmap_dram_words
+
+
+def _slides_step_by_step(ring, set_id):
+    """read_buffer.py's miss loop: slide one refill at a time until the window holds the set."""
+    slides, start = 0, ring.start
+    while (set_id - start) % ring.n >= ring.active:
+        start, slides = (start + ring.step) % ring.n, slides + 1
+    return slides
+
+
+def _line_stall_step_by_step(ring, first_refill, count, cycle):
+    """service_reads' offset, one refill at a time (a wait counted twice, an early arrival pulls back)."""
+    offset = 1
+    for k in range(first_refill, first_refill + count):
+        wait = 1 + k * ring.refill_cycles - (cycle + offset)
+        offset += 2 * wait if wait > 0 else wait
+    return offset - 1
+
+
+def test_closed_forms_match_the_step_by_step_read_buffer():
+    rng = random.Random(1)
+    for _ in range(5000):
+        ring = _Ring(rng.randint(2, 5000), rng.randint(1, 20000), rng.choice((0.5, 1, 2, 3, 7, 64)), True)
+        ring.start = rng.randrange(ring.n)
+        set_id = rng.randrange(ring.n)
+        assert ring.slides_to(set_id) == _slides_step_by_step(ring, set_id)
+        first, count = rng.randint(1, 50), rng.randint(1, 40)
+        cycle = rng.choice((rng.randint(0, 60 * ring.refill_cycles), rng.uniform(0, 60 * ring.refill_cycles)))
+        assert _line_stall(ring, first, count, cycle) == pytest.approx(
+            _line_stall_step_by_step(ring, first, count, cycle), abs=1e-6)
+
+
+def test_an_is_ifmap_with_off_map_windows_that_fits_is_fetched_once():
+    # 8x8 map padded to 10x10, 3x3 stride 2: SCALE-Sim's ceil((10 - 3 + 2) / 2) = 5 output
+    # rows, the last window running off the map, so the addressed volume (the fetched words)
+    # is below P * T.  It fits the 512-word window of a 1 kB SRAM: one fill, no refill, no stall.
+    layer = Layer("c", "conv", 1, 1, 8, 8, 1, kernel_h=3, kernel_w=3, stride_h=2, stride_w=2, pad_h=1, pad_w=1)
+    geometry = ConvGeometry(10, 10, 1, 3, 3, 2, 2, 5, 5)
+    assert geometry.volume == 16 * 9 + 2 * 4 * 6 + 4  # 4x4 whole windows, 2 x 4 edge ones of 6, the corner of 4
+    assert geometry.volume < geometry.outputs * geometry.reduction
+    for kb in (1, 0.5):
+        array = SystolicArray(4, 4, dataflow="is", convention="scalesim", memory=MemorySystem(kb, 64, 64, 1))
+        cost = array.layer_cost(layer)
+        assert (cost.stall_cycles, cost.ifmap_dram_words) == (0, geometry.volume)
+
+
+@pytest.mark.parametrize("dataflow", DATAFLOWS)
+def test_a_zoo_network_costs_every_layer_with_memory(dataflow):
+    pytest.importorskip("torch")
+    import fuseops.models
+    from hwmodel.trace import trace
+
+    layers = trace(fuseops.models.get_model("mobilenet_v2"), (1, 3, 224, 224))
+    array = SystolicArray(32, 32, dataflow=dataflow, convention="scalesim", memory=MemorySystem(64, 64, 32, 4))
+    start = time.perf_counter()
+    est = array.estimate(layers)
+    assert time.perf_counter() - start < 20
+    assert not est.unsupported and len(est.layers) == len(list(layers))
+    assert est.total_cycles == est.total_compute_cycles + est.total_stall_cycles
+
+
+def test_a_dilated_conv_is_looked_up_by_address():
+    # The replay test's dilated case, as a layer: 8x8x4 padded by 2, 3x3 dilation 2 (span 5).
+    layer = Layer("d", "conv", 1, 4, 8, 8, 4, kernel_h=3, kernel_w=3, pad_h=2, pad_w=2, dilation_h=2, dilation_w=2)
+    array = SystolicArray(4, 6, dataflow="is", convention="scalesim", memory=MemorySystem(0.5, 64, 64, 1))
+    geometry = array._geometry(layer)
+    assert geometry == ConvGeometry(12, 12, 4, 3, 3, 1, 1, 8, 8, dilation_h=2, dilation_w=2)
+    cost = array.layer_cost(layer)
+    by_address = array.gemm_memory(64, 36, 4, geometry)
+    by_position = array.gemm_memory(64, 36, 4)
+    assert cost.ifmap_dram_words == by_address.ifmap_dram_words < by_position.ifmap_dram_words
+
+
+def test_word_bytes_only_rescale_the_sram():
+    layer = Layer("dense", "conv", 1, 8, 12, 12, 16, kernel_h=3, kernel_w=3, pad_h=1, pad_w=1)
+    for dataflow in DATAFLOWS:
+        one = SystolicArray(8, 8, dataflow=dataflow, memory=MemorySystem(1, 1, 1, 1)).layer_cost(layer)
+        two = SystolicArray(8, 8, dataflow=dataflow, memory=MemorySystem(2, 2, 2, 1, word_bytes=2)).layer_cost(layer)
+        assert one == two
+
+
+@pytest.mark.parametrize(("call", "error", "name"), [
+    (lambda a: a.gemm_memory(-3, 9, 4), ValueError, "outputs"),
+    (lambda a: a.gemm_memory(3, 0, 4), ValueError, "reduction"),
+    (lambda a: a.gemm_memory(3, 9, 2.5), TypeError, "filters"),
+    (lambda a: gemm_memory_cost(a.memory, "xx", 4, 4, 3, 9, 4, lambda r, c: 10), ValueError, "dataflow"),
+    (lambda a: gemm_memory_cost(a.memory, "is", 0, 4, 3, 9, 4, lambda r, c: 10), ValueError, "rows"),
+    (lambda a: ConvGeometry(0, 4, 1, 3, 3, 1, 1, 2, 2), ValueError, "in_h"),
+    (lambda a: ConvGeometry(4, 4, 1, 3, 3, -1, 1, 2, 2), ValueError, "stride_h"),
+    (lambda a: ConvGeometry(4, 4, 1.0, 3, 3, 1, 1, 2, 2), TypeError, "channels"),
+    (lambda a: ConvGeometry(4, 4, 1, 3, 3, 1, 1, 2, 2, dilation_w=0), ValueError, "dilation_w"),
+], ids=("negative-P", "zero-T", "float-M", "dataflow", "rows", "in_h", "stride", "channels", "dilation"))
+def test_bad_gemm_arguments_name_the_argument(call, error, name):
+    array = SystolicArray(4, 4, dataflow="is", memory=MemorySystem(1, 1, 1, 1))
+    with pytest.raises(error, match=name):
+        call(array)
 
 
 # -- against SCALE-Sim ----------------------------------------------------------------------------

@@ -41,7 +41,8 @@ def add_parser(sub) -> None:
                    "as in SCALE-Sim); needs --dram-bw. Without it the array is fed for free")
     p.add_argument("--dram-bw", metavar="WORDS_PER_CYCLE", type=float,
                    help="DRAM bandwidth in words per cycle of each SRAM's DRAM port; needs --sram")
-    p.add_argument("--word-bytes", type=int, default=1, help="bytes per word for --sram (default 1, as SCALE-Sim)")
+    p.add_argument("--word-bytes", type=int, default=None,
+                   help="bytes per word for --sram (default 1, as SCALE-Sim); needs --sram and --dram-bw")
     p.set_defaults(func=run_systolic)
 
     s = sub.add_parser("speedup", help="FuSe speedup of the 5 FuSe networks x 4 variants over array sizes",
@@ -85,9 +86,12 @@ def _print_estimate(title: str, est: Estimate, per_layer: bool) -> None:
             print(f"  {u.name} ({u.type_name}): {u.reason}")
 
 
-def parse_memory(sram: str | None, dram_bw: float | None, word_bytes: int = 1) -> MemorySystem | None:
-    """--sram KB,KB,KB and --dram-bw W as a MemorySystem (None if neither is given)."""
+def parse_memory(sram: str | None, dram_bw: float | None, word_bytes: int | None = None) -> MemorySystem | None:
+    """--sram KB,KB,KB and --dram-bw W (and --word-bytes, default 1) as a MemorySystem (None
+    if none is given)."""
     if sram is None and dram_bw is None:
+        if word_bytes is not None:
+            raise cli.CliError("--word-bytes needs --sram and --dram-bw (it sets the word size of the SRAMs)")
         return None
     if sram is None or dram_bw is None:
         raise cli.CliError("--sram and --dram-bw go together (SRAM sizes in kB and DRAM words per cycle)")
@@ -99,7 +103,7 @@ def parse_memory(sram: str | None, dram_bw: float | None, word_bytes: int = 1) -
         raise cli.CliError(f"--sram must be three sizes in kB, IFMAP,FILTER,OFMAP (e.g. 64,64,32), got {sram!r}")
     sizes = [int(v) if v.is_integer() else v for v in sizes]
     try:
-        return MemorySystem(*sizes, dram_bw, word_bytes=word_bytes)
+        return MemorySystem(*sizes, dram_bw, word_bytes=1 if word_bytes is None else word_bytes)
     except (TypeError, ValueError) as err:
         raise cli.CliError(f"--sram/--dram-bw/--word-bytes: {err}") from None
 
