@@ -24,6 +24,14 @@ TORCH_SEEDS = st.integers(0, 2**32 - 1)
 CI_REQUIRED = frozenset({"reference", "cpu", "triton"})
 
 
+def poison_cuda_allocator(nbytes: int) -> None:
+    """Fill the next blocks the caching allocator hands out with NaN, so an output
+    element a kernel forgets to write shows up as NaN instead of a stale value."""
+    torch.cuda.synchronize()
+    junk = torch.full((nbytes // 4 + 1024,), float("nan"), device="cuda")
+    del junk
+
+
 def in_ci() -> bool:
     """True when CI=true (any case): missing backends and tools then fail instead of skipping."""
     return os.environ.get("CI", "").lower() == "true"

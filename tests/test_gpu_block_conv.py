@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from backend_helpers import poison_cuda_allocator
 
 from fuseops import backends
 from fuseops.block_conv import block_conv2d
@@ -38,13 +39,6 @@ def _gpu_backends() -> list[str]:
     return names
 
 
-def _poison_allocator(nbytes: int) -> None:
-    """NaN in the blocks the caching allocator hands out next: an unwritten output shows."""
-    torch.cuda.synchronize()
-    junk = torch.full((nbytes // 4 + 1024,), float("nan"), device="cuda")
-    del junk
-
-
 def _reference(x, weight, bias, stride, padding, dilation, groups, block_size, mode, blocking):
     rows, cols = block_grid(x.shape[2], x.shape[3], block_size, blocking)
     return block_conv2d_reference(x, weight, bias, [stride] * 2, [padding] * 2, [dilation] * 2, groups,
@@ -69,7 +63,7 @@ def test_forward_and_backward_against_float64(case, layout, dtype):
         if layout == "channels_last":
             x = x.contiguous(memory_format=torch.channels_last)
         leaves = [x.clone().requires_grad_(), w64.to(dtype).requires_grad_(), b64.to(dtype).requires_grad_()]
-        _poison_allocator(4 * x.numel() * max(1, c_out // c_in + 1))
+        poison_cuda_allocator(4 * x.numel() * max(1, c_out // c_in + 1))
         with backends.use_backend(backend):
             out = block_conv2d(*leaves[:2], leaves[2], stride=stride, padding=1, dilation=dilation, groups=groups,
                                block_size=block_size, padding_mode=mode, blocking=blocking)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from backend_helpers import TORCH_SEEDS, in_ci
+from backend_helpers import TORCH_SEEDS, in_ci, poison_cuda_allocator
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -48,13 +48,6 @@ def fixed_spans(size: int, block: int):
     return block_grid(size, 1, (block, 1))[0]
 
 
-def _poison_allocator(nbytes: int) -> None:
-    """Make the next allocations start out as NaN, so unwritten output elements show."""
-    torch.cuda.synchronize()
-    junk = torch.full((nbytes // 4 + 1024,), float("nan"), device="cuda")
-    del junk
-
-
 @st.composite
 def cases(draw):
     from fuseops.block_conv.grid import block_grid
@@ -86,7 +79,7 @@ def test_gather_is_exact(dtype, case, seed):
     if channels_last:
         x = x.to(memory_format=torch.channels_last)
     expected = block_pad_reference(x.contiguous(), row, col, padding, mode, align)
-    _poison_allocator(expected.numel() * expected.element_size())
+    poison_cuda_allocator(expected.numel() * expected.element_size())
     got = block_pad(x, row, col, padding, mode, align)
     torch.testing.assert_close(got, expected, rtol=0, atol=0)  # a gather copies: exact
     if channels_last and h > 1 and w > 1:
@@ -111,7 +104,7 @@ def test_scatter_matches_reference_backward(dtype, case, seed):
         x = x.to(memory_format=torch.channels_last)
         grad = grad.to(memory_format=torch.channels_last)
     x.requires_grad_()
-    _poison_allocator(x.numel() * x.element_size())
+    poison_cuda_allocator(x.numel() * x.element_size())
     block_pad(x, row, col, padding, mode, align).backward(grad)
     rtol, atol = GRAD_TOLERANCES[dtype]
     torch.testing.assert_close(x.grad.double(), expected, rtol=rtol, atol=atol)

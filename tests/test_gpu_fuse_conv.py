@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from backend_helpers import TORCH_SEEDS, in_ci
+from backend_helpers import TORCH_SEEDS, in_ci, poison_cuda_allocator
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -50,14 +50,6 @@ def _require(backend: str) -> None:
         if in_ci() and backend == "cuda":
             pytest.fail(f"the cuda backend must be available on a GPU machine in CI: {avail.reason}")
         pytest.skip(f"{backend} unavailable: {avail.reason}")
-
-
-def _poison_allocator(nbytes: int) -> None:
-    """Fill the next blocks the caching allocator hands out with NaN, so an output
-    element a kernel forgets to write shows up as NaN instead of a stale value."""
-    torch.cuda.synchronize()
-    junk = torch.full((nbytes // 4 + 1024,), float("nan"), device="cuda")
-    del junk
 
 
 def _make(n, c_row, c_col, h, w, k, full, dtype, with_bias, layout="contiguous"):
@@ -122,7 +114,7 @@ def test_forward_matches_float64_reference(backend, dtype, cfg, seed):
     args, _ = _make(cfg["n"], cfg["c_row"], cfg["c_col"], cfg["h"], cfg["w"], cfg["k"], cfg["full"], dtype,
                          cfg["bias"])
     expected = _reference(tuple(None if a is None else a.double() for a in args), cfg)
-    _poison_allocator(expected.numel() * 8)
+    poison_cuda_allocator(expected.numel() * 8)
     got = _forward(backend, args, cfg)
     assert got.dtype == dtype and got.is_contiguous() and got.shape == expected.shape
     assert not got.isnan().any(), "output elements left unwritten (poisoned with NaN)"
@@ -158,7 +150,7 @@ def test_backward_matches_float64_reference(backend, dtype, cfg, seed):
     geometry = (cfg["full"], cfg["stride"], cfg["padding"], cfg["dilation"], act)
     expected = fuse_conv2d_reference_backward(grad64, *args64, *geometry)
     leaves = [a.detach().requires_grad_() if a is not None else None for a in args]
-    _poison_allocator(sum(e.numel() for e in expected) * 8)
+    poison_cuda_allocator(sum(e.numel() for e in expected) * 8)
     out = _forward(backend, leaves, cfg)
     out.backward(grad64.to(dtype))
     rtol, atol = GRAD_TOLERANCES[dtype]

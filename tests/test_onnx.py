@@ -262,3 +262,31 @@ def test_only_the_batch_may_be_symbolic(tmp_path):
                       dynamic_shapes=({0: torch.export.Dim("batch"), 2: size, 3: size},))
     with pytest.raises(ValueError, match=r"symbolic dimensions \[2, 3\].*only the batch dimension may be dynamic"):
         read_onnx(path)
+
+
+@pytest.mark.parametrize(
+    ("change", "error", "message"),
+    [
+        ({"model": "net"}, TypeError, "model must be a torch.nn.Module, got str"),
+        ({"args": "x"}, TypeError, "args must be a tensor or a tuple of the model's inputs, got str"),
+        ({"args": 3}, TypeError, "args must be a tensor or a tuple of the model's inputs, got int"),
+        ({"args": ()}, ValueError, "args must hold at least one example input, got an empty sequence"),
+        ({"path": 7}, TypeError, "path must be a str or os.PathLike, got int"),
+        ({"opset": "18"}, TypeError, r"opset must be an int \(e.g. 18\) or None, got str"),
+        ({"opset": True}, TypeError, "opset must be an int"),
+        ({"opset": 0}, ValueError, "opset must be >= 1, got 0"),
+        ({"dynamic_batch": 1}, TypeError, "dynamic_batch must be a bool, got int"),
+    ],
+)
+def test_export_names_the_bad_argument_before_tracing(tmp_path, change, error, message):
+    kwargs = {"model": torch.nn.Conv2d(3, 4, 3).eval(), "args": torch.randn(2, 3, 8, 8),
+              "path": tmp_path / "m.onnx", **change}
+    with pytest.raises(error, match=f"^{message}"):
+        fonnx.export(kwargs.pop("model"), kwargs.pop("args"), kwargs.pop("path"), **kwargs)
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_export_refuses_a_path_in_a_missing_folder(tmp_path):
+    missing = tmp_path / "no" / "such" / "m.onnx"
+    with pytest.raises(ValueError, match="^path's folder .*no/such' does not exist$"):
+        fonnx.export(torch.nn.Conv2d(3, 4, 3).eval(), torch.randn(2, 3, 8, 8), missing)

@@ -37,6 +37,32 @@ def translation_table() -> dict[Any, Callable]:
             torch.ops.fuseops.block_conv2d.default: translations.block_conv2d}
 
 
+def _check_export_args(model: object, args: object, path: object, opset: object, dynamic_batch: object) -> tuple:
+    """export's arguments, checked in one place; returns ``args`` as a tuple."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if isinstance(args, torch.Tensor):
+        args = (args,)
+    elif isinstance(args, Sequence) and not isinstance(args, str | bytes):
+        args = tuple(args)
+    else:
+        raise TypeError(f"args must be a tensor or a tuple of the model's inputs, got {type(args).__name__}")
+    if not args:
+        raise ValueError("args must hold at least one example input, got an empty sequence")
+    if not isinstance(path, str | os.PathLike):
+        raise TypeError(f"path must be a str or os.PathLike, got {type(path).__name__}")
+    folder = os.path.dirname(os.path.abspath(os.fspath(path)))
+    if not os.path.isdir(folder):
+        raise ValueError(f"path's folder {folder!r} does not exist")
+    if opset is not None and (isinstance(opset, bool) or not isinstance(opset, int)):
+        raise TypeError(f"opset must be an int (e.g. {DEFAULT_OPSET}) or None, got {type(opset).__name__}")
+    if opset is not None and opset < 1:
+        raise ValueError(f"opset must be >= 1, got {opset}")
+    if not isinstance(dynamic_batch, bool):
+        raise TypeError(f"dynamic_batch must be a bool, got {type(dynamic_batch).__name__}")
+    return args
+
+
 def export(model: nn.Module, args: torch.Tensor | Sequence[Any], path: str | os.PathLike[str], *,
            opset: int | None = None, dynamic_batch: bool = True, **kwargs: Any):
     """Export ``model`` called on ``args`` to an ONNX file of standard operators.
@@ -56,10 +82,12 @@ def export(model: nn.Module, args: torch.Tensor | Sequence[Any], path: str | os.
         The ``torch.onnx.ONNXProgram``.
 
     Raises:
+        TypeError / ValueError: an argument of the wrong type or value, named in the message,
+            before anything is traced.
         ValueError: the graph still holds a node outside the default ONNX domain.
     """
+    args = _check_export_args(model, args, path, opset, dynamic_batch)
     table = {**translation_table(), **kwargs.pop("custom_translation_table", {})}
-    args = (args,) if isinstance(args, torch.Tensor) else tuple(args)
     if dynamic_batch and "dynamic_shapes" not in kwargs:
         batch = torch.export.Dim("batch")
         kwargs["dynamic_shapes"] = tuple({0: batch} if isinstance(a, torch.Tensor) else None for a in args)
