@@ -161,6 +161,7 @@ class TileTraffic:
     output_words: int
     buffer_words: int  # double-buffered input, weight and output tiles
     hold_input: bool = False  # the input tile stays on chip across output-channel tiles
+    steps: int = 1  # weight tiles loaded: the steps the tiled loop runs
 
     @property
     def words(self) -> int:
@@ -188,7 +189,7 @@ def tile_traffic(layer: Layer, engine: Engine, tr: int, tc: int, hold_input: boo
     stores_out = s.batch * s.groups * m_tiles * spatial_tiles
     return TileTraffic(
         tr=tr, tc=tc, input_words=loads_in * b_in, weight_words=loads_w * b_w, output_words=stores_out * b_out,
-        buffer_words=2 * (b_in + b_w + b_out), hold_input=hold_input,
+        buffer_words=2 * (b_in + b_w + b_out), hold_input=hold_input, steps=loads_w,
     )
 
 

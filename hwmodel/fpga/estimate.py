@@ -209,7 +209,7 @@ def assumptions(dev: Device, bits: int, engine: eng.Engine, freq_mhz: float, bat
         "double-buffered tiles: a phase's reads and writes overlap its compute except the first step's reads and "
         "the last step's writes",
         "phases run in sequence (a layer waits for its input); weights and the network input of the next phase "
-        "prefetch only into the block RAM the current phase leaves free, while its DRAM idles",
+        "prefetch only into block RAM free in both phases, while the current phase's DRAM idles",
         f"batch {batch}: conv work repeats per image; fully connected weights are loaded once for the batch",
         "BN, activations, pooling and residual adds are free; identity shortcuts are not in the layer list",
     ]

@@ -255,15 +255,13 @@ def plan_layer(ctx: Context, i: int) -> GroupPlan:
         out_burst = _run_bytes(ctx, layer.out_w, tiles.tc, tiles.tr)
     transfers = [
         Transfer(_read_kind(source), tiles.input_words * w, in_burst, prefetchable=source == NETWORK_INPUT),
-        Transfer("weights", tiles.weight_words * w, tm * tn * s.kh * s.kw * w, prefetchable=True),
+        Transfer("weights", tiles.weight_words * w, _weight_burst(ctx, layer, streamed=True), prefetchable=True),
         Transfer(_write_kind(ctx, i), tiles.output_words * w, out_burst, write=True),
     ]
     for t, k in ctx.graph.merges:
         if k == i:
             transfers.append(Transfer("intermediate", _tensor_size(ctx, t) * w, out_burst))
-    steps = s.batch * s.groups * math.ceil(s.m / tm) * math.ceil(s.n / tn) * math.ceil(s.r / tiles.tr) * math.ceil(
-        s.c / tiles.tc)
-    phase = Phase(cycles, steps, tuple(transfers), tiles.buffer_words * w)
+    phase = Phase(cycles, tiles.steps, tuple(transfers), tiles.buffer_words * w)
     return GroupPlan(
         i, i + 1, "layer", _to_bytes(ctx, traffic), tiles.buffer_words * ctx.word, cycles,
         units=math.ceil(s.r / tiles.tr) * math.ceil(s.c / tiles.tc), fits=fits,
