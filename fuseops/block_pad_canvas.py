@@ -31,12 +31,7 @@ def canvas_length(spans: Spans, pad_lo: int, pad_hi: int, align: int = 1) -> int
 
 
 def block_pad_canvas_reference(
-    x: torch.Tensor,
-    rows: Spans,
-    cols: Spans,
-    padding: tuple[int, int, int, int],
-    mode: str,
-    align: int = 1,
+    x: torch.Tensor, rows: Spans, cols: Spans, padding: tuple[int, int, int, int], mode: str, align: int = 1
 ) -> torch.Tensor:
     """The definition, block by block with ``F.pad``.
 
@@ -58,12 +53,7 @@ def block_pad_canvas_reference(
 
 
 def block_pad_canvas(
-    x: torch.Tensor,
-    rows: Spans,
-    cols: Spans,
-    padding: tuple[int, int, int, int],
-    mode: str,
-    align: int = 1,
+    x: torch.Tensor, rows: Spans, cols: Spans, padding: tuple[int, int, int, int], mode: str, align: int = 1
 ) -> torch.Tensor:
     """The same as :func:`block_pad_canvas_reference`, in one kernel pass; differentiable
     (the backward is one deterministic pass too).  The kernel raises RuntimeError

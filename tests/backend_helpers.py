@@ -24,12 +24,60 @@ TORCH_SEEDS = st.integers(0, 2**32 - 1)
 CI_REQUIRED = frozenset({"reference", "cpu", "triton"})
 
 
+@st.composite
+def fuse_configs(draw, activations: tuple, max_channels: int) -> dict:
+    """A FuSe call's shapes and options.  With 2*padding != dilation*(K-1) (even K) the two
+    parts' outputs differ in size, so only one part is present (half, other part empty)."""
+    k = draw(st.sampled_from((1, 2, 3, 4, 5, 7, 11)))
+    dilation = draw(st.integers(1, 3))
+    padding = dilation * (k - 1) // 2
+    same_size = 2 * padding == dilation * (k - 1)
+    full = same_size and draw(st.booleans())
+    if full:
+        c_row = c_col = draw(st.integers(1, max_channels))
+    elif same_size:
+        c_row = draw(st.integers(0, max_channels))
+        c_col = draw(st.integers(0 if c_row else 1, max_channels))
+    elif draw(st.booleans()):
+        c_row, c_col = draw(st.integers(1, max_channels)), 0
+    else:
+        c_row, c_col = 0, draw(st.integers(1, max_channels))
+    low = max(1, dilation * (k - 1) + 1 - 2 * padding)
+    return dict(n=draw(st.integers(1, 3)), c_row=c_row, c_col=c_col, h=draw(st.integers(low, 40)),
+                w=draw(st.integers(low, 70)), k=k, full=full, stride=draw(st.integers(1, 3)),
+                dilation=dilation, padding=padding, bias=draw(st.booleans()),
+                activation=draw(st.sampled_from(activations)))
+
+
 def poison_cuda_allocator(nbytes: int) -> None:
     """Fill the next blocks the caching allocator hands out with NaN, so an output
     element a kernel forgets to write shows up as NaN instead of a stale value."""
     torch.cuda.synchronize()
     junk = torch.full((nbytes // 4 + 1024,), float("nan"), device="cuda")
     del junk
+
+
+def poison_triton_outputs(monkeypatch, triton_impl) -> None:
+    """Make ``triton_impl._empty`` (where a Triton launcher allocates every output and
+    workspace) hand out NaN-filled buffers, so an element a kernel forgets to write shows up."""
+
+    def poisoned(shape, dtype, device):
+        return torch.full(shape, float("nan"), dtype=dtype, device=device)
+
+    monkeypatch.setattr(triton_impl, "_empty", poisoned)
+
+
+def spy_launchers(monkeypatch, definition) -> list[str]:
+    """Record the backend name of every launcher ``definition`` (an op's OpDefinition) looks up."""
+    calls: list[str] = []
+    real = definition.launcher
+
+    def spying(name):
+        calls.append(name)
+        return real(name)
+
+    monkeypatch.setattr(definition, "launcher", spying)
+    return calls
 
 
 def in_ci() -> bool:

@@ -226,9 +226,9 @@ def test_fuse_conv_builds_requests_for_cuda_tensors_only():
 
     cpu_args = (torch.randn(1, 2, 4, 4), torch.randn(1, 1, 1, 3), torch.randn(1, 1, 3, 1), None,
                 False, 1, 1, 1, "none")
-    assert fuse_op._tune_request("forward", cpu_args) is None
+    assert fuse_op.FUSE_CONV2D.tune_request("forward", cpu_args) is None
     fake_gpu_tensor = types.SimpleNamespace(device=torch.device("cuda"))
-    request = fuse_op._tune_request("backward", (fake_gpu_tensor, 7, "relu"))
+    request = fuse_op.FUSE_CONV2D.tune_request("backward", (fake_gpu_tensor, 7, "relu"))
     assert request.key[0] == "backward"
     assert request.run("reference").func is fuse_conv2d_reference_backward
     assert request.run("reference").args == (fake_gpu_tensor, 7, "relu")

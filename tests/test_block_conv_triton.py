@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from backend_helpers import TORCH_SEEDS, require_backend
+from backend_helpers import TORCH_SEEDS, poison_triton_outputs, require_backend
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
@@ -27,10 +27,7 @@ def _triton_and_poison(monkeypatch):
     require_backend("block_conv2d", "triton")  # skips here, fails under CI=true
     from fuseops.block_conv import triton_impl
 
-    def poisoned(shape, dtype, device):
-        return torch.full(shape, float("nan"), dtype=dtype, device=device)
-
-    monkeypatch.setattr(triton_impl, "_empty", poisoned)
+    poison_triton_outputs(monkeypatch, triton_impl)
 
 
 # Tolerance per dtype (float64: torch.testing.assert_close's defaults), as

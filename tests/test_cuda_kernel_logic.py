@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from backend_helpers import TORCH_SEEDS, in_ci
+from backend_helpers import TORCH_SEEDS, fuse_configs, in_ci
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -58,27 +58,8 @@ def _ints(*values):
     return [ctypes.c_int64(int(v)) for v in values]
 
 
-@st.composite
-def configs(draw):
-    k = draw(st.sampled_from((1, 2, 3, 4, 5, 7, 11)))
-    dilation = draw(st.integers(1, 3))
-    padding = dilation * (k - 1) // 2
-    same_size = 2 * padding == dilation * (k - 1)
-    full = same_size and draw(st.booleans())
-    if full:
-        c_row = c_col = draw(st.integers(1, 4))
-    elif same_size:
-        c_row = draw(st.integers(0, 4))
-        c_col = draw(st.integers(0 if c_row else 1, 4))
-    elif draw(st.booleans()):
-        c_row, c_col = draw(st.integers(1, 4)), 0
-    else:
-        c_row, c_col = 0, draw(st.integers(1, 4))
-    low = max(1, dilation * (k - 1) + 1 - 2 * padding)
-    return dict(n=draw(st.integers(1, 3)), c_row=c_row, c_col=c_col, h=draw(st.integers(low, 40)),
-                w=draw(st.integers(low, 70)), k=k, full=full, stride=draw(st.integers(1, 3)),
-                dilation=dilation, padding=padding, bias=draw(st.booleans()),
-                activation=draw(st.sampled_from(tuple(ACTS))))
+def configs():
+    return fuse_configs(tuple(ACTS), max_channels=4)
 
 
 def _inputs(cfg, dtype):

@@ -12,7 +12,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from backend_helpers import TORCH_SEEDS, DispatchRecorder, available_backends, require_backend
+from backend_helpers import TORCH_SEEDS, DispatchRecorder, available_backends, require_backend, spy_launchers
 from fuse_geometry_oracle import plain_out_hw
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
@@ -638,15 +638,7 @@ def spy_backends(monkeypatch):
     """Record which backend module each forward call reached."""
     from fuseops.fuse_conv import op
 
-    calls = []
-    real_import = op._backend_module
-
-    def spying(name):
-        calls.append(name)
-        return real_import(name)
-
-    monkeypatch.setattr(op, "_backend_module", spying)
-    return calls
+    return spy_launchers(monkeypatch, op.FUSE_CONV2D)
 
 
 def test_use_backend_and_environment_variable(monkeypatch, spy_backends):

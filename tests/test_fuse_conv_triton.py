@@ -19,7 +19,7 @@ import sys
 
 import pytest
 import torch
-from backend_helpers import TORCH_SEEDS, in_ci, require_backend
+from backend_helpers import TORCH_SEEDS, in_ci, poison_triton_outputs, require_backend
 from fuse_geometry_oracle import plain_out_hw
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
@@ -45,10 +45,7 @@ def _triton_with_poisoned_buffers(monkeypatch):
     require_backend("fuse_conv2d", "triton")  # skips here, fails under CI=true
     from fuseops.fuse_conv import triton_impl
 
-    def poisoned(shape, dtype, device):
-        return torch.full(shape, float("nan"), dtype=dtype, device=device)
-
-    monkeypatch.setattr(triton_impl, "_empty", poisoned)
+    poison_triton_outputs(monkeypatch, triton_impl)
 
 
 def make_inputs(shape, variant, kernel, c_row=None, dtype=torch.float64, bias=True):

@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from backend_helpers import TORCH_SEEDS, in_ci, poison_cuda_allocator
+from backend_helpers import TORCH_SEEDS, fuse_configs, in_ci, poison_cuda_allocator
 from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from fuseops import backends
 from fuseops.fuse_conv import fuse_conv2d, fuse_conv2d_reference
@@ -66,27 +65,8 @@ def _make(n, c_row, c_col, h, w, k, full, dtype, with_bias, layout="contiguous")
     return (cast(x), cast(wr), cast(wc), cast(bias)), (x, wr, wc, bias)
 
 
-@st.composite
-def configs(draw):
-    k = draw(st.sampled_from((1, 2, 3, 4, 5, 7, 11)))
-    dilation = draw(st.integers(1, 3))
-    padding = dilation * (k - 1) // 2
-    # With 2*padding != dilation*(K-1) the two parts' outputs differ in size, so only
-    # one part may be present (half variant with an empty other part).
-    same_size = 2 * padding == dilation * (k - 1)
-    full = same_size and draw(st.booleans())
-    if full:
-        c_row = c_col = draw(st.integers(1, 5))
-    elif same_size:
-        c_row = draw(st.integers(0, 5))
-        c_col = draw(st.integers(0 if c_row else 1, 5))
-    else:
-        c_row, c_col = draw(st.sampled_from(((draw(st.integers(1, 5)), 0), (0, draw(st.integers(1, 5))))))
-    low = max(1, dilation * (k - 1) + 1 - 2 * padding)
-    return dict(n=draw(st.integers(1, 3)), c_row=c_row, c_col=c_col, h=draw(st.integers(low, 40)),
-                w=draw(st.integers(low, 70)), k=k, full=full, stride=draw(st.integers(1, 3)),
-                dilation=dilation, padding=padding, bias=draw(st.booleans()),
-                activation=draw(st.sampled_from((None, "relu", "relu6", "hardswish"))))
+def configs():
+    return fuse_configs((None, "relu", "relu6", "hardswish"), max_channels=5)
 
 
 def _forward(backend, args, cfg):

@@ -97,6 +97,15 @@ FUSE_CASES = [
 ]
 
 
+over_fuse_cases = pytest.mark.parametrize(
+    ("channels", "c_row", "c_col", "full", "kernel", "stride", "dilation", "activation", "bias"), FUSE_CASES)
+
+
+def _fuse_options(full, kernel, stride, dilation, activation):
+    """The op's options after the tensors, with "same" padding."""
+    return (full, stride, dilation * (kernel - 1) // 2, dilation, activation)
+
+
 def _fuse_inputs(channels, c_row, c_col, kernel, bias, h=6, w=7):
     g = torch.Generator().manual_seed(1000 * channels + 10 * c_row + kernel)
     x = torch.randn(2, channels, h, w, dtype=DT, generator=g) * 3  # some values past relu6's 6
@@ -106,13 +115,11 @@ def _fuse_inputs(channels, c_row, c_col, kernel, bias, h=6, w=7):
     return x, w_row, w_col, b
 
 
-@pytest.mark.parametrize(("channels", "c_row", "c_col", "full", "kernel", "stride", "dilation", "activation", "bias"),
-                         FUSE_CASES)
+@over_fuse_cases
 def test_fuse_reference_forward_equals_the_pixel_loop(channels, c_row, c_col, full, kernel, stride, dilation,
                                                       activation, bias):
     x, w_row, w_col, b = _fuse_inputs(channels, c_row, c_col, kernel, bias)
-    padding = dilation * (kernel - 1) // 2
-    args = (full, stride, padding, dilation, activation)
+    args = _fuse_options(full, kernel, stride, dilation, activation)
     got = fuse_conv2d_reference(x, w_row, w_col, b, *args)
     want = _fuse_loop(x, w_row, w_col, b, *args)
     assert got.shape == want.shape
@@ -120,13 +127,11 @@ def test_fuse_reference_forward_equals_the_pixel_loop(channels, c_row, c_col, fu
     torch.testing.assert_close(got, want)
 
 
-@pytest.mark.parametrize(("channels", "c_row", "c_col", "full", "kernel", "stride", "dilation", "activation", "bias"),
-                         FUSE_CASES)
+@over_fuse_cases
 def test_fuse_reference_backward_equals_autograd(channels, c_row, c_col, full, kernel, stride, dilation,
                                                  activation, bias):
     x, w_row, w_col, b = _fuse_inputs(channels, c_row, c_col, kernel, bias)
-    padding = dilation * (kernel - 1) // 2
-    args = (full, stride, padding, dilation, activation)
+    args = _fuse_options(full, kernel, stride, dilation, activation)
     leaves = [t.clone().requires_grad_() for t in (x, w_row, w_col)]
     # A zero bias leaf gives autograd's bias gradient even when the call has no bias.
     bias_leaf = (b if b is not None else torch.zeros(c_row + c_col, dtype=DT)).clone().requires_grad_()

@@ -5,6 +5,7 @@ import sys
 
 import pytest
 import torch
+from backend_helpers import spy_launchers
 
 from fuseops import validate as validate_mod
 from fuseops.cli import main
@@ -26,7 +27,7 @@ def test_validate_flags_a_wrong_backend(monkeypatch):
     # A backend that returns a slightly wrong answer must be reported as FAIL.
     from fuseops.fuse_conv import op as fuse_op
 
-    real = fuse_op._backend_module
+    real = fuse_op.FUSE_CONV2D.launcher
 
     class Wrong:
         @staticmethod
@@ -37,7 +38,7 @@ def test_validate_flags_a_wrong_backend(monkeypatch):
         def backward(*args):
             return real("reference").backward(*args)
 
-    monkeypatch.setattr(fuse_op, "_backend_module", lambda name: Wrong if name == "cpu" else real(name))
+    monkeypatch.setattr(fuse_op.FUSE_CONV2D, "launcher", lambda name: Wrong if name == "cpu" else real(name))
     monkeypatch.setattr(validate_mod.backends, "availability",
                         lambda op, b, d=None: validate_mod.backends.Availability(b in ("reference", "cpu")))
     cases = [c for c in validate_mod.default_cases() if c.op == "fuse_conv2d"][:1]
@@ -49,14 +50,14 @@ def test_validate_flags_a_wrong_backend(monkeypatch):
 def test_validate_reports_a_crash_as_fail(monkeypatch):
     from fuseops.block_conv import op as block_op
 
-    real = block_op._backend_module
+    real = block_op.BLOCK_CONV2D.launcher
 
     class Crashing:
         @staticmethod
         def forward(*args):
             raise RuntimeError("kernel exploded")
 
-    monkeypatch.setattr(block_op, "_backend_module", lambda name: Crashing if name == "cpu" else real(name))
+    monkeypatch.setattr(block_op.BLOCK_CONV2D, "launcher", lambda name: Crashing if name == "cpu" else real(name))
     monkeypatch.setattr(validate_mod.backends, "availability",
                         lambda op, b, d=None: validate_mod.backends.Availability(b in ("reference", "cpu")))
     cases = [c for c in validate_mod.default_cases() if c.op == "block_conv2d"][:1]
@@ -114,14 +115,7 @@ def test_backward_runs_on_the_forward_backend(monkeypatch):
     import fuseops
     from fuseops.fuse_conv import op as fuse_op
 
-    seen = []
-    real = fuse_op._backend_module
-
-    def spy(name):
-        seen.append(name)
-        return real(name)
-
-    monkeypatch.setattr(fuse_op, "_backend_module", spy)
+    seen = spy_launchers(monkeypatch, fuse_op.FUSE_CONV2D)
     x = torch.randn(1, 3, 6, 6, requires_grad=True)
     with fuseops.use_backend("reference"):
         out = fuseops.fuse_conv2d(x, torch.randn(2, 1, 1, 3), torch.randn(1, 1, 3, 1))

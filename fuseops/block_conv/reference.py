@@ -25,16 +25,8 @@ def _pad_block(block: torch.Tensor, padding: tuple[int, int], mode: str) -> torc
 
 
 def block_conv2d_reference(
-    x: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor | None,
-    stride: list[int],
-    padding: list[int],
-    dilation: list[int],
-    groups: int,
-    row_bounds: list[int],
-    col_bounds: list[int],
-    padding_mode: str,
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride: list[int], padding: list[int],
+    dilation: list[int], groups: int, row_bounds: list[int], col_bounds: list[int], padding_mode: str,
 ) -> torch.Tensor:
     """Pad each block with its own values, convolve it alone, stitch in grid order.
 
@@ -65,16 +57,8 @@ def _pad_block_backward(grad: torch.Tensor, block: torch.Tensor, padding: tuple[
 
 
 def block_conv2d_reference_backward(
-    grad_out: torch.Tensor,
-    x: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor | None,
-    stride: list[int],
-    padding: list[int],
-    dilation: list[int],
-    groups: int,
-    row_bounds: list[int],
-    col_bounds: list[int],
+    grad_out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride: list[int],
+    padding: list[int], dilation: list[int], groups: int, row_bounds: list[int], col_bounds: list[int],
     padding_mode: str,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Gradients (x, weight, bias) of the reference, block by block, without autograd

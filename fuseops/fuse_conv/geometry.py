@@ -75,3 +75,9 @@ def fuse_geometry(
         col_start=0 if full else c_row, stride=stride, padding=padding, dilation=dilation,
         out_height=out_h, out_width=out_w,
     )
+
+
+def geometry_of(x, weight_row, weight_col, full: bool, stride: int, padding: int, dilation: int) -> FuseGeometry:
+    """:func:`fuse_geometry` of the op's tensor arguments (x, the row and the column weights)."""
+    return fuse_geometry(tuple(x.shape), weight_row.shape[-1], weight_row.shape[0], weight_col.shape[0], full,
+                         stride, padding, dilation)

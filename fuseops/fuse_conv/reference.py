@@ -12,15 +12,8 @@ from fuseops import activations
 
 
 def fuse_conv2d_reference(
-    x: torch.Tensor,
-    weight_row: torch.Tensor,
-    weight_col: torch.Tensor,
-    bias: torch.Tensor | None,
-    full: bool,
-    stride: int,
-    padding: int,
-    dilation: int,
-    activation: str,
+    x: torch.Tensor, weight_row: torch.Tensor, weight_col: torch.Tensor, bias: torch.Tensor | None,
+    full: bool, stride: int, padding: int, dilation: int, activation: str,
 ) -> torch.Tensor:
     """Reference forward; arguments as validated by ``fuse_conv2d`` (activation canonical).
 
@@ -42,16 +35,8 @@ def fuse_conv2d_reference(
 
 
 def fuse_conv2d_reference_backward(
-    grad_out: torch.Tensor,
-    x: torch.Tensor,
-    weight_row: torch.Tensor,
-    weight_col: torch.Tensor,
-    bias: torch.Tensor | None,
-    full: bool,
-    stride: int,
-    padding: int,
-    dilation: int,
-    activation: str,
+    grad_out: torch.Tensor, x: torch.Tensor, weight_row: torch.Tensor, weight_col: torch.Tensor,
+    bias: torch.Tensor | None, full: bool, stride: int, padding: int, dilation: int, activation: str,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Gradients (x, weight_row, weight_col, bias), written out with ``torch.nn.grad``.
 

@@ -20,7 +20,7 @@ import functools
 
 import torch
 
-from fuseops.fuse_conv.geometry import FuseGeometry, fuse_geometry
+from fuseops.fuse_conv.geometry import FuseGeometry, geometry_of
 
 #: One tensor above this many elements switches the kernels to 64-bit in-plane offsets.
 _INT32_LIMIT = 2**31 - 1
@@ -82,11 +82,6 @@ def _alignment(*tensors: torch.Tensor, extents: tuple[int, ...] = (), cap: int =
     return align
 
 
-def _geometry(x, weight_row, weight_col, full, stride, padding, dilation) -> FuseGeometry:
-    return fuse_geometry(tuple(x.shape), weight_row.shape[-1], weight_row.shape[0], weight_col.shape[0],
-                         full, stride, padding, dilation)
-
-
 def _parts(geo: FuseGeometry, weight_row: torch.Tensor, weight_col: torch.Tensor):
     """(is_row, weight, weight's tap stride, channels, first x channel, first out channel)."""
     return (
@@ -95,24 +90,15 @@ def _parts(geo: FuseGeometry, weight_row: torch.Tensor, weight_col: torch.Tensor
     )
 
 
-def forward(
-    x: torch.Tensor,
-    weight_row: torch.Tensor,
-    weight_col: torch.Tensor,
-    bias: torch.Tensor | None,
-    full: bool,
-    stride: int,
-    padding: int,
-    dilation: int,
-    activation: str,
-) -> torch.Tensor:
-    """(N, C, H, W) -> (N, C_r + C_c, H_out, W_out), contiguous NCHW."""
+def forward(x, weight_row, weight_col, bias, full, stride, padding, dilation, activation):
+    """(N, C, H, W) -> (N, C_r + C_c, H_out, W_out), contiguous NCHW (the op's schema:
+    :mod:`fuseops.fuse_conv.op`)."""
     with _on_device(x):
         return _forward(x, weight_row, weight_col, bias, full, stride, padding, dilation, activation)
 
 
 def _forward(x, weight_row, weight_col, bias, full, stride, padding, dilation, activation):
-    geo = _geometry(x, weight_row, weight_col, full, stride, padding, dilation)
+    geo = geometry_of(x, weight_row, weight_col, full, stride, padding, dilation)
     out = _empty((geo.batch, geo.out_channels, geo.out_height, geo.out_width), x.dtype, x.device)
     if out.numel() == 0:
         return out
@@ -140,18 +126,7 @@ def _forward(x, weight_row, weight_col, bias, full, stride, padding, dilation, a
     return out
 
 
-def backward(
-    grad_out: torch.Tensor,
-    x: torch.Tensor,
-    weight_row: torch.Tensor,
-    weight_col: torch.Tensor,
-    bias: torch.Tensor | None,
-    full: bool,
-    stride: int,
-    padding: int,
-    dilation: int,
-    activation: str,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def backward(grad_out, x, weight_row, weight_col, bias, full, stride, padding, dilation, activation):
     """Gradients (x, weight_row, weight_col, bias); grad_bias has shape (C_out,) always.
 
     The pre-activation is recomputed from x inside the kernels where the activation's
@@ -164,7 +139,7 @@ def backward(
 
 
 def _backward(grad_out, x, weight_row, weight_col, bias, full, stride, padding, dilation, activation):
-    geo = _geometry(x, weight_row, weight_col, full, stride, padding, dilation)
+    geo = geometry_of(x, weight_row, weight_col, full, stride, padding, dilation)
     grad_x = _empty(tuple(x.shape), x.dtype, x.device)
     grad_weights = [_empty(tuple(w.shape), w.dtype, w.device) for w in (weight_row, weight_col)]
     grad_bias = _empty((geo.out_channels,), x.dtype, x.device)
