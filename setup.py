@@ -4,7 +4,8 @@ The C++ extension ``fuseops._C`` is compiled against the torch that is already
 installed, so build with ``pip install --no-build-isolation -e .``.  The build
 never installs or replaces torch.
 
-* CPU kernels (``csrc/*.cpp``) are always compiled when a C++ compiler exists.
+* CPU kernels (``csrc/**/*.cpp``, one folder per op) are always compiled when a C++
+  compiler exists.
 * CUDA kernels (``csrc/cuda/*.cu``) are compiled as well when the installed torch
   has CUDA and ``nvcc`` is found.  ``FUSEOPS_CUDA=0`` skips them, ``=1`` demands them.
 * Without a compiler the build does not fail: ``fuseops`` installs as pure Python
@@ -44,7 +45,8 @@ def _extension_setup() -> dict:
             "`pip install --no-build-isolation -e .`."
         ) from exc
 
-    cpp_sources = sorted(glob.glob("csrc/*.cpp"))
+    # One folder per op (csrc/fuse_conv/, csrc/block_conv/, ...); csrc/cuda/ holds only .cu.
+    cpp_sources = sorted(glob.glob("csrc/**/*.cpp", recursive=True))
     cuda_sources = sorted(glob.glob("csrc/cuda/*.cu"))
     want_cuda = os.environ.get("FUSEOPS_CUDA", "auto")
     has_cuda = torch.version.cuda is not None and CUDA_HOME is not None

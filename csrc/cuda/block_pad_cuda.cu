@@ -1,6 +1,6 @@
 // CUDA block-pad gather and its backward (the planned CUDA block conv path: gather, then
 // one cuDNN conv): one pass each.
-// Schemas: csrc/block_pad_schema.cpp.  Index maps: csrc/block_pad_maps.h.
+// Schemas: csrc/block_pad/schema.cpp.  Index maps: csrc/block_pad/maps.h.
 //
 // STATUS: compiled with nvcc (CI compile check); never run on a GPU yet.
 //
@@ -10,7 +10,7 @@
 // pixel sums the canvas entries that read it, in a fixed order (no atomics, so it is
 // deterministic).  Both kernels read their input through strides and write in the
 // input's memory format, so channels_last tensors are not copied.
-#include "block_pad_maps.h"
+#include "block_pad/maps.h"
 #include "common.cuh"
 
 #include <ATen/Dispatch.h>
@@ -19,6 +19,7 @@
 
 #include <mutex>
 #include <sstream>
+#include <type_traits>
 #include <unordered_map>
 #include <vector>
 
@@ -142,6 +143,23 @@ at::MemoryFormat output_format(const at::Tensor& t) {
                                                                      : at::MemoryFormat::Contiguous;
 }
 
+// 1 + the offset of t's last element through its strides: how far its reads reach.
+int64_t strided_extent(const at::Tensor& t) {
+  return (t.size(0) - 1) * t.stride(0) + (t.size(1) - 1) * t.stride(1) + (t.size(2) - 1) * t.stride(2) +
+         (t.size(3) - 1) * t.stride(3) + 1;
+}
+
+// Calls launch(index_t{}, std::integral_constant<bool, channels_last>{}): 32-bit offsets
+// when `small` (the output and the input's extent fit int32), else 64-bit.
+template <typename F>
+void launch_for(bool small, bool channels_last, F&& launch) {
+  if (small) {
+    channels_last ? launch(int32_t{}, std::true_type{}) : launch(int32_t{}, std::false_type{});
+  } else {
+    channels_last ? launch(int64_t{}, std::true_type{}) : launch(int64_t{}, std::false_type{});
+  }
+}
+
 at::Tensor block_pad_gather_cuda(const at::Tensor& x, at::IntArrayRef row_bounds, at::IntArrayRef col_bounds,
                                  at::IntArrayRef padding, c10::string_view mode_name, int64_t align) {
   fuseops_cuda::check_cuda_tensor(x, "x");
@@ -161,9 +179,7 @@ at::Tensor block_pad_gather_cuda(const at::Tensor& x, at::IntArrayRef row_bounds
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const bool channels_last = fmt == at::MemoryFormat::ChannelsLast;
   // 64-bit offsets when the input's extent (through its strides) or the output exceeds int32.
-  const int64_t x_extent = (x.size(0) - 1) * x.stride(0) + (x.size(1) - 1) * x.stride(1) +
-                           (x.size(2) - 1) * x.stride(2) + (x.size(3) - 1) * x.stride(3) + 1;
-  const bool small = fuseops_cuda::fits_int32(total) && fuseops_cuda::fits_int32(x_extent);
+  const bool small = fuseops_cuda::fits_int32(total) && fuseops_cuda::fits_int32(strided_extent(x));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "block_pad_gather_cuda", [&] {
     auto launch = [&](auto index_tag, auto layout_tag) {
       using index_t = decltype(index_tag);
@@ -174,11 +190,7 @@ at::Tensor block_pad_gather_cuda(const at::Tensor& x, at::IntArrayRef row_bounds
               static_cast<int>(hc), static_cast<int>(wc));
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     };
-    if (small) {
-      channels_last ? launch(int32_t{}, std::true_type{}) : launch(int32_t{}, std::false_type{});
-    } else {
-      channels_last ? launch(int64_t{}, std::true_type{}) : launch(int64_t{}, std::false_type{});
-    }
+    launch_for(small, channels_last, launch);
   });
   return out;
 }
@@ -203,9 +215,7 @@ at::Tensor block_pad_scatter_cuda(const at::Tensor& grad, at::IntArrayRef row_bo
   const int64_t total = grad_x.numel();
   const int64_t blocks = fuseops_cuda::ceil_div(total, kThreads);
   TORCH_CHECK(blocks <= std::numeric_limits<int32_t>::max(), "block_pad_scatter: output too large for one grid");
-  const int64_t g_extent = (grad.size(0) - 1) * grad.stride(0) + (grad.size(1) - 1) * grad.stride(1) +
-                           (grad.size(2) - 1) * grad.stride(2) + (grad.size(3) - 1) * grad.stride(3) + 1;
-  const bool small = fuseops_cuda::fits_int32(total) && fuseops_cuda::fits_int32(g_extent);
+  const bool small = fuseops_cuda::fits_int32(total) && fuseops_cuda::fits_int32(strided_extent(grad));
   const bool channels_last = fmt == at::MemoryFormat::ChannelsLast;
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "block_pad_scatter_cuda", [&] {
@@ -218,11 +228,7 @@ at::Tensor block_pad_scatter_cuda(const at::Tensor& grad, at::IntArrayRef row_bo
               static_cast<int>(grad.size(1)), static_cast<int>(height), static_cast<int>(width));
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     };
-    if (small) {
-      channels_last ? launch(int32_t{}, std::true_type{}) : launch(int32_t{}, std::false_type{});
-    } else {
-      channels_last ? launch(int64_t{}, std::true_type{}) : launch(int64_t{}, std::false_type{});
-    }
+    launch_for(small, channels_last, launch);
   });
   return grad_x;
 }

@@ -9,11 +9,14 @@
 // convolves input channel col_start + j along H with weight_col[j] (padding only
 // along H); col_start = C_r (half) or 0 (full).  Both parts share stride and dilation.
 //
-// The schemas are defined (TORCH_LIBRARY_FRAGMENT) next to the CPU kernels in
-// csrc/fuse_conv_cpu.cpp; this file only adds the CUDA implementations.  The per-thread
+// The schemas are defined (TORCH_LIBRARY_FRAGMENT) in csrc/fuse_conv/ops.cpp and the
+// geometry and its checks, shared with the CPU kernels, in csrc/fuse_conv/geometry.h;
+// this file only adds the CUDA implementations.  The per-thread
 // work of every kernel is in fuse_conv_kernels.h, shared with the CPU emulation test.
 
 #include "common.cuh"
+#include "common/activation.h"
+#include "fuse_conv/geometry.h"
 #include "fuse_conv_kernels.h"
 
 #include <ATen/Context.h>
@@ -32,92 +35,58 @@ namespace {
 using fuseops_kernels::Act;
 using fuseops_kernels::kThreads;
 using fuseops_kernels::kTapsPerBlock;
+using fuseops::fuse_conv::Geometry;
 
-Act parse_activation(const std::string& name) {
-  if (name == "none") return Act::None;
-  if (name == "relu") return Act::Relu;
-  if (name == "relu6") return Act::Relu6;
-  if (name == "hardswish") return Act::Hardswish;
-  TORCH_CHECK(false, "activation must be one of none, relu, relu6, hardswish; got '", name, "'");
-  return Act::None;
+// fuse_conv_kernels.h keeps its own enum (it compiles without torch for the emulator
+// test); the two must number the activations alike.
+static_assert(static_cast<int>(Act::None) == static_cast<int>(fuseops::Activation::None) &&
+              static_cast<int>(Act::Relu) == static_cast<int>(fuseops::Activation::Relu) &&
+              static_cast<int>(Act::Relu6) == static_cast<int>(fuseops::Activation::Relu6) &&
+              static_cast<int>(Act::Hardswish) == static_cast<int>(fuseops::Activation::Hardswish));
+
+Act parse_activation(c10::string_view name) {
+  return static_cast<Act>(fuseops::parse_activation(std::string(name)));
 }
 
-struct Geometry {
-  int64_t n, c, h, w, k, c_row, c_col, col_start, stride, padding, dilation, ho, wo;
-  int64_t out_channels() const { return c_row + c_col; }
-};
-
-int64_t out_size(int64_t size, int64_t kernel, int64_t stride, int64_t padding, int64_t dilation) {
-  return (size + 2 * padding - dilation * (kernel - 1) - 1) / stride + 1;
-}
-
-// The same checks as fuseops.fuse_conv.api, repeated because the op can be called directly.
-Geometry check_and_measure(const at::Tensor& x, const at::Tensor& weight_row, const at::Tensor& weight_col,
-                           const std::optional<at::Tensor>& bias, bool full, int64_t stride, int64_t padding,
-                           int64_t dilation) {
+// check_geometry's checks (shared with the CPU kernels), plus what the CUDA kernels
+// need: CUDA tensors of a dtype they are built for, and axes that fit their int indices.
+Geometry check_and_measure(const char* fn, const at::Tensor& x, const at::Tensor& weight_row,
+                           const at::Tensor& weight_col, const std::optional<at::Tensor>& bias, bool full,
+                           int64_t stride, int64_t padding, int64_t dilation) {
   check_cuda_tensor(x, "x");
   check_cuda_tensor(weight_row, "weight_row");
   check_cuda_tensor(weight_col, "weight_col");
-  TORCH_CHECK(x.dim() == 4, "x must be 4-D (N, C, H, W), got ", x.dim(), "-D");
-  auto dt = x.scalar_type();
-  TORCH_CHECK(dt == at::kFloat || dt == at::kHalf || dt == at::kBFloat16 || dt == at::kDouble,
-              "x must be float16, bfloat16, float32 or float64, got ", dt);
-  TORCH_CHECK(weight_row.scalar_type() == dt && weight_col.scalar_type() == dt,
-              "weight_row and weight_col must have x's dtype ", dt);
-  TORCH_CHECK(weight_row.device() == x.device() && weight_col.device() == x.device(),
-              "weight_row and weight_col must be on x's device ", x.device());
-  TORCH_CHECK(weight_row.dim() == 4 && weight_row.size(1) == 1 && weight_row.size(2) == 1,
-              "weight_row must have shape (C_r, 1, 1, K), got ", weight_row.sizes());
-  const int64_t k = weight_row.size(3);
-  TORCH_CHECK(k >= 1, "weight_row must have K >= 1 taps");
-  TORCH_CHECK(weight_col.dim() == 4 && weight_col.size(1) == 1 && weight_col.size(2) == k && weight_col.size(3) == 1,
-              "weight_col must have shape (C_c, 1, ", k, ", 1), got ", weight_col.sizes());
-  TORCH_CHECK(stride >= 1, "stride must be >= 1, got ", stride);
-  TORCH_CHECK(dilation >= 1, "dilation must be >= 1, got ", dilation);
-  TORCH_CHECK(padding >= 0, "padding must be >= 0, got ", padding);
-  Geometry g{};
-  g.n = x.size(0);
-  g.c = x.size(1);
-  g.h = x.size(2);
-  g.w = x.size(3);
-  g.k = k;
-  g.c_row = weight_row.size(0);
-  g.c_col = weight_col.size(0);
-  g.col_start = full ? 0 : g.c_row;
-  g.stride = stride;
-  g.padding = padding;
-  g.dilation = dilation;
-  if (full) {
-    TORCH_CHECK(g.c_row == g.c && g.c_col == g.c, "full variant needs C=", g.c, " filters in each part, got ",
-                g.c_row, " and ", g.c_col);
-  } else {
-    TORCH_CHECK(g.c_row + g.c_col == g.c, "half variant needs C_r + C_c == C=", g.c, ", got ", g.c_row, " + ",
-                g.c_col);
-  }
-  const int64_t row_h = out_size(g.h, 1, stride, 0, 1), row_w = out_size(g.w, k, stride, padding, dilation);
-  const int64_t col_h = out_size(g.h, k, stride, padding, dilation), col_w = out_size(g.w, 1, stride, 0, 1);
-  if (g.c_row > 0 && g.c_col > 0) {
-    TORCH_CHECK(row_h == col_h && row_w == col_w, "row part output ", row_h, "x", row_w,
-                " and column part output ", col_h, "x", col_w, " differ; choose 2*padding == dilation*(K-1)");
-  }
+  if (bias.has_value()) check_cuda_tensor(*bias, "bias");
+  const auto dt = x.scalar_type();
+  TORCH_CHECK(dt == at::kFloat || dt == at::kHalf || dt == at::kBFloat16 || dt == at::kDouble, fn,
+              ": x must be float16, bfloat16, float32 or float64, got ", dt);
+  const Geometry g = fuseops::fuse_conv::check_geometry(fn, x, weight_row, weight_col, bias, full, stride, padding,
+                                                        dilation);
   // Per-axis quantities are kept in int inside the kernels (only flat offsets may need
   // 64 bits); refuse sizes where that would overflow.
   constexpr int64_t kMaxAxis = std::numeric_limits<int32_t>::max() / 4;
-  TORCH_CHECK(g.c <= kMaxAxis && g.h + 2 * padding <= kMaxAxis && g.w + 2 * padding <= kMaxAxis &&
-                  k * dilation <= kMaxAxis && std::max(g.c_row, g.c_col) * k <= kMaxAxis && stride <= kMaxAxis,
-              "fuse_conv2d: a dimension, padding, stride or dilation is too large for the CUDA kernels");
-  g.ho = g.c_row > 0 ? row_h : col_h;
-  g.wo = g.c_row > 0 ? row_w : col_w;
-  TORCH_CHECK(g.ho > 0 && g.wo > 0, "input ", g.h, "x", g.w, " is too small: output would be ", g.ho, "x", g.wo);
-  if (bias.has_value()) {
-    const auto& b = *bias;
-    check_cuda_tensor(b, "bias");
-    TORCH_CHECK(b.scalar_type() == dt, "bias must have x's dtype ", dt);
-    TORCH_CHECK(b.device() == x.device(), "bias must be on x's device");
-    TORCH_CHECK(b.dim() == 1 && b.size(0) == g.out_channels(), "bias must have shape (", g.out_channels(),
-                ",), got ", b.sizes());
-  }
+  TORCH_CHECK(g.channels <= kMaxAxis && g.height + 2 * padding <= kMaxAxis && g.width + 2 * padding <= kMaxAxis &&
+                  g.kernel * dilation <= kMaxAxis && std::max(g.c_row, g.c_col) * g.kernel <= kMaxAxis &&
+                  stride <= kMaxAxis,
+              fn, ": a dimension, padding, stride or dilation is too large for the CUDA kernels");
   return g;
+}
+
+// The fields FwdArgs and BwdArgs share, narrowed to the kernels' int.
+template <typename Args>
+void set_geometry(Args& a, const Geometry& g) {
+  a.channels = static_cast<int>(g.channels);
+  a.col_start = static_cast<int>(g.col_start);
+  a.c_row = static_cast<int>(g.c_row);
+  a.out_channels = static_cast<int>(g.out_channels());
+  a.height = static_cast<int>(g.height);
+  a.width = static_cast<int>(g.width);
+  a.ho = static_cast<int>(g.out_height);
+  a.wo = static_cast<int>(g.out_width);
+  a.k = static_cast<int>(g.kernel);
+  a.stride = static_cast<int>(g.stride);
+  a.padding = static_cast<int>(g.padding);
+  a.dilation = static_cast<int>(g.dilation);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -167,18 +136,7 @@ fuseops_kernels::FwdArgs<scalar_t> forward_args(const at::Tensor& x, const scala
   a.x = x.data_ptr<scalar_t>();
   a.bias = bias;
   a.out = out.data_ptr<scalar_t>();
-  a.channels = static_cast<int>(g.c);
-  a.col_start = static_cast<int>(g.col_start);
-  a.c_row = static_cast<int>(g.c_row);
-  a.out_channels = static_cast<int>(g.out_channels());
-  a.height = static_cast<int>(g.h);
-  a.width = static_cast<int>(g.w);
-  a.ho = static_cast<int>(g.ho);
-  a.wo = static_cast<int>(g.wo);
-  a.k = static_cast<int>(g.k);
-  a.stride = static_cast<int>(g.stride);
-  a.padding = static_cast<int>(g.padding);
-  a.dilation = static_cast<int>(g.dilation);
+  set_geometry(a, g);
   a.act = act;
   return a;
 }
@@ -191,11 +149,11 @@ void launch_forward(const at::Tensor& x, const at::Tensor& weight_row, const at:
     auto a = forward_args<scalar_t>(x, bias, out, g, act);
     a.weight = weight_row.data_ptr<scalar_t>();
     a.c_part = static_cast<int>(g.c_row);
-    const int vec = vector_width<scalar_t>(x, g.w);
-    const auto plan = fuseops_kernels::plan_row(g.wo, g.stride, g.k, g.dilation, vec, sizeof(scalar_t));
+    const int vec = vector_width<scalar_t>(x, g.width);
+    const auto plan = fuseops_kernels::plan_row(g.out_width, g.stride, g.kernel, g.dilation, vec, sizeof(scalar_t));
     if (!plan.direct) {
-      const int64_t tiles_per_row = ceil_div(g.wo, plan.tile_w);
-      a.total = g.n * g.c_row * g.ho * tiles_per_row;
+      const int64_t tiles_per_row = ceil_div(g.out_width, plan.tile_w);
+      a.total = g.batch * g.c_row * g.out_height * tiles_per_row;
       a.tile_w = static_cast<int>(plan.tile_w);
       a.tiles_per_row = static_cast<int>(tiles_per_row);
       a.tiles_per_block = static_cast<int>(plan.tiles_per_block);
@@ -210,7 +168,7 @@ void launch_forward(const at::Tensor& x, const at::Tensor& weight_row, const at:
       }
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     } else {
-      a.total = g.n * g.c_row * g.ho * g.wo;
+      a.total = g.batch * g.c_row * g.out_height * g.out_width;
       const int64_t blocks = ceil_div(a.total, kThreads);
       TORCH_CHECK(blocks <= std::numeric_limits<int32_t>::max(), "fuse_conv2d: output too large for one grid");
       row_forward_direct_kernel<scalar_t, index_t><<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(a);
@@ -221,13 +179,13 @@ void launch_forward(const at::Tensor& x, const at::Tensor& weight_row, const at:
     auto a = forward_args<scalar_t>(x, bias, out, g, act);
     a.weight = weight_col.data_ptr<scalar_t>();
     a.c_part = static_cast<int>(g.c_col);
-    a.h_chunks = static_cast<int>(ceil_div(g.ho, fuseops_kernels::kColRows));
+    a.h_chunks = static_cast<int>(ceil_div(g.out_height, fuseops_kernels::kColRows));
     // 16-byte column groups when stride 1 (the output row is the input row) and rows are
     // whole 16-byte chunks: x's are (vector_width checks the base and W), out's are then too.
     constexpr int kCols = static_cast<int>(16 / sizeof(scalar_t));
-    const bool wide = g.stride == 1 && vector_width<scalar_t>(x, g.w) == kCols &&
+    const bool wide = g.stride == 1 && vector_width<scalar_t>(x, g.width) == kCols &&
                       reinterpret_cast<uintptr_t>(out.data_ptr()) % 16 == 0;
-    a.total = g.n * g.c_col * a.h_chunks * (wide ? g.wo / kCols : g.wo);
+    a.total = g.batch * g.c_col * a.h_chunks * (wide ? g.out_width / kCols : g.out_width);
     const int64_t blocks = ceil_div(a.total, kThreads);
     TORCH_CHECK(blocks <= std::numeric_limits<int32_t>::max(), "fuse_conv2d: output too large for one grid");
     const auto grid = static_cast<unsigned>(blocks);
@@ -248,22 +206,24 @@ void launch_forward(const at::Tensor& x, const at::Tensor& weight_row, const at:
 
 // Whether every tensor of the call can be indexed with int32.
 bool small_enough_for_int32(const Geometry& g) {
-  const int64_t in = g.n * g.c * g.h * g.w;
-  const int64_t out = g.n * g.out_channels() * g.ho * g.wo;
+  const int64_t in = g.batch * g.channels * g.height * g.width;
+  const int64_t out = g.batch * g.out_channels() * g.out_height * g.out_width;
   return fits_int32(in) && fits_int32(out);
 }
 
 at::Tensor forward_impl(const at::Tensor& x_in, const at::Tensor& weight_row_in, const at::Tensor& weight_col_in,
                         const std::optional<at::Tensor>& bias_in, bool full, int64_t stride, int64_t padding,
                         int64_t dilation, Act act) {
-  const Geometry g = check_and_measure(x_in, weight_row_in, weight_col_in, bias_in, full, stride, padding, dilation);
+  const Geometry g =
+      check_and_measure("fuse_conv2d_forward", x_in, weight_row_in, weight_col_in, bias_in, full, stride, padding,
+                        dilation);
   const c10::cuda::CUDAGuard guard(x_in.device());
   // The kernels read NCHW; a channels_last or sliced x is copied once here.
   const at::Tensor x = x_in.contiguous();
   const at::Tensor weight_row = weight_row_in.contiguous();
   const at::Tensor weight_col = weight_col_in.contiguous();
   const at::Tensor bias = bias_in.has_value() ? bias_in->contiguous() : at::Tensor();
-  at::Tensor out = at::empty({g.n, g.out_channels(), g.ho, g.wo}, x.options());
+  at::Tensor out = at::empty({g.batch, g.out_channels(), g.out_height, g.out_width}, x.options());
   if (out.numel() == 0) return out;
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "fuse_conv2d_forward_cuda", [&] {
@@ -281,7 +241,7 @@ at::Tensor fuse_conv2d_forward_cuda(const at::Tensor& x, const at::Tensor& weigh
                                     const std::optional<at::Tensor>& bias, bool full, int64_t stride,
                                     int64_t padding, int64_t dilation, c10::string_view activation) {
   return forward_impl(x, weight_row, weight_col, bias, full, stride, padding, dilation,
-                      parse_activation(std::string(activation)));
+                      parse_activation(activation));
 }
 
 // ---------------------------------------------------------------------------------------
@@ -382,19 +342,8 @@ void launch_backward(const at::Tensor& grad_out, const at::Tensor& pre, const at
   a.x = x.data_ptr<scalar_t>();
   a.weight_row = weight_row.data_ptr<scalar_t>();
   a.weight_col = weight_col.data_ptr<scalar_t>();
-  a.channels = static_cast<int>(g.c);
-  a.height = static_cast<int>(g.h);
-  a.width = static_cast<int>(g.w);
-  a.c_row = static_cast<int>(g.c_row);
   a.c_col = static_cast<int>(g.c_col);
-  a.col_start = static_cast<int>(g.col_start);
-  a.out_channels = static_cast<int>(g.out_channels());
-  a.ho = static_cast<int>(g.ho);
-  a.wo = static_cast<int>(g.wo);
-  a.k = static_cast<int>(g.k);
-  a.stride = static_cast<int>(g.stride);
-  a.padding = static_cast<int>(g.padding);
-  a.dilation = static_cast<int>(g.dilation);
+  set_geometry(a, g);
 
   // 1) grad_pre
   at::Tensor grad_pre = at::empty(grad_out.sizes(), grad_out.options().dtype(acc_dtype));
@@ -416,15 +365,15 @@ void launch_backward(const at::Tensor& grad_out, const at::Tensor& pre, const at
 
   // 3) weight and bias gradients
   const bool deterministic = at::globalContext().deterministicAlgorithms();
-  const auto plan = fuseops_kernels::plan_weight(g.n, g.out_channels(), g.ho * g.wo, g.k,
+  const auto plan = fuseops_kernels::plan_weight(g.batch, g.out_channels(), g.out_height * g.out_width, g.kernel,
                                                  multiprocessor_count(x.get_device()), deterministic);
   at::Tensor partials = deterministic
-                            ? at::empty({plan.rows, g.out_channels(), g.k + 1}, x.options().dtype(acc_dtype))
-                            : at::zeros({1, g.out_channels(), g.k + 1}, x.options().dtype(acc_dtype));
-  const int64_t blocks_x = g.n * g.out_channels() * plan.chunks;
+                            ? at::empty({plan.rows, g.out_channels(), g.kernel + 1}, x.options().dtype(acc_dtype))
+                            : at::zeros({1, g.out_channels(), g.kernel + 1}, x.options().dtype(acc_dtype));
+  const int64_t blocks_x = g.batch * g.out_channels() * plan.chunks;
   TORCH_CHECK(blocks_x <= std::numeric_limits<int32_t>::max(), "fuse_conv2d backward: too many planes");
   TORCH_CHECK(plan.rows <= std::numeric_limits<int32_t>::max(), "fuse_conv2d backward: too many partial rows");
-  TORCH_CHECK(plan.tap_groups <= 65535, "fuse_conv2d backward: K=", g.k, " needs more tap groups than a grid has");
+  TORCH_CHECK(plan.tap_groups <= 65535, "fuse_conv2d backward: K=", g.kernel, " needs more tap groups than a grid has");
   if (blocks_x > 0) {
     const dim3 grid(static_cast<unsigned>(blocks_x), static_cast<unsigned>(plan.tap_groups));
     grad_weight_kernel<scalar_t, acc_t, index_t><<<grid, kThreads, 0, stream>>>(
@@ -432,7 +381,7 @@ void launch_backward(const at::Tensor& grad_out, const at::Tensor& pre, const at
         static_cast<int>(plan.chunk_len));
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
-  const int64_t slots = g.out_channels() * (g.k + 1);
+  const int64_t slots = g.out_channels() * (g.kernel + 1);
   if (slots > 0) {
     finish_weight_kernel<scalar_t, acc_t><<<static_cast<unsigned>(ceil_div(slots, kThreads)), kThreads, 0,
                                             stream>>>(partials.data_ptr<acc_t>(), static_cast<int>(plan.rows),
@@ -446,15 +395,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> fuse_conv2d_backward_
     const at::Tensor& grad_out_in, const at::Tensor& x_in, const at::Tensor& weight_row_in,
     const at::Tensor& weight_col_in, const std::optional<at::Tensor>& bias, bool full, int64_t stride,
     int64_t padding, int64_t dilation, c10::string_view activation) {
-  const Act act = parse_activation(std::string(activation));
-  const Geometry g = check_and_measure(x_in, weight_row_in, weight_col_in, bias, full, stride, padding, dilation);
+  const Act act = parse_activation(activation);
+  const Geometry g =
+      check_and_measure("fuse_conv2d_backward", x_in, weight_row_in, weight_col_in, bias, full, stride, padding,
+                        dilation);
   check_cuda_tensor(grad_out_in, "grad_out");
-  TORCH_CHECK(grad_out_in.scalar_type() == x_in.scalar_type(), "grad_out must have x's dtype");
-  TORCH_CHECK(grad_out_in.device() == x_in.device(), "grad_out must be on x's device");
-  TORCH_CHECK(grad_out_in.dim() == 4 && grad_out_in.size(0) == g.n && grad_out_in.size(1) == g.out_channels() &&
-                  grad_out_in.size(2) == g.ho && grad_out_in.size(3) == g.wo,
-              "grad_out must have shape (", g.n, ", ", g.out_channels(), ", ", g.ho, ", ", g.wo, "), got ",
-              grad_out_in.sizes());
+  fuseops::fuse_conv::check_grad_out("fuse_conv2d_backward", grad_out_in, x_in, g);
   const c10::cuda::CUDAGuard guard(x_in.device());
   const at::Tensor x = x_in.contiguous();
   const at::Tensor grad_out = grad_out_in.contiguous();

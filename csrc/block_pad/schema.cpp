@@ -1,7 +1,7 @@
 // Schemas of the block-pad gather and its backward (the planned CUDA block conv path:
 // gather the padded blocks, then one cuDNN conv).  The implementations are in
-// csrc/block_pad_cpu.cpp (CPU) and csrc/cuda/block_pad_cuda.cu (CUDA); the index maps
-// they share are described in csrc/block_pad_maps.h.
+// csrc/block_pad/cpu.cpp (CPU) and csrc/cuda/block_pad_cuda.cu (CUDA); the index maps
+// they share are described in csrc/block_pad/maps.h.
 //
 // block_pad_gather(x, row_bounds, col_bounds, padding, mode, align) -> canvas
 //   x: (N, C, H, W).  row_bounds / col_bounds: block boundaries along H / W,

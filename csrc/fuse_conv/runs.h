@@ -18,12 +18,16 @@
 // so values of x outside the plane, in the next plane or past the tensor, never reach the
 // sum, not even an inf or a NaN (the padding zeros still meet the weights, as in F.conv2d).
 //
-// Used by fuse_conv_cpu.cpp when run_path_applies() says so; the other cases keep that
-// file's per-plane kernels.
+//
+// forward.cpp and backward.cpp call the run path when run_path_applies() says so; the
+// other cases keep their per-plane kernels.  The kernels are in runs_forward.cpp and
+// runs_backward.cpp, what both share in runs_common.h.
 #pragma once
 
+#include "common/activation.h"
+
 #include <cstdint>
-#include <type_traits>
+#include <numeric>
 
 namespace fuseops::runs {
 
@@ -34,33 +38,43 @@ struct RunGeometry {
   bool full;
 };
 
-// The fused activations (also the enum of fuse_conv_cpu.cpp's kernels).
-enum class RunAct { None, Relu, Relu6, Hardswish };
-
-// Calls f(std::integral_constant<RunAct, act>{}): the activation as a template argument.
-template <typename F>
-void dispatch_activation(RunAct act, F&& f) {
-  switch (act) {
-    case RunAct::None: f(std::integral_constant<RunAct, RunAct::None>{}); break;
-    case RunAct::Relu: f(std::integral_constant<RunAct, RunAct::Relu>{}); break;
-    case RunAct::Relu6: f(std::integral_constant<RunAct, RunAct::Relu6>{}); break;
-    case RunAct::Hardswish: f(std::integral_constant<RunAct, RunAct::Hardswish>{}); break;
-  }
-}
+constexpr int64_t kLanes = 16;
+// Planes up to these sizes take the run path (measured: docs/fuse_conv_cpu.md, "Why the
+// run path looks as it does"): both directions gain or tie up to 56x56.  (The backward
+// was held to 16x16 while it kept its per-position sums in memory, one load and store per
+// tap, chunk and sample; since it keeps them in registers over a block of samples it wins
+// at 28x28 and 56x56 too.)
+constexpr int64_t kMaxPlaneForward = 4096;
+constexpr int64_t kMaxPlaneBackward = 4096;
+// The per-call tables have one entry per chunk phase: `period` = plane / gcd(plane, 16)
+// phases (49 for 7x7, 14x14 and 28x28; 196 for 56x56).  Odd planes such as 17x17 have one
+// phase per position, and for them the per-plane kernels are cheaper than the tables.
+constexpr int64_t kMaxPeriod = 256;
+// Filters longer than this take the per-plane kernels.
+constexpr int64_t kMaxTaps = 16;
 
 // Whether this build has the run path (compiled with AVX-512) and it applies to the
 // forward (backward == false) or the backward of a stride-1 "same"-shaped float32 call
-// of this geometry.
-bool run_path_applies(const RunGeometry& g, bool backward);
+// of this geometry (the caller checks stride, shape and dtype).
+inline bool run_path_applies(const RunGeometry& g, bool backward) {
+#if defined(__AVX512F__)
+  const int64_t plane = g.height * g.width;
+  return plane <= (backward ? kMaxPlaneBackward : kMaxPlaneForward) && g.kernel <= kMaxTaps &&
+         plane / std::gcd(plane, kLanes) <= kMaxPeriod;
+#else
+  (void)g, (void)backward;
+  return false;
+#endif
+}
 
 // out: (N, C_out, H, W) contiguous; x: (N, C, H, W) contiguous; w_row (c_row, K),
 // w_col (c_col, K), bias (C_out) or nullptr.
 void forward_runs(const float* x, const float* w_row, const float* w_col, const float* bias, float* out,
-                  const RunGeometry& g, RunAct act);
+                  const RunGeometry& g, Activation act);
 
 // grad_x: (N, C, H, W); grad_w_row (c_row, K); grad_w_col (c_col, K); grad_bias (C_out).
 void backward_runs(const float* grad_out, const float* x, const float* w_row, const float* w_col,
                    const float* bias, float* grad_x, float* grad_w_row, float* grad_w_col, float* grad_bias,
-                   const RunGeometry& g, RunAct act);
+                   const RunGeometry& g, Activation act);
 
 }  // namespace fuseops::runs

@@ -1,8 +1,8 @@
 // CPU implementation of the block-pad gather and scatter (schemas in
-// csrc/block_pad_schema.cpp).  Plain loops over the shared index maps: it exists so the
+// csrc/block_pad/schema.cpp).  Plain loops over the shared index maps: it exists so the
 // op's semantics (maps, modes, ragged blocks, alignment) are tested on CPU, and as the
 // CPU counterpart of the CUDA kernels.
-#include "block_pad_maps.h"
+#include "block_pad/maps.h"
 
 #include <ATen/AccumulateType.h>
 #include <ATen/Dispatch.h>
