@@ -19,6 +19,7 @@ import torch
 from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 from fuseops import backends
+from fuseops._layout import memory_format_of
 
 
 def dispatcher_bypass_allowed(*tensors: torch.Tensor | None) -> bool:
@@ -38,15 +39,15 @@ def dispatcher_bypass_allowed(*tensors: torch.Tensor | None) -> bool:
     return True
 
 
-def eager_op(select_impl: Callable[[str, tuple], Any], tensor_count: int) -> Callable[..., torch.Tensor]:
+def eager_op(run: Callable[[str, tuple, str], Any], tensor_count: int) -> Callable[..., torch.Tensor]:
     """An op's eager entry point: its backend launchers behind a ``torch.autograd.Function``.
 
-    ``select_impl(function, args, selection)`` returns the launcher module of backend
-    ``selection`` (a name as :func:`fuseops.current_backend` returns) for ``function``
-    ("forward" or "backward") on ``args``; it is the same selection the registered custom
-    op makes.  The op's arguments are ``tensor_count`` tensors (the last
-    may be an optional bias, None) followed by non-tensor options; the launchers'
-    ``backward(grad_out, *tensors, *options)`` returns one gradient per tensor.  As in the
+    ``run(function, args, selection)`` runs ``function`` ("forward" or "backward") of backend
+    ``selection`` (a name as :func:`fuseops.current_backend` returns) on ``args``; it is
+    what the registered custom op runs (:meth:`fuseops._op_definition.OpDefinition.run`).
+    The op's arguments are ``tensor_count`` tensors (the last may be an optional bias,
+    None) followed by non-tensor options; the launchers' ``backward(grad_out, *tensors,
+    *options)`` returns one gradient per tensor.  As in the
     custom ops' autograd, the backward runs on the backend selection that was in force at
     the forward, and there is no double backward.
     """
@@ -57,16 +58,17 @@ def eager_op(select_impl: Callable[[str, tuple], Any], tensor_count: int) -> Cal
             ctx.selection = backends.current_backend()
             ctx.save_for_backward(*args[:tensor_count])
             ctx.options = args[tensor_count:]
-            return select_impl("forward", args, ctx.selection).forward(*args)
+            return run("forward", args, ctx.selection)
 
         @staticmethod
         @torch.autograd.function.once_differentiable
         def backward(ctx, grad_out):
             saved = ctx.saved_tensors
-            args = (grad_out.contiguous(), *saved, *ctx.options)
+            # grad_out dense in the output's memory format, which is x's (as in the custom op).
+            args = (grad_out.contiguous(memory_format=memory_format_of(saved[0])), *saved, *ctx.options)
             # The selection is also in force inside, for launchers that call other ops.
             with backends.use_backend(ctx.selection):
-                grads = select_impl("backward", args, ctx.selection).backward(*args)
+                grads = run("backward", args, ctx.selection)
             grads = tuple(g if t is not None else None for g, t in zip(grads, saved))
             return grads + (None,) * len(ctx.options)
 
@@ -75,6 +77,6 @@ def eager_op(select_impl: Callable[[str, tuple], Any], tensor_count: int) -> Cal
             for t in args[:tensor_count]:  # a loop, not any(<generator>): see dispatcher_bypass_allowed
                 if t is not None and t.requires_grad:
                     return EagerFunction.apply(*args)
-        return select_impl("forward", args, backends.current_backend()).forward(*args)
+        return run("forward", args, backends.current_backend())
 
     return call

@@ -8,12 +8,14 @@ described by:
 * its schema, written once as a string: the launcher interface.  Every backend module
   ``fuseops.<op>.<backend>_impl`` provides ``forward(*args) -> out`` taking the forward
   schema's arguments in order, and ``backward(grad_out, *args) -> grads`` taking the
-  backward schema's, returning one contiguous gradient per tensor argument (also for an
-  optional bias that is None);
+  backward schema's, returning one gradient per tensor argument (also for an optional
+  bias that is None).  grad_out arrives dense in the output's memory format.  The op's
+  output and grad_x have x's memory format (:func:`memory_format_of`, as ``nn.Conv2d``);
+  a launcher whose kernel writes NCHW leaves the copy to :meth:`OpDefinition.run`;
 * its reference launchers (pure PyTorch, imported eagerly: they are the definition);
 * fake impls for both schemas (output shapes from the op's geometry module).
 
-Two entry points reach the same launchers through :meth:`OpDefinition.selected_impl`:
+Two entry points reach the same launchers through :meth:`OpDefinition.run`:
 the registered custom op ``torch.ops.fuseops.<name>`` (what torch.compile, fake tensors,
 opcheck, vmap and dispatch modes see) and :attr:`OpDefinition.eager`, a plain
 ``torch.autograd.Function`` used in plain eager mode (see :mod:`fuseops._eager`).
@@ -28,8 +30,20 @@ from collections.abc import Callable
 
 import torch
 
-from fuseops import _eager, backends
+from fuseops import _eager, _inductor, backends
+from fuseops._layout import memory_format_of
 from fuseops.autotune import TuneRequest, signature
+
+
+def _requesting_channels_last(fake: Callable, op_name: str, tensor_positions: tuple[int, ...]) -> Callable:
+    """``fake``, which first asks Inductor for channels_last inputs of ``fuseops::op_name``."""
+
+    def fake_impl(*args):
+        _inductor.request_channels_last(getattr(torch.ops.fuseops, op_name).default, tensor_positions)
+        return fake(*args)
+
+    return fake_impl
+
 
 #: device type -> the backends "auto" tries, in order, when it does not measure.
 AUTO_ORDER: dict[str, tuple[str, ...]] = {"cpu": ("cpu", "reference"), "cuda": ("cuda", "triton", "reference")}
@@ -45,6 +59,8 @@ class OpDefinition:
     for that device.  ``autotune``: "auto" on CUDA tensors times the candidate backends
     once per call signature (:mod:`fuseops.autotune`); otherwise, and when measuring is
     off, "auto" takes the first available in :data:`AUTO_ORDER`.
+    ``channels_last_kernels``: the cpu kernels read channels_last natively, so Inductor is
+    asked for channels_last inputs where it lays convolutions out so (:mod:`fuseops._inductor`).
     """
 
     def __init__(
@@ -61,6 +77,7 @@ class OpDefinition:
         cpu_kernel: str,
         cuda_kernel: str,
         autotune: bool = False,
+        channels_last_kernels: bool = False,
     ) -> None:
         self.name = name
         self._package = package
@@ -80,13 +97,16 @@ class OpDefinition:
 
         self.forward_op = torch.library.custom_op(
             f"fuseops::{name}", self._run_forward, mutates_args=(), schema=schema)
-        self.forward_op.register_fake(fake)
         self.backward_op = torch.library.custom_op(
             f"fuseops::{name}_backward", self._run_backward, mutates_args=(), schema=backward_schema)
+        if channels_last_kernels:  # the fake impls run while torch.compile traces, before Inductor lowers
+            fake = _requesting_channels_last(fake, name, (0,))
+            backward_fake = _requesting_channels_last(backward_fake, f"{name}_backward", (0, 1))
+        self.forward_op.register_fake(fake)
         self.backward_op.register_fake(backward_fake)
         self.forward_op.register_autograd(self._autograd_backward, setup_context=self._setup_context)
         #: the op in plain eager mode (the caller checks fuseops._eager.dispatcher_bypass_allowed)
-        self.eager = _eager.eager_op(self.selected_impl, tensor_count)
+        self.eager = _eager.eager_op(self.run, tensor_count)
 
     def launcher(self, backend: str):
         """The launcher module of ``backend``; imported on first use (triton_impl imports triton)."""
@@ -109,14 +129,30 @@ class OpDefinition:
         :func:`fuseops.current_backend` returns) for ``function`` ("forward" or "backward")
         on ``args``; x is args[0] in the forward, args[1] in the backward."""
         device = args[1 if function == "backward" else 0].device
-        tune = self.tune_request(function, args) if self._autotune else None
+        tune = self.tune_request(function, args) if self._autotune and device.type == "cuda" else None
         return self.launcher(backends.resolve(self.name, device, tune=tune, name=selection))
 
+    def run(self, function: str, args: tuple, selection: str | None = None):
+        """``function`` ("forward" or "backward") of the selected backend on ``args``, its
+        output (or grad_x) in x's memory format whatever the launcher wrote."""
+        result = getattr(self.selected_impl(function, args, selection), function)(*args)
+        x = args[1 if function == "backward" else 0]
+        out = result if function == "forward" else result[0]
+        # fuseops._layout.memory_format_of's rule, inline: this runs on every eager call, whose
+        # Python calls are budgeted (tests/test_call_path.py).
+        if x.is_contiguous() or not x.is_contiguous(memory_format=torch.channels_last):
+            layout = torch.contiguous_format
+        else:
+            layout = torch.channels_last
+        if not out.is_contiguous(memory_format=layout):  # a launcher that wrote NCHW: one copy
+            out = out.contiguous(memory_format=layout)
+        return out if function == "forward" else (out, *result[1:])
+
     def _run_forward(self, *args):
-        return self.selected_impl("forward", args).forward(*args)
+        return self.run("forward", args)
 
     def _run_backward(self, *args):
-        return self.selected_impl("backward", args).backward(*args)
+        return self.run("backward", args)
 
     def _setup_context(self, ctx, inputs, output):
         # The backward recomputes what it needs from the inputs, so only they are saved.
@@ -129,6 +165,7 @@ class OpDefinition:
     def _autograd_backward(self, ctx, grad_out):
         saved = ctx.saved_tensors
         with backends.use_backend(ctx.backend):
-            grads = self.backward_op(grad_out.contiguous(), *saved, *ctx.options)
+            grads = self.backward_op(grad_out.contiguous(memory_format=memory_format_of(saved[0])), *saved,
+                                     *ctx.options)
         grads = tuple(g if t is not None else None for g, t in zip(grads, saved))
         return grads + (None,) * len(ctx.options)

@@ -57,12 +57,19 @@ def poison_cuda_allocator(nbytes: int) -> None:
     del junk
 
 
+def output_layout(x: torch.Tensor) -> torch.memory_format:
+    """The memory format the ops' outputs and grad_x must have for input x, as nn.Conv2d's:
+    channels_last when x is stored channels_last (and not also NCHW-contiguous), else NCHW."""
+    stored_channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+    return torch.channels_last if stored_channels_last else torch.contiguous_format
+
+
 def poison_triton_outputs(monkeypatch, triton_impl) -> None:
     """Make ``triton_impl._empty`` (where a Triton launcher allocates every output and
     workspace) hand out NaN-filled buffers, so an element a kernel forgets to write shows up."""
 
-    def poisoned(shape, dtype, device):
-        return torch.full(shape, float("nan"), dtype=dtype, device=device)
+    def poisoned(shape, dtype, device, memory_format=torch.contiguous_format):
+        return torch.full(shape, float("nan"), dtype=dtype, device=device).contiguous(memory_format=memory_format)
 
     monkeypatch.setattr(triton_impl, "_empty", poisoned)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from backend_helpers import TORCH_SEEDS, poison_triton_outputs, require_backend
+from backend_helpers import TORCH_SEEDS, output_layout, poison_triton_outputs, require_backend
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
@@ -63,7 +63,7 @@ def _check(x64, w64, b64, stride, padding, dilation, groups, block_size, blockin
         out = fuseops.block_conv2d(x, w, b, stride, padding, dilation, groups, block_size=block_size,
                                    padding_mode=mode, blocking=blocking)
         out.backward(grad_out64.to(dtype))
-    assert out.dtype == dtype and out.shape == ref.shape and out.is_contiguous()
+    assert out.dtype == dtype and out.shape == ref.shape and out.is_contiguous(memory_format=output_layout(x))
     grads = (("grad_x", x.grad, ref_gx), ("grad_weight", w.grad, ref_gw))
     if b is not None:
         grads += (("grad_bias", b.grad, ref_gb),)

@@ -12,7 +12,14 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from backend_helpers import TORCH_SEEDS, DispatchRecorder, available_backends, require_backend, spy_launchers
+from backend_helpers import (
+    TORCH_SEEDS,
+    DispatchRecorder,
+    available_backends,
+    output_layout,
+    require_backend,
+    spy_launchers,
+)
 from fuse_geometry_oracle import plain_out_hw
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
@@ -143,7 +150,9 @@ def check_backend(backend, x, weight_row, weight_col, bias, dtype, **kw):
     grad_out = torch.randn(want_shape, dtype=x.dtype)
     got, got_grads = backend_with_grads(backend, x, weight_row, weight_col, bias, grad_out, **kw)
     want, want_grads = oracle_with_grads(oracle, x, weight_row, weight_col, bias, grad_out, **kw)
-    assert got.dtype == x.dtype and got.is_contiguous()
+    layout = output_layout(x)
+    assert got.dtype == x.dtype and got.is_contiguous(memory_format=layout)
+    assert got_grads[0].is_contiguous(memory_format=layout)
     assert_close(got, want, dtype, f"{backend} forward")
     names = ("grad_x", "grad_weight_row", "grad_weight_col", "grad_bias")
     assert len(got_grads) == len(want_grads)

@@ -19,7 +19,7 @@ import sys
 
 import pytest
 import torch
-from backend_helpers import TORCH_SEEDS, in_ci, poison_triton_outputs, require_backend
+from backend_helpers import TORCH_SEEDS, in_ci, output_layout, poison_triton_outputs, require_backend
 from fuse_geometry_oracle import plain_out_hw
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
@@ -98,7 +98,9 @@ def check(x, weight_row, weight_col, bias, *, variant, stride=1, padding=None, d
                                 dilation, act)
     ref_out, ref_grads = reference_fwd_bwd(x, weight_row, weight_col, bias, grad_out, variant, stride,
                                            padding, dilation, act)
-    assert out.dtype == dtype and out.is_contiguous()
+    layout = output_layout(x)
+    assert out.dtype == dtype and out.is_contiguous(memory_format=layout)
+    assert grads[0].is_contiguous(memory_format=layout)
     torch.testing.assert_close(out.double(), ref_out, rtol=rtol, atol=atol, msg="forward")
     names = ["grad_x", "grad_weight_row", "grad_weight_col", "grad_bias"]
     assert len(grads) == len(ref_grads)

@@ -292,8 +292,8 @@ def test_block_composition_equals_gathered_blocks(mode):
 
 
 def test_reference_gradients_are_contiguous_for_channels_last_inputs():
-    # The ops' fake backward kernels declare contiguous NCHW gradients (fuseops/*/op.py), so the
-    # references must return them whatever the layout of x.
+    # The references write NCHW gradients whatever the layout of x (the op then stores grad_x
+    # in x's memory format: fuseops/_op_definition.py).
     x, w_row, w_col, b = _fuse_inputs(4, 2, 2, 3, True)
     x = x.to(memory_format=torch.channels_last)
     grad_out = torch.ones(2, 4, 6, 7, dtype=DT)

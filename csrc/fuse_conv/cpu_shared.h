@@ -28,16 +28,23 @@ namespace fuseops::fuse_conv {
 
 using Act = Activation;
 
-// The CPU entry points' checks: check_geometry's, plus what the CPU kernels assume (CPU
-// tensors of a dtype they are built for, contiguous NCHW: they index by plane, not by
-// stride).
-inline Geometry check_cpu_inputs(const char* fn, const at::Tensor& x, const at::Tensor& weight_row,
-                                 const at::Tensor& weight_col, const std::optional<at::Tensor>& bias, bool full,
-                                 int64_t stride, int64_t padding, int64_t dilation) {
+// The CPU entry points' checks: check_geometry's, plus CPU tensors of a dtype the kernels
+// are built for.
+inline Geometry check_cpu_geometry(const char* fn, const at::Tensor& x, const at::Tensor& weight_row,
+                                   const at::Tensor& weight_col, const std::optional<at::Tensor>& bias, bool full,
+                                   int64_t stride, int64_t padding, int64_t dilation) {
   TORCH_CHECK(x.device().is_cpu(), fn, ": x must be a CPU tensor, got ", x.device());
   TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble || x.scalar_type() == at::kBFloat16,
               fn, ": x must be float32, float64 or bfloat16, got ", x.scalar_type());
-  const Geometry g = check_geometry(fn, x, weight_row, weight_col, bias, full, stride, padding, dilation);
+  return check_geometry(fn, x, weight_row, weight_col, bias, full, stride, padding, dilation);
+}
+
+// check_cpu_geometry's checks, plus contiguous NCHW tensors: the per-plane kernels index
+// by plane, not by stride.  (The channels_last kernels make their own dense copies.)
+inline Geometry check_cpu_inputs(const char* fn, const at::Tensor& x, const at::Tensor& weight_row,
+                                 const at::Tensor& weight_col, const std::optional<at::Tensor>& bias, bool full,
+                                 int64_t stride, int64_t padding, int64_t dilation) {
+  const Geometry g = check_cpu_geometry(fn, x, weight_row, weight_col, bias, full, stride, padding, dilation);
   TORCH_CHECK(x.is_contiguous(), fn,
               ": x must be contiguous NCHW (the Python launcher copies other layouts explicitly)");
   TORCH_CHECK(weight_row.is_contiguous() && weight_col.is_contiguous(), fn, ": weights must be contiguous");
@@ -202,6 +209,16 @@ at::Tensor fuse_conv2d_forward_cpu(const at::Tensor& x, const at::Tensor& weight
                                    int64_t dilation, c10::string_view activation);
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> fuse_conv2d_backward_cpu(
+    const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& weight_row, const at::Tensor& weight_col,
+    const std::optional<at::Tensor>& bias, bool full, int64_t stride, int64_t padding, int64_t dilation,
+    c10::string_view activation);
+
+// The channels_last entry points (channels_last.cpp): output and grad_x in channels_last.
+at::Tensor fuse_conv2d_forward_nhwc(const at::Tensor& x, const at::Tensor& weight_row, const at::Tensor& weight_col,
+                                    const std::optional<at::Tensor>& bias, bool full, int64_t stride, int64_t padding,
+                                    int64_t dilation, c10::string_view activation);
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> fuse_conv2d_backward_nhwc(
     const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& weight_row, const at::Tensor& weight_col,
     const std::optional<at::Tensor>& bias, bool full, int64_t stride, int64_t padding, int64_t dilation,
     c10::string_view activation);

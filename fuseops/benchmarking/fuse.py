@@ -7,6 +7,9 @@ same process, so the ratios stay meaningful on a busy machine even when the abso
 times do not.  Before timing, each backend's output is checked against the
 reference, so a wrong kernel is never timed.
 
+Kernel providers: each backend on NCHW input, and ``cpu-cl``, the cpu backend on
+channels_last input (its NHWC kernels).
+
 Modes: ``forward``, and ``forward+backward`` (one forward and the backward of all of
 x, both weights and the bias, with autograd).  Each case uses relu6, bias, stride 1 and
 "same" padding, as in MobileNetV2's FuSe blocks.
@@ -40,6 +43,9 @@ ACTIVATION = "relu6"
 #: The floor and the baselines; kernel backends follow.
 BASELINES = ("clone", "reference", "compile(reference)")
 KERNEL_BACKENDS = ("cpu", "triton")
+#: Kernel providers that run a backend on channels_last input (its output is channels_last
+#: too): "cpu-cl" times the NHWC kernels next to the NCHW ones ("cpu").
+CHANNELS_LAST_PROVIDERS = {"cpu-cl": "cpu"}
 # Targets for the C++ kernels on the 2-core CPU (docs/benchmarks.md).
 TARGET_SPEEDUP = 3.0  # >= 3x faster than the reference, forward and forward+backward
 TARGET_CLONE_RATIO = 2.5  # forward <= 2.5x the time of x.clone()
@@ -75,8 +81,9 @@ def cases(quick: bool = False) -> list[Case]:
     return [Case(v, k, *s) for v in VARIANTS for k in kernels for s in shapes]
 
 
-def make_inputs(case: Case, requires_grad: bool = False, seed: int = 0):
-    """(x, weight_row, weight_col, bias) for a case; weights scaled like nn.Conv2d's init."""
+def make_inputs(case: Case, requires_grad: bool = False, seed: int = 0, channels_last: bool = False):
+    """(x, weight_row, weight_col, bias) for a case; weights scaled like nn.Conv2d's init;
+    x stored channels_last if asked."""
     gen = torch.Generator().manual_seed(seed)
     dtype = getattr(torch, case.dtype)
     c = case.channels
@@ -84,7 +91,8 @@ def make_inputs(case: Case, requires_grad: bool = False, seed: int = 0):
     c_col = c if case.variant == "full" else c - c_row
     scale = case.kernel ** -0.5
     tensors = (
-        torch.randn(case.batch, c, case.height, case.width, generator=gen, dtype=dtype),
+        torch.randn(case.batch, c, case.height, case.width, generator=gen, dtype=dtype).contiguous(
+            memory_format=torch.channels_last if channels_last else torch.contiguous_format),
         torch.randn(c_row, 1, 1, case.kernel, generator=gen, dtype=dtype) * scale,
         torch.randn(c_col, 1, case.kernel, 1, generator=gen, dtype=dtype) * scale,
         torch.randn(c_row + c_col, generator=gen, dtype=dtype),
@@ -131,6 +139,7 @@ def available_providers(device: str = "cpu") -> tuple[list[str], dict[str, str]]
             providers.append(name)
         else:
             missing[name] = avail.reason
+    providers += [name for name, backend in CHANNELS_LAST_PROVIDERS.items() if backend in providers]
     return providers, missing
 
 
@@ -141,7 +150,7 @@ def provider_fn(case: Case, provider: str) -> Callable:
         return reference(case)
     if provider == "compile(reference)":
         return _compiled(case)
-    return through_backend(case, provider)
+    return through_backend(case, CHANNELS_LAST_PROVIDERS.get(provider, provider))
 
 
 def check(case: Case, provider: str, fn: Callable, inputs) -> None:
@@ -188,7 +197,8 @@ def time_case(case: Case, providers: Iterable[str], min_time: float) -> list[Res
     forward, both = {}, {}
     for provider in providers:
         fn = provider_fn(case, provider)
-        inputs = make_inputs(case)
+        channels_last = provider in CHANNELS_LAST_PROVIDERS
+        inputs = make_inputs(case, channels_last=channels_last)
         check(case, provider, fn, inputs)
 
         def fwd(fn=fn, inputs=inputs):
@@ -198,7 +208,7 @@ def time_case(case: Case, providers: Iterable[str], min_time: float) -> list[Res
         forward[provider] = fwd
         if provider == "clone":
             continue
-        leaves = make_inputs(case, requires_grad=True)
+        leaves = make_inputs(case, requires_grad=True, channels_last=channels_last)
         with torch.no_grad():
             grad_out = torch.randn_like(reference(case)(*leaves))
 

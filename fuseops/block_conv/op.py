@@ -5,8 +5,8 @@ The schemas below are the launcher interface: each backend module provides
 padding_mode) -> out`` and ``backward(grad_out, <the same>) -> (grad_x, grad_weight,
 grad_bias)``.  ``stride``, ``padding`` and ``dilation`` are [h, w] lists; the bounds are
 block edges (``spans_to_bounds``).  The op always runs a true strided conv: the "pool"
-stride mode is composed outside it (fuseops.block_conv.api).  Outputs are contiguous
-NCHW; grad_bias is (C_out,).  The backends, chosen by :mod:`fuseops.backends`:
+stride mode is composed outside it (fuseops.block_conv.api).  The output and grad_x
+have x's memory format; grad_bias is (C_out,).  The backends, chosen by :mod:`fuseops.backends`:
 
 * ``reference`` -> :mod:`fuseops.block_conv.reference`
 * ``cpu``       -> :mod:`fuseops.block_conv.cpu_impl`
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import torch
 
+from fuseops._layout import memory_format_of
 from fuseops._op_definition import OpDefinition
 from fuseops.block_conv.grid import block_out_size, bounds_to_spans
 from fuseops.block_conv.reference import block_conv2d_reference, block_conv2d_reference_backward
@@ -38,13 +39,13 @@ def _fake(x, weight, bias, stride, padding, dilation, groups, row_bounds, col_bo
     kh, kw = weight.shape[2], weight.shape[3]
     out_h = output_size(row_bounds, kh, stride[0], padding[0], dilation[0])
     out_w = output_size(col_bounds, kw, stride[1], padding[1], dilation[1])
-    return x.new_empty((x.shape[0], weight.shape[0], out_h, out_w))
+    return torch.empty((x.shape[0], weight.shape[0], out_h, out_w), dtype=x.dtype, device=x.device,
+                       memory_format=memory_format_of(x))
 
 
 def _backward_fake(grad_out, x, weight, bias, *options):
-    contiguous = torch.contiguous_format
-    return (torch.empty_like(x, memory_format=contiguous), torch.empty_like(weight, memory_format=contiguous),
-            x.new_empty((weight.shape[0],)))
+    return (torch.empty_like(x, memory_format=memory_format_of(x)),
+            torch.empty_like(weight, memory_format=torch.contiguous_format), x.new_empty((weight.shape[0],)))
 
 
 BLOCK_CONV2D = OpDefinition(

@@ -3,8 +3,8 @@
 The schemas below are the launcher interface: each backend module provides
 ``forward(x, weight_row, weight_col, bias, full, stride, padding, dilation, activation)
 -> out`` and ``backward(grad_out, <the same>) -> (grad_x, grad_weight_row,
-grad_weight_col, grad_bias)``.  Outputs are contiguous NCHW; grad_bias always has shape
-(C_out,).  The backends, chosen by :mod:`fuseops.backends`:
+grad_weight_col, grad_bias)``.  The output and grad_x have x's memory format; grad_bias
+always has shape (C_out,).  The backends, chosen by :mod:`fuseops.backends`:
 
 * ``reference`` -> :mod:`fuseops.fuse_conv.reference`
 * ``cpu``       -> :mod:`fuseops.fuse_conv.cpu_impl`    (C++ kernels in ``fuseops._C``)
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import torch
 
+from fuseops._layout import memory_format_of
 from fuseops._op_definition import OpDefinition
 from fuseops.fuse_conv.geometry import geometry_of
 from fuseops.fuse_conv.reference import fuse_conv2d_reference, fuse_conv2d_reference_backward
@@ -29,14 +30,15 @@ _ARGS = ("Tensor x, Tensor weight_row, Tensor weight_col, Tensor? bias, "
 
 def _fake(x, weight_row, weight_col, bias, full, stride, padding, dilation, activation):
     geo = geometry_of(x, weight_row, weight_col, full, stride, padding, dilation)
-    return x.new_empty((geo.batch, geo.out_channels, geo.out_height, geo.out_width))
+    return torch.empty((geo.batch, geo.out_channels, geo.out_height, geo.out_width), dtype=x.dtype,
+                       device=x.device, memory_format=memory_format_of(x))
 
 
 def _backward_fake(grad_out, x, weight_row, weight_col, bias, *options):
-    contiguous = torch.contiguous_format
-    return (torch.empty_like(x, memory_format=contiguous), torch.empty_like(weight_row, memory_format=contiguous),
-            torch.empty_like(weight_col, memory_format=contiguous),
-            x.new_empty((weight_row.shape[0] + weight_col.shape[0],)))
+    dense = torch.contiguous_format
+    grad_x = torch.empty_like(x, memory_format=memory_format_of(x))
+    grad_row, grad_col = (torch.empty_like(w, memory_format=dense) for w in (weight_row, weight_col))
+    return grad_x, grad_row, grad_col, x.new_empty((weight_row.shape[0] + weight_col.shape[0],))
 
 
 FUSE_CONV2D = OpDefinition(
@@ -51,6 +53,7 @@ FUSE_CONV2D = OpDefinition(
     cpu_kernel="fuse_conv2d_forward",
     cuda_kernel="fuse_conv2d_forward",
     autotune=True,
+    channels_last_kernels=True,
 )
 
 fuse_conv2d_op = FUSE_CONV2D.forward_op

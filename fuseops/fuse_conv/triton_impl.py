@@ -3,7 +3,8 @@
 
 Arguments arrive validated by :func:`fuseops.fuse_conv.fuse_conv2d` (the API edge);
 this module only allocates outputs and launches.  Tensors are passed with their
-strides, so sliced and channels_last inputs are read in place (no hidden copies).
+strides, so sliced and channels_last inputs are read in place (no hidden copies), and
+the output and grad_x are written in x's memory format.
 
 The kernels are launched directly rather than through ``torch.library.triton_op``:
 ``torch.ops.fuseops.fuse_conv2d`` is already a custom op whose implementation picks
@@ -20,6 +21,7 @@ import functools
 
 import torch
 
+from fuseops._layout import memory_format_of
 from fuseops.fuse_conv.geometry import FuseGeometry, geometry_of
 
 #: One tensor above this many elements switches the kernels to 64-bit in-plane offsets.
@@ -38,10 +40,11 @@ def _on_device(t: torch.Tensor):
     return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
 
 
-def _empty(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+def _empty(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device,
+           memory_format: torch.memory_format = torch.contiguous_format) -> torch.Tensor:
     """Every output and workspace buffer comes from here, so the tests can replace it with a
     NaN-filled allocation and thereby check that the kernels write every element."""
-    return torch.empty(shape, dtype=dtype, device=device)
+    return torch.empty(shape, dtype=dtype, device=device, memory_format=memory_format)
 
 
 def _acc_dtype(dtype: torch.dtype):
@@ -99,7 +102,9 @@ def forward(x, weight_row, weight_col, bias, full, stride, padding, dilation, ac
 
 def _forward(x, weight_row, weight_col, bias, full, stride, padding, dilation, activation):
     geo = geometry_of(x, weight_row, weight_col, full, stride, padding, dilation)
-    out = _empty((geo.batch, geo.out_channels, geo.out_height, geo.out_width), x.dtype, x.device)
+    # The kernels take strides, so the output is written in x's memory format directly.
+    out = _empty((geo.batch, geo.out_channels, geo.out_height, geo.out_width), x.dtype, x.device,
+                 memory_format_of(x))
     if out.numel() == 0:
         return out
     k = _kernels()
@@ -140,7 +145,7 @@ def backward(grad_out, x, weight_row, weight_col, bias, full, stride, padding, d
 
 def _backward(grad_out, x, weight_row, weight_col, bias, full, stride, padding, dilation, activation):
     geo = geometry_of(x, weight_row, weight_col, full, stride, padding, dilation)
-    grad_x = _empty(tuple(x.shape), x.dtype, x.device)
+    grad_x = _empty(tuple(x.shape), x.dtype, x.device, memory_format_of(x))
     grad_weights = [_empty(tuple(w.shape), w.dtype, w.device) for w in (weight_row, weight_col)]
     grad_bias = _empty((geo.out_channels,), x.dtype, x.device)
     if grad_out.numel() == 0 or x.numel() == 0:
