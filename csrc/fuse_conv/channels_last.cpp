@@ -177,6 +177,11 @@ class RowTaps {
     }
   }
 
+  // The prepared row's sources: the row part's padded input row (index 0 is column -p)
+  // and the column part's input row for tap t (a zero row where the tap is on padding).
+  const acc* padded_row() const { return padded_.data(); }
+  const scalar_t* column_row(int64_t t) const { return col_rows_[t]; }
+
  private:
   const scalar_t* x_;
   const acc *w_row_, *w_col_, *bias_;
@@ -263,6 +268,68 @@ std::vector<acc_t<scalar_t>> grad_pre_activation(const at::Tensor& grad_out, con
   return grad;
 }
 
+// grad_x at stride 1, where each input pixel's gradient is a correlation of the output
+// gradient with the taps reversed: the forward's pixel_taps over sources that are all in
+// bounds, one input row at a time.  The row part reads a copy of output row ih (its
+// channels, zero-padded at both ends); the column part reads output rows ih + p - t * d in
+// place, or a zero row.  The full variant's two parts add into the same channels.
+template <int KT, typename scalar_t>
+void grad_input_stride1(const std::vector<acc_t<scalar_t>>& grad, const std::vector<acc_t<scalar_t>>& w_row,
+                        const std::vector<acc_t<scalar_t>>& w_col, at::Tensor& grad_x, const Geometry& g) {
+  using acc = acc_t<scalar_t>;
+  scalar_t* gx = grad_x.data_ptr<scalar_t>();
+  const acc* gp = grad.data();
+  const int64_t c_out = g.out_channels(), span = (g.kernel - 1) * g.dilation;
+  // Output column iw + p - t * d of the row part, shifted by lead, is always in the copy.
+  const int64_t lead = std::max<int64_t>(0, span - g.padding);
+  const int64_t padded_width = lead + std::max(g.out_width, g.width + g.padding);
+  at::parallel_for(0, g.batch * g.height,
+                   std::max<int64_t>(1, 16384 / std::max<int64_t>(1, g.width * g.channels * g.kernel)),
+                   [&](int64_t begin, int64_t end) {
+    std::vector<acc> padded(static_cast<size_t>(g.c_row > 0 ? padded_width * g.c_row : 0), acc(0));
+    const std::vector<acc> zeros(static_cast<size_t>(std::max(g.out_width * c_out, g.channels)), acc(0));
+    std::vector<acc> both(static_cast<size_t>(g.channels));  // the full variant's row part, per pixel
+    std::vector<acc> pixel(static_cast<size_t>(g.channels));  // 16-bit outputs, before rounding
+    std::vector<const acc*> row_src(static_cast<size_t>(g.kernel)), col_rows(static_cast<size_t>(g.kernel)),
+        col_src(static_cast<size_t>(g.kernel));
+    for (int64_t r = begin; r < end; ++r) {
+      const int64_t n = r / g.height, ih = r % g.height;
+      if (g.c_row > 0) {  // output row ih (stride 1: the only one whose row part reads input row ih)
+        const acc* src = gp + ((n * g.out_height + ih) * g.out_width) * c_out;
+        acc* dst = padded.data() + lead * g.c_row;
+        for (int64_t ow = 0; ow < g.out_width; ++ow) std::copy(src + ow * c_out, src + ow * c_out + g.c_row,
+                                                               dst + ow * g.c_row);
+      }
+      for (int64_t t = 0; g.c_col > 0 && t < g.kernel; ++t) {
+        const int64_t oh = ih + g.padding - t * g.dilation;
+        col_rows[t] = (oh < 0 || oh >= g.out_height) ? zeros.data()
+                                                     : gp + ((n * g.out_height + oh) * g.out_width) * c_out + g.c_row;
+      }
+      for (int64_t iw = 0; iw < g.width; ++iw) {
+        acc* out = pixel.data();
+        scalar_t* dst = gx + (r * g.width + iw) * g.channels;
+        if constexpr (std::is_same_v<acc, scalar_t>) out = dst;
+        const acc* col_init = zeros.data();
+        if (g.c_row > 0) {
+          for (int64_t t = 0; t < g.kernel; ++t) {
+            row_src[t] = padded.data() + (iw + g.padding - t * g.dilation + lead) * g.c_row;
+          }
+          acc* row_out = g.full ? both.data() : out;
+          pixel_taps<KT>(row_out, row_src.data(), w_row.data(), g.c_row, zeros.data(), g.c_row, g.kernel);
+          if (g.full) col_init = both.data();
+        }
+        if (g.c_col > 0) {
+          for (int64_t t = 0; t < g.kernel; ++t) col_src[t] = col_rows[t] + iw * c_out;
+          pixel_taps<KT>(out + g.col_start, col_src.data(), w_col.data(), g.c_col, col_init, g.c_col, g.kernel);
+        }
+        if constexpr (!std::is_same_v<acc, scalar_t>) {
+          for (int64_t c = 0; c < g.channels; ++c) dst[c] = static_cast<scalar_t>(pixel[c]);
+        }
+      }
+    }
+  });
+}
+
 // grad_x, one input row (n, ih) at a time: each output pixel that reads the row adds its
 // gradient times the tap's weight into a row buffer, which is then written once (no write
 // races between tasks, which own whole input rows).
@@ -311,52 +378,82 @@ void grad_input(const std::vector<acc_t<scalar_t>>& grad, const std::vector<acc_
   });
 }
 
+// Over the output pixels of one row: dst[t * count + c] += sum over ow of grad(ow)[c] *
+// src_t(ow)[c], and bias_dst[c] += sum over ow of grad(ow)[c], where grad(ow) = grad_row +
+// ow * grad_step and src_t(ow) = bases[t] + ow * src_step.  With KT > 0 and float or
+// double inputs, one vector of channels at a time keeps its K tap sums in registers for the
+// whole row.
+template <int KT, typename in_t, typename acc>
+inline void row_tap_products(acc* __restrict__ dst, acc* __restrict__ bias_dst, const acc* __restrict__ grad_row,
+                             int64_t grad_step, const in_t* const* bases, int64_t src_step, int64_t count,
+                             int64_t width, int64_t runtime_taps) {
+  const int64_t taps = KT > 0 ? KT : runtime_taps;
+  int64_t c = 0;
+  if constexpr (KT > 0 && std::is_same_v<in_t, acc>) {
+    using V = typename Simd<acc>::type;
+    constexpr int64_t lanes = sizeof(V) / sizeof(acc);
+    for (; c + lanes <= count; c += lanes) {
+      V sums[KT];
+      V bias_sum = V{};
+      for (int64_t t = 0; t < KT; ++t) sums[t] = bias_sum;
+      for (int64_t ow = 0; ow < width; ++ow) {
+        const V gv = load<V>(grad_row + ow * grad_step + c);
+        bias_sum += gv;
+        for (int64_t t = 0; t < KT; ++t) sums[t] += gv * load<V>(bases[t] + ow * src_step + c);
+      }
+      for (int64_t t = 0; t < KT; ++t) store(dst + t * count + c, load<V>(dst + t * count + c) + sums[t]);
+      store(bias_dst + c, load<V>(bias_dst + c) + bias_sum);
+    }
+  }
+  for (; c < count; ++c) {  // the rest (all of it for 16-bit inputs or a run-time K)
+    for (int64_t ow = 0; ow < width; ++ow) {
+      const acc gv = grad_row[ow * grad_step + c];
+      bias_dst[c] += gv;
+      for (int64_t t = 0; t < taps; ++t) dst[t * count + c] += gv * static_cast<acc>(bases[t][ow * src_step + c]);
+    }
+  }
+}
+
 // Weight and bias gradients: partial sums per chunk of output rows, the chunks fixed by
 // the shape alone and added in order (the same bits on any thread count).
 template <typename scalar_t>
-void grad_params(const std::vector<acc_t<scalar_t>>& grad, const at::Tensor& x, at::Tensor& grad_wr,
-                 at::Tensor& grad_wc, at::Tensor& grad_b, const Geometry& g) {
+void grad_params(const std::vector<acc_t<scalar_t>>& grad, const at::Tensor& x, const std::vector<acc_t<scalar_t>>& w_row,
+                 const std::vector<acc_t<scalar_t>>& w_col, const std::vector<acc_t<scalar_t>>& b,
+                 at::Tensor& grad_wr, at::Tensor& grad_wc, at::Tensor& grad_b, const Geometry& g) {
   using acc = acc_t<scalar_t>;
-  const int64_t rows = g.batch * g.out_height;
+  const int64_t rows = g.batch * g.out_height, c_out = g.out_channels();
   const int64_t chunk_rows = std::max<int64_t>(1, (rows + 63) / 64);
   const int64_t chunks = (rows + chunk_rows - 1) / chunk_rows;
-  const int64_t row_part = g.kernel * g.c_row, col_part = g.kernel * g.c_col, width = row_part + col_part + g.out_channels();
+  const int64_t row_part = g.kernel * g.c_row, col_part = g.kernel * g.c_col, width = row_part + col_part + c_out;
   std::vector<acc> partial(static_cast<size_t>(chunks * width), acc(0));
   const scalar_t* xp = x.data_ptr<scalar_t>();
   const acc* gp = grad.data();
-  at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t chunk = begin; chunk < end; ++chunk) {
-      acc* __restrict__ p_row = partial.data() + chunk * width;
-      acc* __restrict__ p_col = p_row + row_part;
-      acc* __restrict__ p_bias = p_col + col_part;
-      for (int64_t r = chunk * chunk_rows; r < std::min(rows, (chunk + 1) * chunk_rows); ++r) {
-        const int64_t n = r / g.out_height, oh = r % g.out_height;
-        for (int64_t ow = 0; ow < g.out_width; ++ow) {
-          const acc* __restrict__ go = gp + (r * g.out_width + ow) * g.out_channels();
-          for (int64_t c = 0; c < g.out_channels(); ++c) p_bias[c] += go[c];
+  dispatch_tap_count<3, 5, 7>(g.kernel, [&](auto kt) {
+    constexpr int KT = decltype(kt)::value;
+    at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
+      RowTaps<scalar_t> taps(xp, w_row.data(), w_col.data(), b.data(), g);
+      std::vector<const acc*> row_bases(static_cast<size_t>(g.kernel));
+      std::vector<const scalar_t*> col_bases(static_cast<size_t>(g.kernel));
+      for (int64_t chunk = begin; chunk < end; ++chunk) {
+        acc* p_row = partial.data() + chunk * width;
+        acc* p_col = p_row + row_part;
+        acc* p_bias = p_col + col_part;
+        for (int64_t r = chunk * chunk_rows; r < std::min(rows, (chunk + 1) * chunk_rows); ++r) {
+          taps.prepare(r / g.out_height, r % g.out_height);
+          const acc* grad_row = gp + r * g.out_width * c_out;
           if (g.c_row > 0) {
-            const scalar_t* row = xp + ((n * g.height + oh * g.stride) * g.width) * g.channels;
-            for (int64_t t = 0; t < g.kernel; ++t) {
-              const int64_t iw = ow * g.stride - g.padding + t * g.dilation;
-              if (iw < 0 || iw >= g.width) continue;
-              const scalar_t* __restrict__ px = row + iw * g.channels;
-              acc* __restrict__ dst = p_row + t * g.c_row;
-              for (int64_t c = 0; c < g.c_row; ++c) dst[c] += go[c] * static_cast<acc>(px[c]);
-            }
+            for (int64_t t = 0; t < g.kernel; ++t) row_bases[t] = taps.padded_row() + t * g.dilation * g.c_row;
+            row_tap_products<KT>(p_row, p_bias, grad_row, c_out, row_bases.data(), g.stride * g.c_row, g.c_row,
+                                 g.out_width, g.kernel);
           }
           if (g.c_col > 0) {
-            const acc* __restrict__ go_col = go + g.c_row;
-            for (int64_t t = 0; t < g.kernel; ++t) {
-              const int64_t ih = oh * g.stride - g.padding + t * g.dilation;
-              if (ih < 0 || ih >= g.height) continue;
-              const scalar_t* __restrict__ px = xp + ((n * g.height + ih) * g.width + ow * g.stride) * g.channels + g.col_start;
-              acc* __restrict__ dst = p_col + t * g.c_col;
-              for (int64_t c = 0; c < g.c_col; ++c) dst[c] += go_col[c] * static_cast<acc>(px[c]);
-            }
+            for (int64_t t = 0; t < g.kernel; ++t) col_bases[t] = taps.column_row(t) + g.col_start;
+            row_tap_products<KT>(p_col, p_bias + g.c_row, grad_row + g.c_row, c_out, col_bases.data(),
+                                 g.stride * g.channels, g.c_col, g.out_width, g.kernel);
           }
         }
       }
-    }
+    });
   });
   std::vector<acc> total(static_cast<size_t>(width), acc(0));
   for (int64_t chunk = 0; chunk < chunks; ++chunk) {
@@ -366,12 +463,12 @@ void grad_params(const std::vector<acc_t<scalar_t>>& grad, const at::Tensor& x, 
   // (K, C) sums -> the weights' (C, 1, ., .) layout, which is (C, K) in memory.
   scalar_t* wr = grad_wr.data_ptr<scalar_t>();
   scalar_t* wc = grad_wc.data_ptr<scalar_t>();
-  scalar_t* b = grad_b.data_ptr<scalar_t>();
+  scalar_t* bias_grad = grad_b.data_ptr<scalar_t>();
   for (int64_t t = 0; t < g.kernel; ++t) {
     for (int64_t c = 0; c < g.c_row; ++c) wr[c * g.kernel + t] = static_cast<scalar_t>(total[t * g.c_row + c]);
     for (int64_t c = 0; c < g.c_col; ++c) wc[c * g.kernel + t] = static_cast<scalar_t>(total[row_part + t * g.c_col + c]);
   }
-  for (int64_t c = 0; c < g.out_channels(); ++c) b[c] = static_cast<scalar_t>(total[row_part + col_part + c]);
+  for (int64_t c = 0; c < c_out; ++c) bias_grad[c] = static_cast<scalar_t>(total[row_part + col_part + c]);
 }
 
 }  // namespace
@@ -419,8 +516,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> fuse_conv2d_backward_
     const auto b = bias_values<scalar_t>(bias, g.out_channels());
     dispatch_activation(act, [&](auto a) {
       const auto grad = grad_pre_activation<scalar_t, decltype(a)::value>(grad_out, x, w_row, w_col, b, g);
-      grad_input<scalar_t>(grad, w_row, w_col, grad_x, g);
-      grad_params<scalar_t>(grad, x, grad_wr, grad_wc, grad_b, g);
+      if (g.stride == 1) {
+        dispatch_tap_count<3, 5, 7>(g.kernel, [&](auto kt) {
+          grad_input_stride1<decltype(kt)::value, scalar_t>(grad, w_row, w_col, grad_x, g);
+        });
+      } else {
+        grad_input<scalar_t>(grad, w_row, w_col, grad_x, g);
+      }
+      grad_params<scalar_t>(grad, x, w_row, w_col, b, grad_wr, grad_wc, grad_b, g);
     });
   });
   return {grad_x, grad_wr, grad_wc, grad_b};
