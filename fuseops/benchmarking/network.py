@@ -160,6 +160,14 @@ def run(quick: bool = False, networks: dict[str, tuple[str, ...]] | None = None,
         progress: bool = True) -> list[Row]:
     if threads:
         torch.set_num_threads(threads)
+    if compile_:
+        # Compile afresh: a graph cached on disk by an earlier fuseops or torch keeps the
+        # layouts Inductor chose then (fuseops/_inductor.py), which this run is to measure.
+        import torch._functorch.config as functorch_config
+        import torch._inductor.config as inductor_config
+
+        inductor_config.fx_graph_cache = False
+        functorch_config.enable_autograd_cache = False
     networks = networks or (QUICK_NETWORKS if quick else NETWORKS)
     rounds = rounds or (2 if quick else 5)
     settings = SETTINGS if compile_ else tuple(s for s in SETTINGS if not s[1])
