@@ -176,12 +176,14 @@ def _net(channels: int = 8) -> torch.nn.Module:
 def test_compiled_network_hands_the_op_channels_last(monkeypatch):
     """Inductor lays the convolutions of a CPU graph out in channels_last; the FuSe op must
     get its input that way too instead of a copy back to NCHW (fuseops/_inductor.py)."""
+    import torch._functorch.config as functorch_config
     import torch._inductor.config as inductor_config
 
     from fuseops.fuse_conv import cpu_impl
 
     # A cached compiled graph would skip the lowering this test is about.
     monkeypatch.setattr(inductor_config, "fx_graph_cache", False)
+    monkeypatch.setattr(functorch_config, "enable_autograd_cache", False)
     seen = []
     real_forward = cpu_impl.forward
 
