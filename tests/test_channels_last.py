@@ -24,7 +24,8 @@ def _cpu_kernels():
 
 
 def _nhwc(name):
-    return getattr(torch.ops.fuseops_ext, f"fuse_conv2d_{name}_nhwc")
+    """The C++ op, which runs its NHWC kernels for channels_last x."""
+    return getattr(torch.ops.fuseops_ext, f"fuse_conv2d_{name}")
 
 
 def _inputs(cfg, dtype, seed):
@@ -83,15 +84,17 @@ def test_nhwc_kernels_match_the_reference(dtype, cfg, seed):
         torch.testing.assert_close(g.double(), r, rtol=rtol, atol=atol * scale, msg=lambda m, n=name: f"{n}: {m}")
 
 
-def test_nhwc_kernels_read_strided_inputs():
-    # A channels_last view with a cropped W is not dense: the kernels copy it once.
+def test_a_strided_channels_last_view_goes_through_nchw():
+    # A channels_last view with a cropped W is not dense: the launcher copies it to NCHW for
+    # the NCHW kernels, and the output is NCHW.
     base = torch.randn(2, 6, 9, 14, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
     x = base[..., 2:11]
     assert not x.is_contiguous(memory_format=torch.channels_last)
     wr, wc = torch.randn(3, 1, 1, 3, dtype=torch.float64), torch.randn(3, 1, 3, 1, dtype=torch.float64)
-    options = (False, 1, 1, 1, "relu")
-    torch.testing.assert_close(_nhwc("forward")(x, wr, wc, None, *options),
-                               fuse_conv2d_reference(x.contiguous(), wr, wc, None, *options))
+    with fuseops.use_backend("cpu"):
+        got = fuseops.fuse_conv2d(x, wr, wc, padding=1, activation="relu")
+    assert got.is_contiguous()
+    torch.testing.assert_close(got, fuse_conv2d_reference(x.contiguous(), wr, wc, None, False, 1, 1, 1, "relu"))
 
 
 def test_nhwc_backward_does_not_depend_on_the_thread_count():
@@ -121,8 +124,10 @@ def test_nhwc_kernels_check_their_inputs(change, match):
     args = dict(x=torch.randn(1, 6, 5, 5), wr=torch.randn(3, 1, 1, 3), wc=torch.randn(3, 1, 3, 1),
                 b=torch.randn(6))
     args.update(change)
+    x = args["x"].contiguous(memory_format=torch.channels_last)
+    assert not x.is_contiguous()  # so the NHWC kernels' entry checks it
     with pytest.raises(RuntimeError, match=match):
-        _nhwc("forward")(args["x"], args["wr"], args["wc"], args["b"], False, 1, 1, 1, "none")
+        _nhwc("forward")(x, args["wr"], args["wc"], args["b"], False, 1, 1, 1, "none")
 
 
 # ------------------------------------------------------------------------ the op and its layout

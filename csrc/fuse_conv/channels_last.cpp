@@ -1,6 +1,7 @@
-// FuSe convolution on channels_last (NHWC) tensors, CPU: the kernels behind
-// fuse_conv2d_forward_nhwc / fuse_conv2d_backward_nhwc (schemas in ops.cpp), which return
-// the output and grad_x in channels_last.  The geometry and its checks are geometry.h's.
+// FuSe convolution on channels_last (NHWC) tensors, CPU: what fuse_conv2d_forward and
+// fuse_conv2d_backward run for x stored channels_last (ops.cpp picks by layout).  They
+// return the output and grad_x in channels_last.  The geometry and its checks are
+// geometry.h's.
 //
 // In NHWC a pixel's channels are adjacent, and a depthwise tap multiplies them by one
 // weight per channel, so every inner loop here runs over channels: unit-stride in x, in
@@ -477,7 +478,7 @@ at::Tensor fuse_conv2d_forward_nhwc(const at::Tensor& x_in, const at::Tensor& we
                                     const at::Tensor& weight_col, const std::optional<at::Tensor>& bias, bool full,
                                     int64_t stride, int64_t padding, int64_t dilation,
                                     c10::string_view activation) {
-  constexpr const char* fn = "fuse_conv2d_forward_nhwc";
+  constexpr const char* fn = "fuse_conv2d_forward";
   const Geometry g = check_cpu_geometry(fn, x_in, weight_row, weight_col, bias, full, stride, padding, dilation);
   const Act act = parse_activation(std::string(activation));
   const at::Tensor x = x_in.contiguous(at::MemoryFormat::ChannelsLast);
@@ -496,7 +497,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> fuse_conv2d_backward_
     const at::Tensor& grad_out_in, const at::Tensor& x_in, const at::Tensor& weight_row,
     const at::Tensor& weight_col, const std::optional<at::Tensor>& bias, bool full, int64_t stride, int64_t padding,
     int64_t dilation, c10::string_view activation) {
-  constexpr const char* fn = "fuse_conv2d_backward_nhwc";
+  constexpr const char* fn = "fuse_conv2d_backward";
   const Geometry g = check_cpu_geometry(fn, x_in, weight_row, weight_col, bias, full, stride, padding, dilation);
   check_grad_out(fn, grad_out_in, x_in, g);
   const Act act = parse_activation(std::string(activation));

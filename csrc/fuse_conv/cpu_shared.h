@@ -203,7 +203,8 @@ inline std::optional<runs::RunGeometry> run_geometry(const at::Tensor& x, const 
   return rg;
 }
 
-// The entry points (forward.cpp, backward.cpp), registered in ops.cpp.
+// The NCHW kernels' entry points (forward.cpp, backward.cpp).  ops.cpp registers the op
+// entry that picks these or the channels_last ones by x's layout.
 at::Tensor fuse_conv2d_forward_cpu(const at::Tensor& x, const at::Tensor& weight_row, const at::Tensor& weight_col,
                                    const std::optional<at::Tensor>& bias, bool full, int64_t stride, int64_t padding,
                                    int64_t dilation, c10::string_view activation);
@@ -213,7 +214,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> fuse_conv2d_backward_
     const std::optional<at::Tensor>& bias, bool full, int64_t stride, int64_t padding, int64_t dilation,
     c10::string_view activation);
 
-// The channels_last entry points (channels_last.cpp): output and grad_x in channels_last.
+// The channels_last kernels' entry points (channels_last.cpp): output and grad_x in channels_last.
 at::Tensor fuse_conv2d_forward_nhwc(const at::Tensor& x, const at::Tensor& weight_row, const at::Tensor& weight_col,
                                     const std::optional<at::Tensor>& bias, bool full, int64_t stride, int64_t padding,
                                     int64_t dilation, c10::string_view activation);

@@ -25,19 +25,20 @@ def _kernels() -> tuple:
         if not loaded:  # the backend probe already said so; this guards direct imports
             raise RuntimeError(reason)
         ext = torch.ops.fuseops_ext
-        _ops = (ext.fuse_conv2d_forward.default, ext.fuse_conv2d_backward.default,
-                ext.fuse_conv2d_forward_nhwc.default, ext.fuse_conv2d_backward_nhwc.default)
+        _ops = (ext.fuse_conv2d_forward.default, ext.fuse_conv2d_backward.default)
     return _ops
 
 
-# "channels_last" below is fuseops._layout.memory_format_of's rule, written inline: one
-# Python call fewer per op call on the eager path.
+# The C++ op picks its kernels by x's layout (csrc/fuse_conv/ops.cpp): channels_last x goes
+# in as it is, anything else is made contiguous NCHW here.  "channels_last" below is
+# fuseops._layout.memory_format_of's rule, written inline: one Python call fewer per op call
+# on the eager path.
 
 
 def forward(x, weight_row, weight_col, bias, full, stride, padding, dilation, activation):
     kernels = _ops or _kernels()
     if not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
-        return kernels[2](x, weight_row, weight_col, bias, full, stride, padding, dilation, activation)
+        return kernels[0](x, weight_row, weight_col, bias, full, stride, padding, dilation, activation)
     return kernels[0](
         x.contiguous(), weight_row.contiguous(), weight_col.contiguous(), None if bias is None else bias.contiguous(),
         full, stride, padding, dilation, activation,
@@ -47,7 +48,7 @@ def forward(x, weight_row, weight_col, bias, full, stride, padding, dilation, ac
 def backward(grad_out, x, weight_row, weight_col, bias, full, stride, padding, dilation, activation):
     kernels = _ops or _kernels()
     if not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
-        return kernels[3](grad_out, x, weight_row, weight_col, bias, full, stride, padding, dilation, activation)
+        return kernels[1](grad_out, x, weight_row, weight_col, bias, full, stride, padding, dilation, activation)
     return kernels[1](
         grad_out.contiguous(), x.contiguous(), weight_row.contiguous(), weight_col.contiguous(),
         None if bias is None else bias.contiguous(), full, stride, padding, dilation, activation,
