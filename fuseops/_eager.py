@@ -39,18 +39,26 @@ def dispatcher_bypass_allowed(*tensors: torch.Tensor | None) -> bool:
     return True
 
 
-def eager_op(run: Callable[[str, tuple, str], Any], tensor_count: int) -> Callable[..., torch.Tensor]:
-    """An op's eager entry point: its backend launchers behind a ``torch.autograd.Function``.
+#: device type -> the dispatch key of the op's kernel for tensors of that device.
+_KERNEL_KEYS = {"cpu": torch._C.DispatchKeySet(torch._C.DispatchKey.CPU),
+                "cuda": torch._C.DispatchKeySet(torch._C.DispatchKey.CUDA)}
 
-    ``run(function, args, selection)`` runs ``function`` ("forward" or "backward") of backend
-    ``selection`` (a name as :func:`fuseops.current_backend` returns) on ``args``; it is
-    what the registered custom op runs (:meth:`fuseops._op_definition.OpDefinition.run`).
+
+def eager_op(forward_op: torch._ops.OpOverload, backward_op: torch._ops.OpOverload,
+             run: Callable[[str, tuple, str], Any], tensor_count: int) -> Callable[..., torch.Tensor]:
+    """An op's eager entry point: the kernels of ``forward_op`` / ``backward_op`` for x's
+    device, called below the dispatcher's Python layers, behind a ``torch.autograd.Function``.
+
+    On CPU tensors that kernel is the C++ one when ``fuseops._C`` is built (it defers to the
+    Python selection when needed, csrc/common/selection.h); on CUDA tensors it is the
+    Python selection.  Tensors of other devices go to ``run(function, args, selection)``,
+    the Python selection itself (:meth:`fuseops._op_definition.OpDefinition.run`).
     The op's arguments are ``tensor_count`` tensors (the last may be an optional bias,
-    None) followed by non-tensor options; the launchers' ``backward(grad_out, *tensors,
-    *options)`` returns one gradient per tensor.  As in the
-    custom ops' autograd, the backward runs on the backend selection that was in force at
-    the forward, and there is no double backward.
+    None) followed by non-tensor options; ``backward_op(grad_out, *tensors, *options)``
+    returns one gradient per tensor.  As in the custom ops' autograd, the backward runs on
+    the backend selection that was in force at the forward, and there is no double backward.
     """
+    forward_kernel, backward_kernel = forward_op._handle.redispatch_boxed, backward_op._handle.redispatch_boxed
 
     class EagerFunction(torch.autograd.Function):
         @staticmethod
@@ -58,7 +66,8 @@ def eager_op(run: Callable[[str, tuple, str], Any], tensor_count: int) -> Callab
             ctx.selection = backends.current_backend()
             ctx.save_for_backward(*args[:tensor_count])
             ctx.options = args[tensor_count:]
-            return run("forward", args, ctx.selection)
+            keys = _KERNEL_KEYS.get(args[0].device.type)
+            return run("forward", args, ctx.selection) if keys is None else forward_kernel(keys, *args)
 
         @staticmethod
         @torch.autograd.function.once_differentiable
@@ -66,9 +75,10 @@ def eager_op(run: Callable[[str, tuple, str], Any], tensor_count: int) -> Callab
             saved = ctx.saved_tensors
             # grad_out dense in the output's memory format, which is x's (as in the custom op).
             args = (grad_out.contiguous(memory_format=memory_format_of(saved[0])), *saved, *ctx.options)
-            # The selection is also in force inside, for launchers that call other ops.
+            keys = _KERNEL_KEYS.get(grad_out.device.type)
+            # The forward's selection, also for the kernels' own check and for launchers that call other ops.
             with backends.use_backend(ctx.selection):
-                grads = run("backward", args, ctx.selection)
+                grads = run("backward", args, ctx.selection) if keys is None else backward_kernel(keys, *args)
             grads = tuple(g if t is not None else None for g, t in zip(grads, saved))
             return grads + (None,) * len(ctx.options)
 
@@ -77,6 +87,7 @@ def eager_op(run: Callable[[str, tuple, str], Any], tensor_count: int) -> Callab
             for t in args[:tensor_count]:  # a loop, not any(<generator>): see dispatcher_bypass_allowed
                 if t is not None and t.requires_grad:
                     return EagerFunction.apply(*args)
-        return run("forward", args, backends.current_backend())
+        keys = _KERNEL_KEYS.get(args[0].device.type)
+        return run("forward", args, backends.current_backend()) if keys is None else forward_kernel(keys, *args)
 
     return call

@@ -15,10 +15,14 @@ described by:
 * its reference launchers (pure PyTorch, imported eagerly: they are the definition);
 * fake impls for both schemas (output shapes from the op's geometry module).
 
-Two entry points reach the same launchers through :meth:`OpDefinition.run`:
-the registered custom op ``torch.ops.fuseops.<name>`` (what torch.compile, fake tensors,
-opcheck, vmap and dispatch modes see) and :attr:`OpDefinition.eager`, a plain
-``torch.autograd.Function`` used in plain eager mode (see :mod:`fuseops._eager`).
+One dispatch: every call reaches the kernels of the registered custom op
+``torch.ops.fuseops.<name>``, whether through the dispatcher (what torch.compile, fake
+tensors, opcheck, vmap and dispatch modes see) or, in plain eager mode, through
+:attr:`OpDefinition.eager`, a plain ``torch.autograd.Function`` that calls the op's kernel
+for x's device directly (see :mod:`fuseops._eager`).  On CPU tensors that kernel is C++
+(registered by ``fuseops._C`` at the CPU key) and runs itself unless the backend is
+Python's to pick; then, and on every other device, :meth:`OpDefinition.run` picks the
+backend and calls its launcher.
 """
 
 from __future__ import annotations
@@ -105,8 +109,16 @@ class OpDefinition:
         self.forward_op.register_fake(fake)
         self.backward_op.register_fake(backward_fake)
         self.forward_op.register_autograd(self._autograd_backward, setup_context=self._setup_context)
+        # Where the C++ kernels at the ops' CPU key hand a call whose backend Python picks
+        # (csrc/common/selection.h): the same Python selection as every other device's.
+        self._library = torch.library.Library("fuseops", "FRAGMENT")
+        for op_name, op_schema, kernel in ((name, schema, self._run_forward),
+                                           (f"{name}_backward", backward_schema, self._run_backward)):
+            self._library.define(f"_{op_name}_by_selection{op_schema}")
+            self._library.impl(f"_{op_name}_by_selection", kernel, "CPU")
         #: the op in plain eager mode (the caller checks fuseops._eager.dispatcher_bypass_allowed)
-        self.eager = _eager.eager_op(self.run, tensor_count)
+        self.eager = _eager.eager_op(self.forward_op._opoverload, self.backward_op._opoverload, self.run,
+                                     tensor_count)
 
     def launcher(self, backend: str):
         """The launcher module of ``backend``; imported on first use (triton_impl imports triton)."""

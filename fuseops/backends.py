@@ -56,6 +56,17 @@ ENV_VAR = "FUSEOPS_BACKEND"
 
 _selected: contextvars.ContextVar[str | None] = contextvars.ContextVar("fuseops_backend", default=None)
 
+# The public ops' C++ kernels, registered at their CPU key, run themselves unless the
+# backend is Python's to pick (csrc/common/selection.h): they are told here when a
+# use_backend block naming a backend opens and closes.  Loading the extension at import
+# also registers those kernels before the first call.
+if _extension.load()[0]:
+    from fuseops import _C
+
+    _open_choice, _close_choice = _C.open_python_choice, _C.close_python_choice
+else:  # no C++ kernels: every call goes through the Python selection anyway
+    _open_choice = _close_choice = None
+
 
 class BackendUnavailableError(RuntimeError):
     """The requested backend cannot run this op on this device; the message says why."""
@@ -115,18 +126,38 @@ class use_backend:  # noqa: N801 (a context manager used like a function: with u
     microseconds of a small call's ~10 (docs/fuse_conv_cpu.md, "Python-side cost per call").
     """
 
-    __slots__ = ("name", "_token")
+    __slots__ = ("name", "_token", "_told_cpp")
 
     def __init__(self, name: str) -> None:
         self.name = _check_name(name)
         self._token: contextvars.Token | None = None
+        # "auto" is what the C++ kernels do by themselves; any other name makes them ask.
+        self._told_cpp = name != "auto" and _open_choice is not None
 
     def __enter__(self) -> str:
         self._token = _selected.set(self.name)
+        if self._told_cpp:
+            _open_choice()
         return self.name
 
     def __exit__(self, *exc_info: object) -> None:
         _selected.reset(self._token)
+        if self._told_cpp:
+            _close_choice()
+
+
+class python_chooses:  # noqa: N801 (a context manager, as use_backend)
+    """Inside the ``with`` block every call of a public op on CPU tensors goes through the
+    Python selection (:meth:`fuseops._op_definition.OpDefinition.run`), even under "auto",
+    where the C++ kernels would otherwise run directly.  For tests that watch the selection."""
+
+    def __enter__(self) -> None:
+        if _open_choice is not None:
+            _open_choice()
+
+    def __exit__(self, *exc_info: object) -> None:
+        if _close_choice is not None:
+            _close_choice()
 
 
 # The last $FUSEOPS_BACKEND value read and its checked name: the check runs when the value changes.

@@ -192,3 +192,23 @@ def test_network_bench_interleaves_every_variant_and_setting_per_round(monkeypat
             assert calls[r * len(keys):(r + 1) * len(keys)] == keys
     assert [row.variant for row in rows] == ["baseline", "half"] * len(nb.MEASURES)
     assert all(t == 0.01 for row in rows for t in row.times.values())
+
+
+def test_calls_bench_times_every_entry_of_both_ops_against_the_kernel(capsys):
+    from backend_helpers import require_backend
+
+    from fuseops.benchmarking import calls
+
+    require_backend("fuse_conv2d", "cpu")
+    assert main(["bench", "calls", "--quick", "--no-write", "--no-progress", "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    rows = calls.run(quick=True, threads=1, progress=False)
+    entries = ("C++ kernel", "torch.ops", "torch.ops, Python selection", "public", "C++ kernels, fwd+bwd",
+               "public, fwd+bwd")
+    assert [(op, entry) for op, entry, _, _ in rows] == [(op, e) for op in ("fuse_conv2d", "block_conv2d")
+                                                         for e in entries]
+    for _, entry, us, ratio in rows:
+        assert float(us) > 0
+        if entry in ("C++ kernel", "C++ kernels, fwd+bwd"):
+            assert ratio == "1.00x"
+    assert "Python selection" in out

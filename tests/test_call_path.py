@@ -56,11 +56,13 @@ def _check_budget(calls: list[str], public: str, requires_grad: bool) -> None:
 
 
 @pytest.fixture
-def cpu_backend():
+def cpu_backend(monkeypatch):
+    """The default selection ("auto"), under which the C++ kernels run: the path users take."""
     require_backend("fuse_conv2d", "cpu")
     require_backend("block_conv2d", "cpu")
-    with fuseops.use_backend("cpu"):
-        yield
+    monkeypatch.delenv(fuseops.backends.ENV_VAR, raising=False)
+    for op in ("fuse_conv2d", "block_conv2d"):
+        assert fuseops.backends.resolve(op, torch.device("cpu")) == "cpu"
 
 
 @pytest.mark.parametrize("requires_grad", [False, True])

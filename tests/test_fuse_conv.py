@@ -644,10 +644,13 @@ def test_remembered_resolutions_follow_what_the_probes_read(monkeypatch):
 
 @pytest.fixture
 def spy_backends(monkeypatch):
-    """Record which backend module each forward call reached."""
+    """Record which backend module each forward call reached.  Every call goes through the
+    Python selection meanwhile: under "auto" the C++ kernels would otherwise run directly,
+    past the launchers (backends.python_chooses)."""
     from fuseops.fuse_conv import op
 
-    return spy_launchers(monkeypatch, op.FUSE_CONV2D)
+    with backends.python_chooses():
+        yield spy_launchers(monkeypatch, op.FUSE_CONV2D)
 
 
 def test_use_backend_and_environment_variable(monkeypatch, spy_backends):

@@ -8,4 +8,5 @@ TARGETS: dict[str, str] = {
     "fuse": "fuseops.benchmarking.fuse",
     "block": "fuseops.benchmarking.block",
     "network": "fuseops.benchmarking.network",
+    "calls": "fuseops.benchmarking.calls",
 }

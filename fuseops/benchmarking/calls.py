@@ -1,0 +1,134 @@
+"""What one call costs around the kernel: each entry to the ops on a tiny CPU input.
+
+On a MobileNet 7x7 layer the kernel itself takes tens of microseconds, so the layers in
+front of it (argument checks, autograd, dispatch, backend selection) are a visible part of
+a network's time, eager and compiled.  This target times, on an input so small that the
+kernel is nearly free, every way into the op against the C++ kernel called alone:
+
+* ``C++ kernel``: ``torch.ops.fuseops_ext.*`` (the floor);
+* ``torch.ops``: the registered op, as compiled graphs call it (autograd wrapper, then the
+  C++ kernel at the op's CPU key);
+* ``torch.ops, Python selection``: the same inside ``use_backend("cpu")``, where the C++
+  kernel hands the call to the Python selection (csrc/common/selection.h);
+* ``public``: ``fuseops.fuse_conv2d`` / ``fuseops.block_conv2d`` in eager mode;
+* ``public, fwd+bwd`` against ``C++ kernels, fwd+bwd``: with a gradient.
+
+Providers are interleaved round by round; each time is the best round's mean per call.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import torch
+
+import fuseops
+from fuseops import _extension
+from fuseops.cli.output import progress_bar
+
+COLUMNS = ("op", "entry", "us per call", "vs C++ kernel")
+
+
+def _fuse_entries() -> dict[str, Callable[[], object]]:
+    x = torch.randn(1, 8, 4, 4, requires_grad=True)
+    wr, wc = torch.randn(4, 1, 1, 3), torch.randn(4, 1, 3, 1)
+    args = (x.detach(), wr, wc, None, False, 1, 1, 1, "relu6")
+    grad = torch.randn(1, 8, 4, 4)
+    ext, op = torch.ops.fuseops_ext, torch.ops.fuseops.fuse_conv2d.default
+    return _entries(
+        kernel=lambda: ext.fuse_conv2d_forward.default(*args),
+        kernel_backward=lambda: ext.fuse_conv2d_backward.default(grad, *args),
+        registered=lambda: op(*args),
+        public=lambda: fuseops.fuse_conv2d(args[0], wr, wc, padding=1, activation="relu6"),
+        public_grad=lambda: torch.autograd.grad(fuseops.fuse_conv2d(x, wr, wc, padding=1, activation="relu6"),
+                                                x, grad),
+    )
+
+
+def _block_entries() -> dict[str, Callable[[], object]]:
+    x = torch.randn(1, 4, 6, 6, requires_grad=True)
+    w = torch.randn(4, 4, 3, 3)
+    args = (x.detach(), w, None, [1, 1], [1, 1], [1, 1], 1, [0, 3, 6], [0, 3, 6], "constant")
+    grad = torch.randn(1, 4, 6, 6)
+    ext, op = torch.ops.fuseops_ext, torch.ops.fuseops.block_conv2d.default
+    return _entries(
+        kernel=lambda: ext.block_conv2d_forward.default(*args),
+        kernel_backward=lambda: ext.block_conv2d_backward.default(grad, *args),
+        registered=lambda: op(*args),
+        public=lambda: fuseops.block_conv2d(args[0], w, padding=1, block_size=3),
+        public_grad=lambda: torch.autograd.grad(fuseops.block_conv2d(x, w, padding=1, block_size=3), x, grad),
+    )
+
+
+def _entries(kernel, kernel_backward, registered, public, public_grad) -> dict[str, Callable[[], object]]:
+    def python_selection():
+        with fuseops.use_backend("cpu"):
+            return registered()
+
+    def kernels_fwd_bwd():
+        kernel()
+        return kernel_backward()
+
+    return {"C++ kernel": kernel, "torch.ops": registered, "torch.ops, Python selection": python_selection,
+            "public": public, "C++ kernels, fwd+bwd": kernels_fwd_bwd, "public, fwd+bwd": public_grad}
+
+
+def _best_us(fns: dict[str, Callable[[], object]], calls: int, rounds: int) -> dict[str, float]:
+    best = dict.fromkeys(fns, float("inf"))
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            for _ in range(calls):
+                fn()
+            best[name] = min(best[name], (time.perf_counter() - start) / calls * 1e6)
+    return best
+
+
+def run(quick: bool = False, threads: int | None = 1, progress: bool = True) -> list[tuple[str, ...]]:
+    """Rows under :data:`COLUMNS`.  Needs the C++ extension (the floor is its kernel)."""
+    if threads:
+        torch.set_num_threads(threads)
+    ok, reason = _extension.has_kernel("fuse_conv2d_forward")
+    if not ok:
+        raise RuntimeError(f"bench calls times the C++ kernels: {reason}")
+    calls, rounds = (200, 3) if quick else (2000, 7)
+    ops = {"fuse_conv2d": _fuse_entries, "block_conv2d": _block_entries}
+    rows = []
+    bar = progress_bar(len(ops), "calls", "op", progress)
+    for op_name, make in ops.items():
+        fns = make()
+        for fn in fns.values():  # warm: the checks' and selection's caches, the first-call paths
+            fn()
+        with torch.no_grad():
+            plain = _best_us({k: v for k, v in fns.items() if "fwd+bwd" not in k}, calls, rounds)
+        with_grad = _best_us({k: v for k, v in fns.items() if "fwd+bwd" in k}, calls, rounds)
+        times = {**plain, **with_grad}
+        for name, us in times.items():
+            floor = times["C++ kernels, fwd+bwd" if "fwd+bwd" in name else "C++ kernel"]
+            rows.append((op_name, name, f"{us:.1f}", f"{us / floor:.2f}x"))
+        bar.update(1)
+    bar.close()
+    return rows
+
+
+def main(quick: bool = False, threads: int | None = 1, min_time: float | None = None, out_dir: str | None = None,
+         markdown: bool = False, progress: bool = True) -> int:
+    """The ``fuseops bench calls`` target: measure, print the table (and markdown), return 0.
+
+    ``threads`` defaults to 1 here: the input is too small for a second thread to help.
+    ``min_time`` is accepted for the shared bench interface; with ``out_dir`` the rows are
+    also written to ``out_dir/calls.csv``.
+    """
+    from fuseops.cli.table import markdown_table, print_table
+
+    rows = run(quick=quick, threads=threads, progress=progress)
+    print_table(f"per-call cost on a tiny CPU input (torch {torch.__version__}, {torch.get_num_threads()} threads)",
+                COLUMNS, rows)
+    if markdown:
+        print(markdown_table(COLUMNS, rows))
+    if out_dir:
+        from fuseops.cli.output import write_csv
+
+        print(f"wrote {write_csv(out_dir, 'calls.csv', COLUMNS, rows)}")
+    return 0
