@@ -69,11 +69,17 @@ def _layers():
     ]
 
 
+def _without_and_with(dataflow, convention, memory):
+    """_layers() on one 8x8 array: estimated without the memory argument, and with it."""
+    def estimate(**kwargs):
+        return SystolicArray(8, 8, dataflow=dataflow, convention=convention, **kwargs).estimate(_layers())
+    return estimate(), estimate(memory=memory)
+
+
 @pytest.mark.parametrize("convention", ("scalesim", "fuseconv"))
 @pytest.mark.parametrize("dataflow", DATAFLOWS)
 def test_no_memory_keeps_every_cycle_count(dataflow, convention):
-    plain = SystolicArray(8, 8, dataflow=dataflow, convention=convention).estimate(_layers())
-    none = SystolicArray(8, 8, dataflow=dataflow, convention=convention, memory=None).estimate(_layers())
+    plain, none = _without_and_with(dataflow, convention, memory=None)
     assert [c.cycles for c in none.layers] == [c.cycles for c in plain.layers]
     assert all(c.stall_cycles == 0 and c.ifmap_dram_words is None for c in none.layers)
     assert none.dram_words == {} and none.table_header()[3] == "cycles"
@@ -82,8 +88,7 @@ def test_no_memory_keeps_every_cycle_count(dataflow, convention):
 @pytest.mark.parametrize("convention", ("scalesim", "fuseconv"))
 @pytest.mark.parametrize("dataflow", DATAFLOWS)
 def test_unconstrained_memory_gives_exactly_the_compute_cycles(dataflow, convention):
-    plain = SystolicArray(8, 8, dataflow=dataflow, convention=convention).estimate(_layers())
-    big = SystolicArray(8, 8, dataflow=dataflow, convention=convention, memory=UNCONSTRAINED).estimate(_layers())
+    plain, big = _without_and_with(dataflow, convention, memory=UNCONSTRAINED)
     assert [c.cycles for c in big.layers] == [c.cycles for c in plain.layers]
     assert big.total_stall_cycles == 0
     # every operand fits, so each is read from DRAM exactly once
