@@ -114,6 +114,29 @@ def _mma(a, b, acc, USE_DOT: tl.constexpr, ACC_DTYPE: tl.constexpr, INPUT_PRECIS
 
 
 @triton.jit
+def _pixel_coords(offs, OH, OW):
+    """Flat output pixel indices -> (image n, output row oy, output column ox)."""
+    ohw = OH * OW
+    return offs // ohw, (offs % ohw) // OW, offs % OW
+
+
+@triton.jit
+def _slice_pixels(split, it, P, CHUNK: tl.constexpr, BLOCK_K: tl.constexpr):
+    """Step it of a grad_weight program: BLOCK_K flat output pixels of split's CHUNK-pixel
+    slice of the P pixels, and the mask of those that exist."""
+    start = split * CHUNK
+    offs_p = start + it * BLOCK_K + tl.arange(0, BLOCK_K)
+    return offs_p, offs_p < tl.minimum(start + CHUNK, P)
+
+
+@triton.jit
+def _grad_out_tile(g_co, mask_co, n64, oy, ox, mask_p, sg_n, sg_h, sg_w):
+    """grad_out at channel pointers g_co and pixels (n64, oy, ox): a (channels, pixels) tile."""
+    return tl.load(g_co[:, None] + (n64 * sg_n + oy.to(tl.int64) * sg_h + ox.to(tl.int64) * sg_w)[None, :],
+                   mask=mask_co[:, None] & mask_p[None, :], other=0.0)
+
+
+@triton.jit
 def _forward_kernel(
     x_ptr, w_ptr, b_ptr, out_ptr,
     row_lo_ptr, row_hi_ptr, row_base_ptr, col_lo_ptr, col_hi_ptr, col_base_ptr,
@@ -133,10 +156,7 @@ def _forward_kernel(
 
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     mask_m = offs_m < M
-    ohw = OH * OW
-    n = offs_m // ohw
-    oy = (offs_m % ohw) // OW
-    ox = offs_m % OW
+    n, oy, ox = _pixel_coords(offs_m, OH, OW)
     lo_h = tl.load(row_lo_ptr + oy, mask=mask_m, other=0)
     hi_h = tl.load(row_hi_ptr + oy, mask=mask_m, other=1)
     base_h = tl.load(row_base_ptr + oy, mask=mask_m, other=0)
@@ -282,18 +302,12 @@ def _grad_weight_kernel(
     g_co = g_ptr + (group * C_OUT_G + offs_co).to(tl.int64) * sg_c
     x_ci = x_ptr + (group * C_IN_G + offs_ci).to(tl.int64) * sx_c
 
-    start = split * CHUNK
-    stop = tl.minimum(start + CHUNK, P)
-    ohw = OH * OW
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
     # Constexpr trip count: the interpreter (with numpy >= 2.4) cannot loop over a
     # range whose bounds are runtime values.
     for it in range((CHUNK + BLOCK_K - 1) // BLOCK_K):
-        offs_p = start + it * BLOCK_K + tl.arange(0, BLOCK_K)
-        mask_p = offs_p < stop
-        n = offs_p // ohw
-        oy = (offs_p % ohw) // OW
-        ox = offs_p % OW
+        offs_p, mask_p = _slice_pixels(split, it, P, CHUNK, BLOCK_K)
+        n, oy, ox = _pixel_coords(offs_p, OH, OW)
         iy, valid_h = _remap(tl.load(row_base_ptr + oy, mask=mask_p, other=0) + ky * dil_h,
                              tl.load(row_lo_ptr + oy, mask=mask_p, other=0),
                              tl.load(row_hi_ptr + oy, mask=mask_p, other=1), MODE)
@@ -302,8 +316,7 @@ def _grad_weight_kernel(
                              tl.load(col_hi_ptr + ox, mask=mask_p, other=1), MODE)
         valid = mask_p & valid_h & valid_w
         n64 = n.to(tl.int64)
-        a = tl.load(g_co[:, None] + (n64 * sg_n + oy.to(tl.int64) * sg_h + ox.to(tl.int64) * sg_w)[None, :],
-                    mask=mask_co[:, None] & mask_p[None, :], other=0.0)
+        a = _grad_out_tile(g_co, mask_co, n64, oy, ox, mask_p, sg_n, sg_h, sg_w)
         b = tl.load(x_ci[None, :] + (n64 * sx_n + iy.to(tl.int64) * sx_h + ix.to(tl.int64) * sx_w)[:, None],
                     mask=valid[:, None] & mask_ci[None, :], other=0.0)
         acc = _mma(a, b, acc, USE_DOT, ACC_DTYPE, INPUT_PRECISION)
@@ -344,16 +357,10 @@ def _grad_weight_depthwise_kernel(
     g_co = g_ptr + co.to(tl.int64) * sg_c
     x_ci = x_ptr + ci.to(tl.int64) * sx_c
 
-    start = split * CHUNK
-    stop = tl.minimum(start + CHUNK, P)
-    ohw = OH * OW
     acc = tl.zeros((BLOCK_C, TAPS), dtype=ACC_DTYPE)
     for it in range((CHUNK + BLOCK_K - 1) // BLOCK_K):
-        offs_p = start + it * BLOCK_K + tl.arange(0, BLOCK_K)
-        mask_p = offs_p < stop
-        n = offs_p // ohw
-        oy = (offs_p % ohw) // OW
-        ox = offs_p % OW
+        offs_p, mask_p = _slice_pixels(split, it, P, CHUNK, BLOCK_K)
+        n, oy, ox = _pixel_coords(offs_p, OH, OW)
         lo_h = tl.load(row_lo_ptr + oy, mask=mask_p, other=0)[:, None]
         hi_h = tl.load(row_hi_ptr + oy, mask=mask_p, other=1)[:, None]
         base_h = tl.load(row_base_ptr + oy, mask=mask_p, other=0)[:, None]
@@ -364,8 +371,7 @@ def _grad_weight_depthwise_kernel(
         ix, valid_w = _remap(base_w + kx[None, :] * dil_w, lo_w, hi_w, MODE)
         valid = mask_p[:, None] & mask_t[None, :] & valid_h & valid_w
         n64 = n.to(tl.int64)
-        a = tl.load(g_co[:, None] + (n64 * sg_n + oy.to(tl.int64) * sg_h + ox.to(tl.int64) * sg_w)[None, :],
-                    mask=mask_c[:, None] & mask_p[None, :], other=0.0)  # (BLOCK_C, BLOCK_K)
+        a = _grad_out_tile(g_co, mask_c, n64, oy, ox, mask_p, sg_n, sg_h, sg_w)  # (BLOCK_C, BLOCK_K)
         pix = n64[:, None] * sx_n + iy.to(tl.int64) * sx_h + ix.to(tl.int64) * sx_w  # (BLOCK_K, TAPS)
         b = tl.load(x_ci[:, None, None] + pix[None, :, :], mask=mask_c[:, None, None] & valid[None, :, :],
                     other=0.0)  # (BLOCK_C, BLOCK_K, TAPS)
