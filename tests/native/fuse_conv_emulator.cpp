@@ -38,12 +38,9 @@ Shape shape_of(int64_t n, int64_t c, int64_t h, int64_t w, int64_t k, int64_t c_
   return s;
 }
 
-template <typename T>
-fk::FwdArgs<T> forward_args(const T* x, const T* bias, T* out, const Shape& s, fk::Act act) {
-  fk::FwdArgs<T> a{};
-  a.x = x;
-  a.bias = bias;
-  a.out = out;
+// The fields FwdArgs and BwdArgs share, as the launcher's set_geometry fills them.
+template <typename Args>
+void set_geometry(Args& a, const Shape& s) {
   a.channels = int(s.c);
   a.col_start = s.full ? 0 : int(s.c_row);
   a.c_row = int(s.c_row);
@@ -56,6 +53,15 @@ fk::FwdArgs<T> forward_args(const T* x, const T* bias, T* out, const Shape& s, f
   a.stride = int(s.stride);
   a.padding = int(s.padding);
   a.dilation = int(s.dilation);
+}
+
+template <typename T>
+fk::FwdArgs<T> forward_args(const T* x, const T* bias, T* out, const Shape& s, fk::Act act) {
+  fk::FwdArgs<T> a{};
+  a.x = x;
+  a.bias = bias;
+  a.out = out;
+  set_geometry(a, s);
   a.act = act;
   return a;
 }
@@ -150,19 +156,8 @@ void backward(const T* grad_out, const T* x, const T* wr, const T* wc, const T* 
   a.x = x;
   a.weight_row = wr;
   a.weight_col = wc;
-  a.channels = int(s.c);
-  a.height = int(s.h);
-  a.width = int(s.w);
-  a.c_row = int(s.c_row);
+  set_geometry(a, s);
   a.c_col = int(s.c_col);
-  a.col_start = s.full ? 0 : int(s.c_row);
-  a.out_channels = int(co);
-  a.ho = int(s.ho);
-  a.wo = int(s.wo);
-  a.k = int(s.k);
-  a.stride = int(s.stride);
-  a.padding = int(s.padding);
-  a.dilation = int(s.dilation);
   const int64_t in_total = s.n * s.c * s.h * s.w;
   for (int64_t i = 0; i < fk::ceil_div(in_total, fk::kThreads) * fk::kThreads; ++i) {
     fk::grad_x_elem<T, T, index_t>(a, grad_pre.data(), grad_x, index_t(in_total), index_t(i));
