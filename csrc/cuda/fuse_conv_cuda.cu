@@ -89,6 +89,14 @@ void set_geometry(Args& a, const Geometry& g) {
   a.dilation = static_cast<int>(g.dilation);
 }
 
+// This thread's element in a launch of one thread per element over `total` elements;
+// false for the threads past the end.
+template <typename index_t>
+__device__ bool launch_element(int64_t total, index_t& i) {
+  return fuseops_kernels::thread_element(fuseops_kernels::flat_thread_index(blockIdx.x, blockDim.x, threadIdx.x),
+                                         total, i);
+}
+
 // ---------------------------------------------------------------------------------------
 // Forward kernels: thin wrappers over fuse_conv_kernels.h.
 
@@ -106,9 +114,7 @@ template <typename scalar_t, typename index_t>
 __global__ void __launch_bounds__(kThreads) row_forward_direct_kernel(const fuseops_kernels::FwdArgs<scalar_t> a) {
   using acc_t = at::acc_type<scalar_t, true>;
   index_t i;
-  if (!fuseops_kernels::thread_element(fuseops_kernels::flat_thread_index(blockIdx.x, blockDim.x, threadIdx.x),
-                                       a.total, i))
-    return;
+  if (!launch_element(a.total, i)) return;
   fuseops_kernels::row_direct<scalar_t, acc_t, index_t>(a, i);
 }
 
@@ -116,9 +122,7 @@ template <typename scalar_t, typename index_t, bool UNIT_DILATION, int COLS>
 __global__ void __launch_bounds__(kThreads) col_forward_kernel(const fuseops_kernels::FwdArgs<scalar_t> a) {
   using acc_t = at::acc_type<scalar_t, true>;
   index_t i;
-  if (!fuseops_kernels::thread_element(fuseops_kernels::flat_thread_index(blockIdx.x, blockDim.x, threadIdx.x),
-                                       a.total, i))
-    return;
+  if (!launch_element(a.total, i)) return;
   fuseops_kernels::col_forward<scalar_t, acc_t, index_t, UNIT_DILATION, COLS>(a, i);
 }
 
@@ -261,9 +265,7 @@ __global__ void __launch_bounds__(kThreads) grad_pre_kernel(const scalar_t* __re
                                                             const scalar_t* __restrict__ pre,
                                                             acc_t* __restrict__ grad_pre, index_t total, Act act) {
   index_t i;
-  if (!fuseops_kernels::thread_element(fuseops_kernels::flat_thread_index(blockIdx.x, blockDim.x, threadIdx.x),
-                                       static_cast<int64_t>(total), i))
-    return;
+  if (!launch_element(static_cast<int64_t>(total), i)) return;
   fuseops_kernels::grad_pre_elem<scalar_t, acc_t, index_t>(grad_out, pre, grad_pre, total, act, i);
 }
 
@@ -272,9 +274,7 @@ __global__ void __launch_bounds__(kThreads) grad_x_kernel(const fuseops_kernels:
                                                           const acc_t* __restrict__ grad_pre,
                                                           scalar_t* __restrict__ grad_x, index_t total) {
   index_t i;
-  if (!fuseops_kernels::thread_element(fuseops_kernels::flat_thread_index(blockIdx.x, blockDim.x, threadIdx.x),
-                                       static_cast<int64_t>(total), i))
-    return;
+  if (!launch_element(static_cast<int64_t>(total), i)) return;
   fuseops_kernels::grad_x_elem<scalar_t, acc_t, index_t>(a, grad_pre, grad_x, total, i);
 }
 
