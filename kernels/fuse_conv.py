@@ -171,6 +171,18 @@ def _tile_coords(tile, tiles_w, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr, IN
 
 
 @triton.jit
+def _plane_tile(pid, GRID_H, GRID_W, PLANES, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr, INDEX64: tl.constexpr):
+    """Program pid of a launch with one program per tile of every (n, c) plane, PLANES
+    channels per image, tiles over a GRID_H x GRID_W grid: n, c and the tile's row and
+    column indices."""
+    tiles_w = tl.cdiv(GRID_W, BLOCK_W)
+    tiles = tl.cdiv(GRID_H, BLOCK_H) * tiles_w
+    plane = pid // tiles
+    rows, cols = _tile_coords(pid % tiles, tiles_w, BLOCK_H, BLOCK_W, INDEX64)
+    return (plane // PLANES).to(tl.int64), (plane % PLANES).to(tl.int64), rows, cols
+
+
+@triton.jit
 def _tap_coords(oh, ow, k, pad, IS_ROW: tl.constexpr, STRIDE: tl.constexpr, DIL: tl.constexpr):
     """Input (row, col) read by output (oh, ow) at tap k."""
     if IS_ROW:
@@ -243,13 +255,7 @@ def fuse_fwd_kernel(
     offset is a multiple of ALIGN (column-part taps, the centre row tap, the stores) can
     become vector accesses.  PAD is a constexpr so the tap offsets k*DIL - PAD are known.
     """
-    pid = tl.program_id(0)
-    tiles_w = tl.cdiv(OW, BLOCK_W)
-    tiles = tl.cdiv(OH, BLOCK_H) * tiles_w
-    plane = pid // tiles
-    n = (plane // C_PART).to(tl.int64)
-    c = (plane % C_PART).to(tl.int64)
-    oh, ow = _tile_coords(pid % tiles, tiles_w, BLOCK_H, BLOCK_W, INDEX64)
+    n, c, oh, ow = _plane_tile(tl.program_id(0), OH, OW, C_PART, BLOCK_H, BLOCK_W, INDEX64)
     if ALIGN > 1:
         # Splat the W extents into tensors that carry the hint, so the W masks are known
         # to be constant over ALIGN lanes (a hint on a scalar argument is not kept).
@@ -326,13 +332,7 @@ def fuse_bwd_input_kernel(
 ):
     """grad_x[n, c] for one tile: row-part term if c < C_ROW, column-part term if
     COL_START <= c < COL_START + C_COL (both for the full variant), zero otherwise."""
-    pid = tl.program_id(0)
-    tiles_w = tl.cdiv(W, BLOCK_W)
-    tiles = tl.cdiv(H, BLOCK_H) * tiles_w
-    plane = pid // tiles
-    n = (plane // C).to(tl.int64)
-    c = (plane % C).to(tl.int64)
-    ih, iw = _tile_coords(pid % tiles, tiles_w, BLOCK_H, BLOCK_W, INDEX64)
+    n, c, ih, iw = _plane_tile(tl.program_id(0), H, W, C, BLOCK_H, BLOCK_W, INDEX64)
     in_mask = (ih < H) & (iw < W)
     x_base = n * sxn + c * sxc
     acc = tl.zeros([BLOCK_H, BLOCK_W], dtype=ACC)
