@@ -203,25 +203,22 @@ inline std::optional<runs::RunGeometry> run_geometry(const at::Tensor& x, const 
   return rg;
 }
 
+// The op's forward and backward entry signatures: one kernel pair per layout implements them.
+using ForwardEntry = at::Tensor(const at::Tensor& x, const at::Tensor& weight_row, const at::Tensor& weight_col,
+                                const std::optional<at::Tensor>& bias, bool full, int64_t stride, int64_t padding,
+                                int64_t dilation, c10::string_view activation);
+using BackwardEntry = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>(
+    const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& weight_row, const at::Tensor& weight_col,
+    const std::optional<at::Tensor>& bias, bool full, int64_t stride, int64_t padding, int64_t dilation,
+    c10::string_view activation);
+
 // The NCHW kernels' entry points (forward.cpp, backward.cpp).  ops.cpp registers the op
 // entry that picks these or the channels_last ones by x's layout.
-at::Tensor fuse_conv2d_forward_cpu(const at::Tensor& x, const at::Tensor& weight_row, const at::Tensor& weight_col,
-                                   const std::optional<at::Tensor>& bias, bool full, int64_t stride, int64_t padding,
-                                   int64_t dilation, c10::string_view activation);
-
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> fuse_conv2d_backward_cpu(
-    const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& weight_row, const at::Tensor& weight_col,
-    const std::optional<at::Tensor>& bias, bool full, int64_t stride, int64_t padding, int64_t dilation,
-    c10::string_view activation);
+ForwardEntry fuse_conv2d_forward_cpu;
+BackwardEntry fuse_conv2d_backward_cpu;
 
 // The channels_last kernels' entry points (channels_last.cpp): output and grad_x in channels_last.
-at::Tensor fuse_conv2d_forward_nhwc(const at::Tensor& x, const at::Tensor& weight_row, const at::Tensor& weight_col,
-                                    const std::optional<at::Tensor>& bias, bool full, int64_t stride, int64_t padding,
-                                    int64_t dilation, c10::string_view activation);
-
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> fuse_conv2d_backward_nhwc(
-    const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& weight_row, const at::Tensor& weight_col,
-    const std::optional<at::Tensor>& bias, bool full, int64_t stride, int64_t padding, int64_t dilation,
-    c10::string_view activation);
+ForwardEntry fuse_conv2d_forward_nhwc;
+BackwardEntry fuse_conv2d_backward_nhwc;
 
 }  // namespace fuseops::fuse_conv
