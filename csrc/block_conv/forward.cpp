@@ -40,11 +40,44 @@ inline void depthwise_span_fixed(acc_t* __restrict acc, const acc_t* __restrict 
   }
 }
 
-// The bias as a contiguous tensor (undefined without one): the direct depthwise kernels
-// index it themselves, and it may be a strided view such as b[::2].
-inline at::Tensor contiguous_bias(const std::optional<at::Tensor>& bias) {
-  return bias.has_value() && bias->defined() ? bias->contiguous() : at::Tensor();
-}
+// What the direct depthwise forwards read and write per (n, c) plane of contiguous x and
+// out: the plane pointers, and channel c's taps and bias in opmath.  The bias is held
+// contiguous since the kernels index it themselves, and it may be a strided view such as b[::2].
+template <typename scalar_t>
+class DepthwisePlanes {
+ public:
+  using acc_t = at::opmath_type<scalar_t>;
+
+  DepthwisePlanes(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                  at::Tensor& out)
+      : channels_(x.size(1)),
+        in_area_(x.size(2) * x.size(3)),
+        out_area_(out.size(2) * out.size(3)),
+        taps_(weight.size(2) * weight.size(3)),
+        src_(x.const_data_ptr<scalar_t>()),
+        wts_(weight.const_data_ptr<scalar_t>()),
+        bias_(bias.has_value() && bias->defined() ? bias->contiguous() : at::Tensor()),
+        bias_ptr_(bias_.defined() ? bias_.const_data_ptr<scalar_t>() : nullptr),
+        dst_(out.mutable_data_ptr<scalar_t>()) {}
+
+  const scalar_t* input(int64_t plane) const { return src_ + plane * in_area_; }
+  scalar_t* output(int64_t plane) const { return dst_ + plane * out_area_; }
+
+  // Writes the plane's channel taps to w and returns its bias (0 without one).
+  acc_t load_channel(int64_t plane, acc_t* w) const {
+    const int64_t c = plane % channels_;
+    for (int64_t q = 0; q < taps_; ++q) w[q] = static_cast<acc_t>(wts_[c * taps_ + q]);
+    return bias_ptr_ ? static_cast<acc_t>(bias_ptr_[c]) : acc_t(0);
+  }
+
+ private:
+  int64_t channels_, in_area_, out_area_, taps_;
+  const scalar_t* src_;
+  const scalar_t* wts_;
+  at::Tensor bias_;
+  const scalar_t* bias_ptr_;
+  scalar_t* dst_;
+};
 
 // Stride-1 depthwise forward with a compile-time tap count, one block *row* at a time:
 // the padded blocks of a block row are laid side by side in one strip (each keeps its own
@@ -57,8 +90,8 @@ void depthwise_direct_strips(const at::Tensor& x, const at::Tensor& weight, cons
                              at::Tensor& out, const std::vector<SizeClass>& row_classes,
                              const std::vector<SizeClass>& col_classes, int64_t dh, int64_t dw) {
   using acc_t = at::opmath_type<scalar_t>;
-  const int64_t n_batch = x.size(0), channels = x.size(1), height = x.size(2), width = x.size(3);
-  const int64_t out_h = out.size(2), out_w = out.size(3);
+  const int64_t n_batch = x.size(0), channels = x.size(1), width = x.size(3);
+  const int64_t out_w = out.size(3);
   struct ColumnBlock {
     int64_t offset, pw, pad, size, in_start, out_start, ow;
     const int64_t* table;
@@ -74,19 +107,13 @@ void depthwise_direct_strips(const at::Tensor& x, const at::Tensor& weight, cons
     }
   }
   for (const auto& r : row_classes) max_ph = std::max<int64_t>(max_ph, r.table.size());
-  const scalar_t* src = x.const_data_ptr<scalar_t>();
-  const scalar_t* wts = weight.const_data_ptr<scalar_t>();
-  const at::Tensor bias_c = contiguous_bias(bias);
-  const scalar_t* bias_ptr = bias_c.defined() ? bias_c.const_data_ptr<scalar_t>() : nullptr;
-  scalar_t* dst = out.mutable_data_ptr<scalar_t>();
+  const DepthwisePlanes<scalar_t> planes(x, weight, bias, out);
   at::parallel_for(0, n_batch * channels, 1, [&](int64_t begin, int64_t end) {
     std::vector<acc_t> strip(max_ph * strip_w + kSpanStep), acc(max_ph * strip_w + kSpanStep), w(KH * KW);
     for (int64_t plane = begin; plane < end; ++plane) {
-      const int64_t c = plane % channels;
-      const scalar_t* in = src + plane * height * width;
-      scalar_t* o = dst + plane * out_h * out_w;
-      for (int64_t q = 0; q < KH * KW; ++q) w[q] = static_cast<acc_t>(wts[c * KH * KW + q]);
-      const acc_t b0 = bias_ptr ? static_cast<acc_t>(bias_ptr[c]) : acc_t(0);
+      const scalar_t* in = planes.input(plane);
+      scalar_t* o = planes.output(plane);
+      const acc_t b0 = planes.load_channel(plane, w.data());
       for (const auto& rows : row_classes) {
         const int64_t ph = rows.table.size(), oh = ph - dh * (KH - 1);
         for (size_t i = 0; i < rows.in_starts.size(); ++i) {
@@ -123,9 +150,9 @@ void depthwise_direct(const at::Tensor& x, const at::Tensor& weight, const std::
                       at::Tensor& out, const std::vector<SizeClass>& row_classes,
                       const std::vector<SizeClass>& col_classes, c10::IntArrayRef stride, c10::IntArrayRef dilation) {
   using acc_t = at::opmath_type<scalar_t>;
-  const int64_t n_batch = x.size(0), channels = x.size(1), height = x.size(2), width = x.size(3);
+  const int64_t n_batch = x.size(0), channels = x.size(1), width = x.size(3);
   const int64_t kh = weight.size(2), kw = weight.size(3);
-  const int64_t out_h = out.size(2), out_w = out.size(3);
+  const int64_t out_w = out.size(3);
   const int64_t sh = stride[0], sw = stride[1], dh = dilation[0], dw = dilation[1];
   int64_t max_ph = 0, max_pw = 0, max_ow = 0;
   for (const auto& r : row_classes) max_ph = std::max<int64_t>(max_ph, r.table.size());
@@ -133,20 +160,14 @@ void depthwise_direct(const at::Tensor& x, const at::Tensor& weight, const std::
     max_pw = std::max<int64_t>(max_pw, c.table.size());
     max_ow = std::max<int64_t>(max_ow, (static_cast<int64_t>(c.table.size()) - dw * (kw - 1) - 1) / sw + 1);
   }
-  const scalar_t* src = x.const_data_ptr<scalar_t>();
-  const scalar_t* wts = weight.const_data_ptr<scalar_t>();
-  const at::Tensor bias_c = contiguous_bias(bias);
-  const scalar_t* bias_ptr = bias_c.defined() ? bias_c.const_data_ptr<scalar_t>() : nullptr;
-  scalar_t* dst = out.mutable_data_ptr<scalar_t>();
+  const DepthwisePlanes<scalar_t> planes(x, weight, bias, out);
   at::parallel_for(0, n_batch * channels, 1, [&](int64_t begin, int64_t end) {
     std::vector<acc_t> padded(max_ph * max_pw + kSpanStep), full_acc(max_ph * max_pw + kSpanStep), row(max_ow),
         w(kh * kw);
     for (int64_t plane = begin; plane < end; ++plane) {
-      const int64_t c = plane % channels;
-      const scalar_t* in = src + plane * height * width;
-      scalar_t* o = dst + plane * out_h * out_w;
-      for (int64_t q = 0; q < kh * kw; ++q) w[q] = static_cast<acc_t>(wts[c * kh * kw + q]);
-      const acc_t b0 = bias_ptr ? static_cast<acc_t>(bias_ptr[c]) : acc_t(0);
+      const scalar_t* in = planes.input(plane);
+      scalar_t* o = planes.output(plane);
+      const acc_t b0 = planes.load_channel(plane, w.data());
       for (const auto& rows : row_classes) {
         const int64_t ph_total = rows.table.size();
         const int64_t oh = (ph_total - dh * (kh - 1) - 1) / sh + 1;
