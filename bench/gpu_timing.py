@@ -83,13 +83,19 @@ def _kernel_backends(device: torch.device) -> list[str]:
     return ["cuda", "triton"] if device.type == "cuda" else ["cpu"]
 
 
-def fuse_kernels(device, dtypes, batch, shapes, timer, results) -> None:
+def _kernel_cases(dtypes, shapes, results):
+    """(dtype name, dtype, shape) for every dtype and shape, while the time budget lasts."""
     for dtype_name, dtype in dtypes.items():
         for shape in shapes:
             if not results.time_left():
                 return
-            results.add("fuse_conv2d", _fuse_case(device, dtype_name, dtype, batch, shape, timer))
-            torch._dynamo.reset()  # a fresh compile per case: no recompile limit, no silent eager fallback
+            yield dtype_name, dtype, shape
+
+
+def fuse_kernels(device, dtypes, batch, shapes, timer, results) -> None:
+    for dtype_name, dtype, shape in _kernel_cases(dtypes, shapes, results):
+        results.add("fuse_conv2d", _fuse_case(device, dtype_name, dtype, batch, shape, timer))
+        torch._dynamo.reset()  # a fresh compile per case: no recompile limit, no silent eager fallback
 
 
 def _fuse_case(device, dtype_name, dtype, batch, shape, timer) -> dict:
@@ -136,11 +142,8 @@ def _fuse_backward(x, w_row, w_col, device, timer, row) -> None:
 
 
 def block_kernels(device, dtypes, batch, shapes, timer, results) -> None:
-    for dtype_name, dtype in dtypes.items():
-        for shape in shapes:
-            if not results.time_left():
-                return
-            results.add("block_conv2d", _block_case(device, dtype_name, dtype, batch, shape, timer))
+    for dtype_name, dtype, shape in _kernel_cases(dtypes, shapes, results):
+        results.add("block_conv2d", _block_case(device, dtype_name, dtype, batch, shape, timer))
 
 
 def _block_case(device, dtype_name, dtype, batch, shape, timer) -> dict:
