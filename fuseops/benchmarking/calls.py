@@ -30,48 +30,38 @@ from fuseops.cli.output import progress_bar
 COLUMNS = ("op", "entry", "us per call", "vs C++ kernel")
 
 
-def _fuse_entries() -> dict[str, Callable[[], object]]:
-    x = torch.randn(1, 8, 4, 4, requires_grad=True)
-    wr, wc = torch.randn(4, 1, 1, 3), torch.randn(4, 1, 3, 1)
-    args = (x.detach(), wr, wc, None, False, 1, 1, 1, "relu6")
-    grad = torch.randn(1, 8, 4, 4)
-    ext, op = torch.ops.fuseops_ext, torch.ops.fuseops.fuse_conv2d.default
-    return _entries(
-        kernel=lambda: ext.fuse_conv2d_forward.default(*args),
-        kernel_backward=lambda: ext.fuse_conv2d_backward.default(grad, *args),
-        registered=lambda: op(*args),
-        public=lambda: fuseops.fuse_conv2d(args[0], wr, wc, padding=1, activation="relu6"),
-        public_grad=lambda: torch.autograd.grad(fuseops.fuse_conv2d(x, wr, wc, padding=1, activation="relu6"),
-                                                x, grad),
-    )
+def _inputs() -> dict[str, tuple[tuple, Callable[[torch.Tensor], torch.Tensor]]]:
+    """op name -> (the op's arguments, the public function of x with the same options)."""
+    wr, wc, w = torch.randn(4, 1, 1, 3), torch.randn(4, 1, 3, 1), torch.randn(4, 4, 3, 3)
+    return {
+        "fuse_conv2d": ((torch.randn(1, 8, 4, 4), wr, wc, None, False, 1, 1, 1, "relu6"),
+                        lambda x: fuseops.fuse_conv2d(x, wr, wc, padding=1, activation="relu6")),
+        "block_conv2d": ((torch.randn(1, 4, 6, 6), w, None, [1, 1], [1, 1], [1, 1], 1, [0, 3, 6], [0, 3, 6],
+                          "constant"),
+                         lambda x: fuseops.block_conv2d(x, w, padding=1, block_size=3)),
+    }
 
 
-def _block_entries() -> dict[str, Callable[[], object]]:
-    x = torch.randn(1, 4, 6, 6, requires_grad=True)
-    w = torch.randn(4, 4, 3, 3)
-    args = (x.detach(), w, None, [1, 1], [1, 1], [1, 1], 1, [0, 3, 6], [0, 3, 6], "constant")
-    grad = torch.randn(1, 4, 6, 6)
-    ext, op = torch.ops.fuseops_ext, torch.ops.fuseops.block_conv2d.default
-    return _entries(
-        kernel=lambda: ext.block_conv2d_forward.default(*args),
-        kernel_backward=lambda: ext.block_conv2d_backward.default(grad, *args),
-        registered=lambda: op(*args),
-        public=lambda: fuseops.block_conv2d(args[0], w, padding=1, block_size=3),
-        public_grad=lambda: torch.autograd.grad(fuseops.block_conv2d(x, w, padding=1, block_size=3), x, grad),
-    )
+def _entries(op_name: str, args: tuple, public: Callable[[torch.Tensor], torch.Tensor]) -> dict[str, Callable]:
+    """The entries listed in the module docstring, each a function of no arguments."""
+    kernel = getattr(torch.ops.fuseops_ext, f"{op_name}_forward").default
+    kernel_backward = getattr(torch.ops.fuseops_ext, f"{op_name}_backward").default
+    registered = getattr(torch.ops.fuseops, op_name).default
+    x = args[0].clone().requires_grad_()
+    grad = torch.randn_like(kernel(*args))
 
-
-def _entries(kernel, kernel_backward, registered, public, public_grad) -> dict[str, Callable[[], object]]:
     def python_selection():
         with fuseops.use_backend("cpu"):
-            return registered()
+            return registered(*args)
 
     def kernels_fwd_bwd():
-        kernel()
-        return kernel_backward()
+        kernel(*args)
+        return kernel_backward(grad, *args)
 
-    return {"C++ kernel": kernel, "torch.ops": registered, "torch.ops, Python selection": python_selection,
-            "public": public, "C++ kernels, fwd+bwd": kernels_fwd_bwd, "public, fwd+bwd": public_grad}
+    return {"C++ kernel": lambda: kernel(*args), "torch.ops": lambda: registered(*args),
+            "torch.ops, Python selection": python_selection, "public": lambda: public(args[0]),
+            "C++ kernels, fwd+bwd": kernels_fwd_bwd,
+            "public, fwd+bwd": lambda: torch.autograd.grad(public(x), x, grad)}
 
 
 def _best_us(fns: dict[str, Callable[[], object]], calls: int, rounds: int) -> dict[str, float]:
@@ -93,11 +83,11 @@ def run(quick: bool = False, threads: int | None = 1, progress: bool = True) -> 
     if not ok:
         raise RuntimeError(f"bench calls times the C++ kernels: {reason}")
     calls, rounds = (200, 3) if quick else (2000, 7)
-    ops = {"fuse_conv2d": _fuse_entries, "block_conv2d": _block_entries}
     rows = []
-    bar = progress_bar(len(ops), "calls", "op", progress)
-    for op_name, make in ops.items():
-        fns = make()
+    inputs = _inputs()
+    bar = progress_bar(len(inputs), "calls", "op", progress)
+    for op_name, (args, public) in inputs.items():
+        fns = _entries(op_name, args, public)
         for fn in fns.values():  # warm: the checks' and selection's caches, the first-call paths
             fn()
         with torch.no_grad():
