@@ -4,7 +4,7 @@
 // torch.ops.fuseops.<name>; importing the module runs those static registrations.
 //
 // The module's own functions tell the C++ kernels of the public ops when a use_backend
-// block naming a backend is open (common/selection.h); fuseops/backends.py calls them.
+// block naming a backend other than "cpu" is open (common/selection.h); fuseops/backends.py calls them.
 // WITH_CUDA tells Python whether the CUDA sources were built.
 #include <Python.h>
 
@@ -28,7 +28,7 @@ PyObject* open_python_choices(PyObject*, PyObject*) {
 
 PyMethodDef methods[] = {
     {"open_python_choice", open_python_choice, METH_NOARGS,
-     "A use_backend block naming a backend opened: the public ops' C++ kernels let Python pick."},
+     "A use_backend block naming reference, triton or cuda opened: the C++ kernels let Python pick."},
     {"close_python_choice", close_python_choice, METH_NOARGS, "Such a block closed."},
     {"open_python_choices", open_python_choices, METH_NOARGS, "How many such blocks are open."},
     {nullptr, nullptr, 0, nullptr},

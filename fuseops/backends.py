@@ -58,7 +58,7 @@ _selected: contextvars.ContextVar[str | None] = contextvars.ContextVar("fuseops_
 
 # The public ops' C++ kernels, registered at their CPU key, run themselves unless the
 # backend is Python's to pick (csrc/common/selection.h): they are told here when a
-# use_backend block naming a backend opens and closes.  Loading the extension at import
+# use_backend block naming a backend other than "cpu" opens and closes.  Loading the extension at import
 # also registers those kernels before the first call.
 if _extension.load()[0]:
     from fuseops import _C
@@ -66,6 +66,8 @@ if _extension.load()[0]:
     _open_choice, _close_choice = _C.open_python_choice, _C.close_python_choice
 else:  # no C++ kernels: every call goes through the Python selection anyway
     _open_choice = _close_choice = None
+#: The selections that the C++ kernels at the CPU key serve without asking Python.
+_CPP_CHOICES = ("auto", "cpu")
 
 
 class BackendUnavailableError(RuntimeError):
@@ -131,8 +133,9 @@ class use_backend:  # noqa: N801 (a context manager used like a function: with u
     def __init__(self, name: str) -> None:
         self.name = _check_name(name)
         self._token: contextvars.Token | None = None
-        # "auto" is what the C++ kernels do by themselves; any other name makes them ask.
-        self._told_cpp = name != "auto" and _open_choice is not None
+        # On CPU tensors "auto" and "cpu" both mean the C++ kernels, which then run by
+        # themselves; any other name makes them ask.
+        self._told_cpp = name not in _CPP_CHOICES and _open_choice is not None
 
     def __enter__(self) -> str:
         self._token = _selected.set(self.name)

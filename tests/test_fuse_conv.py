@@ -617,7 +617,9 @@ def test_unavailable_cpu_backend_gives_the_reason(monkeypatch):
     from fuseops import _extension
 
     monkeypatch.setattr(_extension, "has_kernel", lambda name: (False, "fuseops._C is not importable (test)"))
-    with fuseops.use_backend("cpu"), pytest.raises(BackendUnavailableError, match=r"not importable \(test\)"):
+    # Without the extension no C++ kernel sits at the op's CPU key: every call goes to Python.
+    with backends.python_chooses(), fuseops.use_backend("cpu"), pytest.raises(BackendUnavailableError,
+                                                                              match=r"not importable \(test\)"):
         call()
 
 

@@ -18,9 +18,9 @@ int64_t open_python_choices() { return open_choices.load(std::memory_order_relax
 bool python_chooses() {
   if (open_choices.load(std::memory_order_relaxed) > 0) return true;
   // Read per call, as fuseops.backends.current_backend does: users and tests set it at run
-  // time.  Python validates the value, so anything but "auto" goes to Python.
+  // time.  Python validates the value, so anything but "auto" and "cpu" goes to Python.
   const char* env = std::getenv("FUSEOPS_BACKEND");
-  return env != nullptr && env[0] != '\0' && std::strcmp(env, "auto") != 0;
+  return env != nullptr && env[0] != '\0' && std::strcmp(env, "auto") != 0 && std::strcmp(env, "cpu") != 0;
 }
 
 }  // namespace fuseops::selection

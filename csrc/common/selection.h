@@ -6,8 +6,8 @@
 // "auto"), because use_backend is scoped per thread and per asyncio task (a ContextVar)
 // and may pick the triton or reference backends.  The C++ kernel therefore runs itself only
 // when that choice cannot be anything but the C++ kernels: no use_backend block naming a
-// backend is open anywhere (a process-wide count, so it errs towards asking Python) and
-// $FUSEOPS_BACKEND is unset, empty or "auto".  Otherwise it hands the call to
+// backend other than "cpu" is open anywhere (a process-wide count, so it errs towards
+// asking Python) and $FUSEOPS_BACKEND is unset, empty, "auto" or "cpu".  Otherwise it hands the call to
 // fuseops::_<op>_by_selection, a Python kernel that resolves the choice
 // (fuseops/_op_definition.py).
 #pragma once
@@ -18,8 +18,8 @@
 
 namespace fuseops::selection {
 
-// A use_backend block naming a backend opened / closed (called by fuseops/backends.py
-// through fuseops._C).
+// A use_backend block naming a backend other than "cpu" opened / closed (called by
+// fuseops/backends.py through fuseops._C).
 void open_python_choice();
 void close_python_choice();
 // How many such blocks are open now (for the tests).

@@ -10,7 +10,7 @@
 // around the op.
 //
 // Backward: the activation's derivative is applied once into a float buffer of output
-// size; grad_x gathers, per input pixel, the outputs that read it (no write races, so it
+// size (without an activation, float and double read grad_out in place); grad_x gathers, per input pixel, the outputs that read it (no write races, so it
 // runs parallel over input rows); the weight and bias gradients are summed per chunk of
 // output rows and the chunks are added in a fixed order, so the result does not depend on
 // the thread count.  All offsets are int64_t.
@@ -22,6 +22,7 @@
 #include <algorithm>
 #include <cstring>
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <vector>
 
@@ -238,35 +239,53 @@ void forward_kernel(const at::Tensor& x, const at::Tensor& wr, const at::Tensor&
   });
 }
 
-// grad_pre = d act / d pre * grad_out, over the whole output, in the accumulation type.
+// grad_pre = d act / d pre * grad_out, dense NHWC over the whole output in the
+// accumulation type.  Without an activation on float or double that is grad_out itself,
+// which is then read in place: a copy would be two more passes over an output-sized buffer
+// (in training the op runs without an activation, BatchNorm follows it).
+template <typename acc>
+struct GradPre {
+  std::unique_ptr<acc[]> owned;  // the buffer, when grad_out could not be read as it is
+  const acc* data;
+};
+
 template <typename scalar_t, Act A>
-std::vector<acc_t<scalar_t>> grad_pre_activation(const at::Tensor& grad_out, const at::Tensor& x,
-                                                 const std::vector<acc_t<scalar_t>>& w_row,
-                                                 const std::vector<acc_t<scalar_t>>& w_col,
-                                                 const std::vector<acc_t<scalar_t>>& b, const Geometry& g) {
+GradPre<acc_t<scalar_t>> grad_pre_activation(const at::Tensor& grad_out, const at::Tensor& x,
+                                             const std::vector<acc_t<scalar_t>>& w_row,
+                                             const std::vector<acc_t<scalar_t>>& w_col,
+                                             const std::vector<acc_t<scalar_t>>& b, const Geometry& g) {
   using acc = acc_t<scalar_t>;
-  const int64_t per_row = g.out_width * g.out_channels();
-  std::vector<acc> grad(static_cast<size_t>(g.batch * g.out_height * per_row));
   const scalar_t* gp = grad_out.data_ptr<scalar_t>();
-  const scalar_t* xp = x.data_ptr<scalar_t>();
-  at::parallel_for(0, g.batch * g.out_height, row_grain(g), [&](int64_t begin, int64_t end) {
-    std::vector<acc> pre(static_cast<size_t>(A == Act::None ? 0 : per_row));
-    RowTaps<scalar_t> taps(xp, w_row.data(), w_col.data(), b.data(), g);
-    for (int64_t r = begin; r < end; ++r) {
-      acc* __restrict__ dst = grad.data() + r * per_row;
-      const scalar_t* __restrict__ src = gp + r * per_row;
-      if constexpr (A == Act::None) {
-        for (int64_t i = 0; i < per_row; ++i) dst[i] = static_cast<acc>(src[i]);
-      } else {  // the pre-activation, recomputed (KT 0: the backward is not the hot path)
-        taps.prepare(r / g.out_height, r % g.out_height);
-        for (int64_t ow = 0; ow < g.out_width; ++ow) {
-          taps.template pixel<0>(pre.data() + ow * g.out_channels(), ow);
+  if constexpr (A == Act::None && std::is_same_v<acc, scalar_t>) {
+    return {nullptr, gp};
+  } else {
+    const int64_t per_row = g.out_width * g.out_channels();
+    // Not zero-filled: every element is written below, once.
+    std::unique_ptr<acc[]> grad(new acc[static_cast<size_t>(g.batch * g.out_height * per_row)]);
+    const scalar_t* xp = x.data_ptr<scalar_t>();
+    dispatch_tap_count<3, 5, 7>(g.kernel, [&](auto kt) {
+      constexpr int KT = decltype(kt)::value;
+      at::parallel_for(0, g.batch * g.out_height, row_grain(g), [&](int64_t begin, int64_t end) {
+        std::vector<acc> pre(static_cast<size_t>(A == Act::None ? 0 : per_row));
+        RowTaps<scalar_t> taps(xp, w_row.data(), w_col.data(), b.data(), g);
+        for (int64_t r = begin; r < end; ++r) {
+          acc* __restrict__ dst = grad.get() + r * per_row;
+          const scalar_t* __restrict__ src = gp + r * per_row;
+          if constexpr (A == Act::None) {
+            for (int64_t i = 0; i < per_row; ++i) dst[i] = static_cast<acc>(src[i]);
+          } else {  // the pre-activation, recomputed
+            taps.prepare(r / g.out_height, r % g.out_height);
+            for (int64_t ow = 0; ow < g.out_width; ++ow) {
+              taps.template pixel<KT>(pre.data() + ow * g.out_channels(), ow);
+            }
+            for (int64_t i = 0; i < per_row; ++i) dst[i] = activate_grad<A>(static_cast<acc>(src[i]), pre[i]);
+          }
         }
-        for (int64_t i = 0; i < per_row; ++i) dst[i] = activate_grad<A>(static_cast<acc>(src[i]), pre[i]);
-      }
-    }
-  });
-  return grad;
+      });
+    });
+    const acc* data = grad.get();
+    return {std::move(grad), data};
+  }
 }
 
 // grad_x at stride 1, where each input pixel's gradient is a correlation of the output
@@ -275,11 +294,10 @@ std::vector<acc_t<scalar_t>> grad_pre_activation(const at::Tensor& grad_out, con
 // channels, zero-padded at both ends); the column part reads output rows ih + p - t * d in
 // place, or a zero row.  The full variant's two parts add into the same channels.
 template <int KT, typename scalar_t>
-void grad_input_stride1(const std::vector<acc_t<scalar_t>>& grad, const std::vector<acc_t<scalar_t>>& w_row,
+void grad_input_stride1(const acc_t<scalar_t>* gp, const std::vector<acc_t<scalar_t>>& w_row,
                         const std::vector<acc_t<scalar_t>>& w_col, at::Tensor& grad_x, const Geometry& g) {
   using acc = acc_t<scalar_t>;
   scalar_t* gx = grad_x.data_ptr<scalar_t>();
-  const acc* gp = grad.data();
   const int64_t c_out = g.out_channels(), span = (g.kernel - 1) * g.dilation;
   // Output column iw + p - t * d of the row part, shifted by lead, is always in the copy.
   const int64_t lead = std::max<int64_t>(0, span - g.padding);
@@ -335,11 +353,10 @@ void grad_input_stride1(const std::vector<acc_t<scalar_t>>& grad, const std::vec
 // gradient times the tap's weight into a row buffer, which is then written once (no write
 // races between tasks, which own whole input rows).
 template <typename scalar_t>
-void grad_input(const std::vector<acc_t<scalar_t>>& grad, const std::vector<acc_t<scalar_t>>& w_row,
+void grad_input(const acc_t<scalar_t>* gp, const std::vector<acc_t<scalar_t>>& w_row,
                 const std::vector<acc_t<scalar_t>>& w_col, at::Tensor& grad_x, const Geometry& g) {
   using acc = acc_t<scalar_t>;
   scalar_t* gx = grad_x.data_ptr<scalar_t>();
-  const acc* gp = grad.data();
   const int64_t s = g.stride, c_out = g.out_channels(), pixel = g.channels, per_row = g.width * pixel;
   at::parallel_for(0, g.batch * g.height,
                    std::max<int64_t>(1, 16384 / std::max<int64_t>(1, g.width * g.channels * g.kernel)),
@@ -418,7 +435,7 @@ inline void row_tap_products(acc* __restrict__ dst, acc* __restrict__ bias_dst, 
 // Weight and bias gradients: partial sums per chunk of output rows, the chunks fixed by
 // the shape alone and added in order (the same bits on any thread count).
 template <typename scalar_t>
-void grad_params(const std::vector<acc_t<scalar_t>>& grad, const at::Tensor& x, const std::vector<acc_t<scalar_t>>& w_row,
+void grad_params(const acc_t<scalar_t>* gp, const at::Tensor& x, const std::vector<acc_t<scalar_t>>& w_row,
                  const std::vector<acc_t<scalar_t>>& w_col, const std::vector<acc_t<scalar_t>>& b,
                  at::Tensor& grad_wr, at::Tensor& grad_wc, at::Tensor& grad_b, const Geometry& g) {
   using acc = acc_t<scalar_t>;
@@ -428,7 +445,6 @@ void grad_params(const std::vector<acc_t<scalar_t>>& grad, const at::Tensor& x, 
   const int64_t row_part = g.kernel * g.c_row, col_part = g.kernel * g.c_col, width = row_part + col_part + c_out;
   std::vector<acc> partial(static_cast<size_t>(chunks * width), acc(0));
   const scalar_t* xp = x.data_ptr<scalar_t>();
-  const acc* gp = grad.data();
   dispatch_tap_count<3, 5, 7>(g.kernel, [&](auto kt) {
     constexpr int KT = decltype(kt)::value;
     at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
@@ -519,12 +535,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> fuse_conv2d_backward_
       const auto grad = grad_pre_activation<scalar_t, decltype(a)::value>(grad_out, x, w_row, w_col, b, g);
       if (g.stride == 1) {
         dispatch_tap_count<3, 5, 7>(g.kernel, [&](auto kt) {
-          grad_input_stride1<decltype(kt)::value, scalar_t>(grad, w_row, w_col, grad_x, g);
+          grad_input_stride1<decltype(kt)::value, scalar_t>(grad.data, w_row, w_col, grad_x, g);
         });
       } else {
-        grad_input<scalar_t>(grad, w_row, w_col, grad_x, g);
+        grad_input<scalar_t>(grad.data, w_row, w_col, grad_x, g);
       }
-      grad_params<scalar_t>(grad, x, w_row, w_col, b, grad_wr, grad_wc, grad_b, g);
+      grad_params<scalar_t>(grad.data, x, w_row, w_col, b, grad_wr, grad_wc, grad_b, g);
     });
   });
   return {grad_x, grad_wr, grad_wc, grad_b};

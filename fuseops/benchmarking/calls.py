@@ -8,8 +8,9 @@ kernel is nearly free, every way into the op against the C++ kernel called alone
 * ``C++ kernel``: ``torch.ops.fuseops_ext.*`` (the floor);
 * ``torch.ops``: the registered op, as compiled graphs call it (autograd wrapper, then the
   C++ kernel at the op's CPU key);
-* ``torch.ops, Python selection``: the same inside ``use_backend("cpu")``, where the C++
-  kernel hands the call to the Python selection (csrc/common/selection.h);
+* ``torch.ops, Python selection``: the same where the C++ kernel hands the call to the
+  Python selection, as it does under ``use_backend("reference")`` (here it picks the cpu
+  backend, so only the route differs; csrc/common/selection.h);
 * ``public``: ``fuseops.fuse_conv2d`` / ``fuseops.block_conv2d`` in eager mode;
 * ``public, fwd+bwd`` against ``C++ kernels, fwd+bwd``: with a gradient.
 
@@ -24,7 +25,7 @@ from collections.abc import Callable
 import torch
 
 import fuseops
-from fuseops import _extension
+from fuseops import _extension, backends
 from fuseops.cli.output import progress_bar
 
 COLUMNS = ("op", "entry", "us per call", "vs C++ kernel")
@@ -51,7 +52,7 @@ def _entries(op_name: str, args: tuple, public: Callable[[torch.Tensor], torch.T
     grad = torch.randn_like(kernel(*args))
 
     def python_selection():
-        with fuseops.use_backend("cpu"):
+        with backends.python_chooses():
             return registered(*args)
 
     def kernels_fwd_bwd():
