@@ -787,3 +787,72 @@ def test_fuseconvbnact_eval_folding_equals_train_math(variant, split):
     # Train mode uses batch statistics instead, and still runs.
     block.train()
     assert block(x).shape == want.shape
+
+
+def _per_part_batch_norm(out, c_row, stats, bns, training):
+    """The paper's block math, written out: BatchNorm of each part on its own statistics."""
+    parts = []
+    for (mean, var), bn, part in zip(stats, bns, (out[:, :c_row], out[:, c_row:])):
+        if bn is not None:
+            parts.append(F.batch_norm(part, mean, var, bn.weight, bn.bias, training, bn.momentum, bn.eps))
+    return torch.cat(parts, dim=1)
+
+
+@pytest.mark.parametrize("variant,split", [("half", None), ("full", None), ("half", 0), ("half", 5)])
+@pytest.mark.parametrize("frozen", [False, True])
+def test_fuseconvbnact_training_normalises_each_part_on_its_own(variant, split, frozen):
+    """Training mode runs both parts' BatchNorms as one F.batch_norm; outputs, gradients and
+    the running statistics must be those of one BatchNorm per part (and with frozen
+    BatchNorms, the running statistics are used and left alone)."""
+    torch.manual_seed(3)
+    block = FuSeConvBNAct(6, 3, 1, variant=variant, split=split, activation="relu6").double().train()
+    bns = (block.bn_row, block.bn_col)
+    for bn in bns:
+        if bn is not None:
+            c = bn.num_features
+            bn.running_mean.copy_(torch.randn(c))
+            bn.running_var.copy_(torch.rand(c) + 0.5)
+            bn.weight.data.copy_(torch.randn(c))
+            bn.bias.data.copy_(torch.randn(c))
+            bn.train(not frozen)
+    stats = [(bn.running_mean.clone(), bn.running_var.clone()) if bn is not None else (None, None) for bn in bns]
+    params = [p for p in block.parameters()]
+    for step in range(2):
+        x = torch.randn(3, 6, 7, 9, dtype=torch.float64, requires_grad=True)
+        got = block(x)
+        want = F.relu6(_per_part_batch_norm(block.conv(x), block.conv.c_row, stats, bns, not frozen))
+        torch.testing.assert_close(got, want)
+        grad = torch.randn_like(got)
+        for g, w in zip(torch.autograd.grad(got, [x, *params], grad), torch.autograd.grad(want, [x, *params], grad)):
+            torch.testing.assert_close(g, w)
+        for bn, (mean, var) in zip(bns, stats):
+            if bn is not None:
+                torch.testing.assert_close(bn.running_mean, mean)
+                torch.testing.assert_close(bn.running_var, var)
+                assert int(bn.num_batches_tracked) == (0 if frozen else step + 1)
+
+
+def test_fuseconvbnact_runs_batchnorm_modules_it_cannot_stand_in_for():
+    """A BatchNorm subclass (as SyncBatchNorm), a hook or momentum=None: the part modules run."""
+    calls = []
+
+    class CountingBatchNorm(nn.BatchNorm2d):
+        def forward(self, x):
+            calls.append(self.num_features)
+            return super().forward(x)
+
+    block = FuSeConvBNAct(6, 3, 1, variant="half").train()
+    block.bn_row = CountingBatchNorm(3)
+    block(torch.randn(2, 6, 5, 5))
+    assert calls == [3]
+    hooked = FuSeConvBNAct(6, 3, 1, variant="half").train()
+    hooked.bn_col.register_forward_hook(lambda module, args, out: calls.append("hook"))
+    hooked(torch.randn(2, 6, 5, 5))
+    assert calls == [3, "hook"]
+    cumulative = FuSeConvBNAct(6, 3, 1, variant="half").train()
+    for bn in (cumulative.bn_row, cumulative.bn_col):
+        bn.momentum = None
+    x = torch.randn(2, 6, 5, 5)
+    cumulative(x)
+    out = cumulative.conv(x)
+    torch.testing.assert_close(cumulative.bn_row.running_mean, out[:, :3].mean(dim=(0, 2, 3)))

@@ -61,13 +61,15 @@ def folder(tmp_path_factory) -> Path:
 def test_torchrun_two_processes_learn_resume_and_eval(folder, tmp_path):
     common = ["train", "--data", str(folder), "--model", "mobilenet_v3_small", "--variant", "half", *FAST]
     full, part = tmp_path / "full", tmp_path / "part"
-    _fuseops(*common, "--epochs", "6", "--out", str(full), torchrun=2)
+    # Validation accuracy on this tiny task swings by 20-30 points from epoch to epoch early
+    # on; 10 epochs leave a margin above 90% that float-level changes to the kernels keep.
+    _fuseops(*common, "--epochs", "10", "--out", str(full), torchrun=2)
     rows = _metrics(full)
-    assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4, 5, 6]
+    assert [int(r["epoch"]) for r in rows] == list(range(1, 11))
     assert list(rows[0]) == ["epoch", "train_loss", "val_top1", "val_top5", "lr", "seconds"]
     best = max(float(r["val_top1"]) for r in rows)
     assert best >= 90.0, rows
-    assert (full / "train.log").read_text().count("epoch") >= 6
+    assert (full / "train.log").read_text().count("epoch") >= 10
 
     # eval counts each of the 30 val images once and agrees with the training loop.
     result = _fuseops("eval", "--data", str(folder), "--img-size", "32", "--weights", str(full / "best.pth"),
@@ -78,7 +80,7 @@ def test_torchrun_two_processes_learn_resume_and_eval(folder, tmp_path):
 
     # Stopped after 3 epochs and resumed: the same weights and figures as the run that went on.
     _fuseops(*common, "--epochs", "3", "--out", str(part), torchrun=2)
-    _fuseops("train", "--data", str(folder), "--img-size", "32", "--no-progress", "--epochs", "6",
+    _fuseops("train", "--data", str(folder), "--img-size", "32", "--no-progress", "--epochs", "10",
              "--resume", str(part / "last.pth"), "--out", str(part), torchrun=2)
     resumed, straight = _weights(part / "last.pth"), _weights(full / "last.pth")
     assert all(torch.equal(resumed[k], straight[k]) for k in straight)

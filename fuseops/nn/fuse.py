@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from fuseops import _checks, activations
@@ -195,11 +196,52 @@ class FuSeConvBNAct(nn.Module):
             return fuse_conv2d(x, weight_row, weight_col, bias, variant=self.conv.variant,
                                stride=self.conv.stride, padding=self.conv.padding,
                                dilation=self.conv.dilation, activation=self.activation)
-        out = self.conv(x)
-        c_row = self.conv.c_row
-        parts = []
-        if self.bn_row is not None:
-            parts.append(self.bn_row(out[:, :c_row]))
-        if self.bn_col is not None:
-            parts.append(self.bn_col(out[:, c_row:]))
-        return self.act(torch.cat(parts, dim=1))
+        return self.act(self._batch_norm(self.conv(x)))
+
+    def _batch_norm(self, out: torch.Tensor) -> torch.Tensor:
+        """``bn_row`` on the row channels and ``bn_col`` on the column channels of ``out``.
+
+        BatchNorm is per channel, so both parts are normalised by one ``F.batch_norm``
+        over all channels with their parameters and statistics side by side: under
+        ``torch.compile`` the per-part form (two slices, two BatchNorms and a concatenation,
+        in training and its backward) made Inductor's code for FuSe-half MobileNetV2 take
+        twice the baseline's per training step (docs/benchmarks.md, "Whole networks on
+        CPU").  The per-part modules are run as they are whenever they are not two plain,
+        alike ``nn.BatchNorm2d`` without hooks (SyncBatchNorm, frozen or differently set up).
+        """
+        row, col = self.bn_row, self.bn_col
+        if not _one_batch_norm_serves(row, col):
+            c_row = self.conv.c_row
+            parts = [bn(part) for bn, part in ((row, out[:, :c_row]), (col, out[:, c_row:])) if bn is not None]
+            return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+        # nn.BatchNorm2d.forward's logic, for both parts at once (momentum is not None here).
+        updating = row.training and row.track_running_stats
+        if updating:
+            row.num_batches_tracked.add_(1)
+            col.num_batches_tracked.add_(1)
+        batch_stats = row.training or row.running_mean is None
+        tracked = row.running_mean is not None and (not row.training or row.track_running_stats)
+        mean = torch.cat([row.running_mean, col.running_mean]) if tracked else None
+        var = torch.cat([row.running_var, col.running_var]) if tracked else None
+        weight = torch.cat([row.weight, col.weight]) if row.affine else None
+        bias = torch.cat([row.bias, col.bias]) if row.affine else None
+        y = F.batch_norm(out, mean, var, weight, bias, batch_stats, row.momentum, row.eps)
+        if batch_stats and tracked:  # F.batch_norm updated the concatenated statistics: copy them back
+            k = row.num_features
+            with torch.no_grad():
+                row.running_mean.copy_(mean[:k])
+                col.running_mean.copy_(mean[k:])
+                row.running_var.copy_(var[:k])
+                col.running_var.copy_(var[k:])
+        return y
+
+
+def _one_batch_norm_serves(row: nn.Module | None, col: nn.Module | None) -> bool:
+    """Whether one F.batch_norm computes exactly what ``row`` and ``col`` would, part by part."""
+    if type(row) is not nn.BatchNorm2d or type(col) is not nn.BatchNorm2d:
+        return False  # a part is absent, or a subclass (SyncBatchNorm, ...) with its own forward
+    if row._forward_hooks or row._forward_pre_hooks or col._forward_hooks or col._forward_pre_hooks:
+        return False
+    return (row.momentum is not None and row.momentum == col.momentum and row.eps == col.eps
+            and row.affine == col.affine and row.track_running_stats == col.track_running_stats
+            and row.training == col.training and (row.running_mean is None) == (col.running_mean is None))
