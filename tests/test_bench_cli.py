@@ -212,3 +212,21 @@ def test_calls_bench_times_every_entry_of_both_ops_against_the_kernel(capsys):
         if entry in ("C++ kernel", "C++ kernels, fwd+bwd"):
             assert ratio == "1.00x"
     assert "Python selection" in out
+
+
+def test_layers_bench_records_mobilenet_v2s_fuse_layers_and_times_both_layouts(capsys):
+    from backend_helpers import require_backend
+
+    from fuseops.benchmarking import layers
+
+    require_backend("fuse_conv2d", "cpu")
+    # MobileNetV2 has 17 inverted residual blocks, one depthwise (here FuSe) conv each; four
+    # of them have stride 2, and the first reads the stem's 32 channels at half the input size.
+    found = layers.network_layers("mobilenet_v2", "half", batch=1, size=64)
+    assert sum(count for _, count in found) == 17
+    assert sum(count for args, count in found if args[5] == 2) == 4
+    first, _ = found[0]
+    assert tuple(first[0].shape) == (1, 32, 32, 32) and first[5] == 1
+    assert main(["bench", "layers", "--quick", "--no-write", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "all layers" in out and "NHWC / NCHW" in out

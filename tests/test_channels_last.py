@@ -99,6 +99,28 @@ def test_a_strided_channels_last_view_goes_through_nchw():
     torch.testing.assert_close(got, fuse_conv2d_reference(x.contiguous(), wr, wc, None, False, 1, 1, 1, "relu"))
 
 
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+@pytest.mark.parametrize(("channels", "k", "stride"), [(21, 3, 1), (40, 5, 2), (9, 7, 1)])
+def test_nhwc_forward_keeps_inf_and_nan_where_the_reference_does(channels, k, stride, activation):
+    # The forward reads only the taps inside the map (padding is skipped, not multiplied by
+    # zero): an inf at a border must give inf or NaN exactly where the reference's does,
+    # and a NaN must survive every activation, as in torch.
+    x = torch.randn(2, channels, 11, 12, dtype=torch.float64) * 3
+    x[0, :, 0, :] = float("inf")
+    x[0, :, :, -1] = -float("inf")
+    x[1, 1::3, 5, 6] = float("nan")
+    c_row = (channels + 1) // 2
+    wr = torch.randn(c_row, 1, 1, k, dtype=torch.float64)
+    wc = torch.randn(channels - c_row, 1, k, 1, dtype=torch.float64)
+    b = torch.randn(channels, dtype=torch.float64)
+    options = (False, stride, k // 2, 1, activation)
+    want = fuse_conv2d_reference(x, wr, wc, b, *options)
+    for dtype in (torch.float64, torch.float32):
+        cast = [t.to(dtype) for t in (x, wr, wc, b)]
+        got = _nhwc("forward")(cast[0].contiguous(memory_format=torch.channels_last), *cast[1:], *options)
+        torch.testing.assert_close(got.double(), want, rtol=2e-5, atol=2e-5, equal_nan=True)
+
+
 def test_nhwc_backward_does_not_depend_on_the_thread_count():
     x = torch.randn(4, 40, 23, 19).contiguous(memory_format=torch.channels_last)
     wr, wc, b = torch.randn(20, 1, 1, 5), torch.randn(20, 1, 5, 1), torch.randn(40)

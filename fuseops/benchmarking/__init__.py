@@ -9,4 +9,5 @@ TARGETS: dict[str, str] = {
     "block": "fuseops.benchmarking.block",
     "network": "fuseops.benchmarking.network",
     "calls": "fuseops.benchmarking.calls",
+    "layers": "fuseops.benchmarking.layers",
 }

@@ -3,7 +3,8 @@ baselines and print a table.
 
 Targets are listed in :data:`fuseops.benchmarking.TARGETS`: ``fuse`` (fuse_conv2d on CPU),
 ``block`` (block_conv2d on CPU), ``network`` (whole zoo networks, eager and compiled) and
-``calls`` (what one call costs around the kernel, per entry to the ops).
+``calls`` (what one call costs around the kernel, per entry to the ops) and ``layers``
+(a network's FuSe layers alone, NCHW against channels_last).
 Results are also written as CSV (and JSON for ``fuse``) under ``--out`` (default bench/results/).
 """
 
