@@ -7,6 +7,7 @@ import torch.nn.functional as F
 
 from fuseops import _checks, _eager
 from fuseops._autocast import autocast_inputs
+from fuseops.block_conv import compiled
 from fuseops.block_conv.grid import BLOCKINGS, block_grid, block_out_size, spans_to_bounds
 from fuseops.block_conv.op import block_conv2d_eager, block_conv2d_op
 from fuseops.block_conv.pad_op import block_pad_op
@@ -119,7 +120,9 @@ def block_conv2d(
         (N, C_out, H_out, W_out) where H_out sums floor((b + 2p - d(k-1) - 1)/s) + 1
         over the blocks (for "pool": the stride-1 size, max-pooled by the stride).
         Under ``torch.autocast`` the inputs are cast to the autocast dtype, as
-        ``nn.Conv2d``'s are, and so is the output.
+        ``nn.Conv2d``'s are, and so is the output.  Under ``torch.compile``, without
+        gradients and with blocks of equal size, the call compiles to standard ops
+        (:mod:`fuseops.block_conv.compiled`), which the backend selection does not reach.
     """
     if isinstance(x, torch.Tensor) and torch.is_autocast_enabled(x.device.type):
         x, weight, bias = autocast_inputs(x, weight, bias)
@@ -127,7 +130,11 @@ def block_conv2d(
         (x, weight), bias, (stride, padding, dilation, groups, block_size, padding_mode, blocking, stride_mode))
     args = (x, weight, bias, list(conv_stride), list(padding_hw), list(dilation_hw), groups,
             list(row_bounds), list(col_bounds), padding_mode)
-    if _eager.dispatcher_bypass_allowed(x, weight, bias):
+    if compiled.composes(x, weight, bias, row_bounds, col_bounds):
+        # Standard ops Inductor lays out and fuses (fuseops/block_conv/compiled.py).
+        out = compiled.compose(x, weight, bias, conv_stride, padding_hw, dilation_hw, groups, row_bounds,
+                               col_bounds, padding_mode)
+    elif _eager.dispatcher_bypass_allowed(x, weight, bias):
         out = block_conv2d_eager(*args)  # the same backends, without the custom op's Python layers
     else:
         out = block_conv2d_op(*args)
