@@ -7,9 +7,11 @@ This target records every ``fuse_conv2d`` call of one eval forward of the networ
 224x224, and times each distinct layer's forward through the C++ kernel:
 
 * ``NCHW ms`` and ``NHWC ms``: the kernel on contiguous and on channels_last input;
-* ``copy ms``: ``x.clone()`` of the channels_last input, the memory floor of a layer that
-  reads x once and writes an output of x's size (the half variant; the full variant writes
-  twice that);
+* ``copy ms``: ``copy_`` of the channels_last input into a buffer allocated once, the
+  memory floor of a layer that reads x once and writes an output of x's size (the half
+  variant at stride 1; the full variant writes twice that, stride 2 a quarter).  A
+  ``clone`` would time the allocator too: above glibc's 32 MB mmap threshold each fresh
+  buffer is page-faulted in again;
 * the ratios, and a total over the network (each layer times its count).
 
 Layouts are interleaved round by round on fresh inputs (three per layer, so a call does
@@ -69,8 +71,9 @@ def _providers(args: tuple) -> dict[str, Callable[[int], object]]:
     x, rest = args[0], args[1:]
     nchw = [torch.randn_like(x).contiguous() for _ in range(3)]
     nhwc = [v.contiguous(memory_format=torch.channels_last) for v in nchw]
+    copy = torch.empty_like(nhwc[0])
     return {"NCHW": lambda i: kernel(nchw[i % 3], *rest), "NHWC": lambda i: kernel(nhwc[i % 3], *rest),
-            "copy": lambda i: nhwc[i % 3].clone()}
+            "copy": lambda i: copy.copy_(nhwc[i % 3])}
 
 
 def _best_ms(fns: dict[str, Callable[[int], object]], calls: int, rounds: int) -> dict[str, float]:
