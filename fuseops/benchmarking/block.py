@@ -20,7 +20,7 @@ import torch.nn.functional as F
 import fuseops
 from fuseops.block_conv.grid import block_grid
 from fuseops.block_conv.reference import block_conv2d_composition
-from fuseops.cli.output import progress_bar
+from fuseops.cli.output import progress_bar, show_results
 
 BATCH = 8
 #: (name, channels, map size, groups): 3x3 convs C -> C at stride 1, padding 1.
@@ -200,13 +200,6 @@ def main(quick: bool = False, threads: int | None = 2, min_time: float | None = 
     """
     rows = run(quick=quick, rounds=rounds, threads=threads, compile_composition=compile_composition,
                progress=progress, sweeps=sweeps)
-    from fuseops.cli.table import markdown_table, print_table
-
-    print_table(f"block conv, N={BATCH}, 3x3 stride 1 padding 1 ({environment()})", COLUMNS, rows)
-    if markdown:
-        print(markdown_table(COLUMNS, rows))
-    if out_dir:
-        from fuseops.cli.output import write_csv
-
-        print(f"wrote {write_csv(out_dir, 'block.csv', COLUMNS, rows)}")
+    show_results(f"block conv, N={BATCH}, 3x3 stride 1 padding 1 ({environment()})", COLUMNS, rows, markdown,
+                 out_dir, "block.csv")
     return 0

@@ -19,14 +19,14 @@ Providers are interleaved round by round; each time is the best round's mean per
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 
 import torch
 
 import fuseops
-from fuseops import _extension, backends
-from fuseops.cli.output import progress_bar
+from fuseops import backends
+from fuseops.benchmarking import cpp_targets
+from fuseops.cli.output import progress_bar, show_results
 
 COLUMNS = ("op", "entry", "us per call", "vs C++ kernel")
 
@@ -65,24 +65,9 @@ def _entries(op_name: str, args: tuple, public: Callable[[torch.Tensor], torch.T
             "public, fwd+bwd": lambda: torch.autograd.grad(public(x), x, grad)}
 
 
-def _best_us(fns: dict[str, Callable[[], object]], calls: int, rounds: int) -> dict[str, float]:
-    best = dict.fromkeys(fns, float("inf"))
-    for _ in range(rounds):
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            for _ in range(calls):
-                fn()
-            best[name] = min(best[name], (time.perf_counter() - start) / calls * 1e6)
-    return best
-
-
 def run(quick: bool = False, threads: int | None = 1, progress: bool = True) -> list[tuple[str, ...]]:
     """Rows under :data:`COLUMNS`.  Needs the C++ extension (the floor is its kernel)."""
-    if threads:
-        torch.set_num_threads(threads)
-    ok, reason = _extension.has_kernel("fuse_conv2d_forward")
-    if not ok:
-        raise RuntimeError(f"bench calls times the C++ kernels: {reason}")
+    cpp_targets.set_up("calls", threads)
     calls, rounds = (200, 3) if quick else (2000, 7)
     rows = []
     inputs = _inputs()
@@ -92,9 +77,9 @@ def run(quick: bool = False, threads: int | None = 1, progress: bool = True) -> 
         for fn in fns.values():  # warm: the checks' and selection's caches, the first-call paths
             fn()
         with torch.no_grad():
-            plain = _best_us({k: v for k, v in fns.items() if "fwd+bwd" not in k}, calls, rounds)
-        with_grad = _best_us({k: v for k, v in fns.items() if "fwd+bwd" in k}, calls, rounds)
-        times = {**plain, **with_grad}
+            plain = cpp_targets.best_round_means({k: v for k, v in fns.items() if "fwd+bwd" not in k}, calls, rounds)
+        with_grad = cpp_targets.best_round_means({k: v for k, v in fns.items() if "fwd+bwd" in k}, calls, rounds)
+        times = {name: seconds * 1e6 for name, seconds in {**plain, **with_grad}.items()}
         for name, us in times.items():
             floor = times["C++ kernels, fwd+bwd" if "fwd+bwd" in name else "C++ kernel"]
             rows.append((op_name, name, f"{us:.1f}", f"{us / floor:.2f}x"))
@@ -111,15 +96,7 @@ def main(quick: bool = False, threads: int | None = 1, min_time: float | None = 
     ``min_time`` is accepted for the shared bench interface; with ``out_dir`` the rows are
     also written to ``out_dir/calls.csv``.
     """
-    from fuseops.cli.table import markdown_table, print_table
-
     rows = run(quick=quick, threads=threads, progress=progress)
-    print_table(f"per-call cost on a tiny CPU input (torch {torch.__version__}, {torch.get_num_threads()} threads)",
-                COLUMNS, rows)
-    if markdown:
-        print(markdown_table(COLUMNS, rows))
-    if out_dir:
-        from fuseops.cli.output import write_csv
-
-        print(f"wrote {write_csv(out_dir, 'calls.csv', COLUMNS, rows)}")
+    title = f"per-call cost on a tiny CPU input (torch {torch.__version__}, {torch.get_num_threads()} threads)"
+    show_results(title, COLUMNS, rows, markdown, out_dir, "calls.csv")
     return 0

@@ -20,14 +20,14 @@ not find its input in cache from the previous one); each time is the best round'
 
 from __future__ import annotations
 
-import time
+import itertools
 from collections.abc import Callable
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from fuseops import _extension
-from fuseops.cli.output import progress_bar
+from fuseops.benchmarking import cpp_targets
+from fuseops.cli.output import progress_bar, show_results
 from fuseops.models import get_model
 
 COLUMNS = ("network", "x shape", "stride", "K", "count", "NCHW ms", "NHWC ms", "copy ms", "NHWC / NCHW",
@@ -65,35 +65,21 @@ def network_layers(network: str, variant: str, batch: int = 8, size: int = 224) 
     return list(layers.values())
 
 
-def _providers(args: tuple) -> dict[str, Callable[[int], object]]:
-    """Layout -> a function of a round-robin index, over three fresh inputs each."""
+def _providers(args: tuple) -> dict[str, Callable[[], object]]:
+    """Layout -> a function of no arguments, each call on the next of three fresh inputs."""
     kernel = torch.ops.fuseops_ext.fuse_conv2d_forward.default
     x, rest = args[0], args[1:]
     nchw = [torch.randn_like(x).contiguous() for _ in range(3)]
     nhwc = [v.contiguous(memory_format=torch.channels_last) for v in nchw]
     copy = torch.empty_like(nhwc[0])
-    return {"NCHW": lambda i: kernel(nchw[i % 3], *rest), "NHWC": lambda i: kernel(nhwc[i % 3], *rest),
-            "copy": lambda i: copy.copy_(nhwc[i % 3])}
-
-
-def _best_ms(fns: dict[str, Callable[[int], object]], calls: int, rounds: int) -> dict[str, float]:
-    best = dict.fromkeys(fns, float("inf"))
-    for _ in range(rounds):
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            for i in range(calls):
-                fn(i)
-            best[name] = min(best[name], (time.perf_counter() - start) / calls * 1e3)
-    return best
+    turn = itertools.count()
+    return {"NCHW": lambda: kernel(nchw[next(turn) % 3], *rest), "NHWC": lambda: kernel(nhwc[next(turn) % 3], *rest),
+            "copy": lambda: copy.copy_(nhwc[next(turn) % 3])}
 
 
 def run(quick: bool = False, threads: int | None = 2, progress: bool = True) -> list[tuple[str, ...]]:
     """Rows under :data:`COLUMNS`, a total row per network last.  Needs the C++ extension."""
-    if threads:
-        torch.set_num_threads(threads)
-    ok, reason = _extension.has_kernel("fuse_conv2d_forward")
-    if not ok:
-        raise RuntimeError(f"bench layers times the C++ kernels: {reason}")
+    cpp_targets.set_up("layers", threads)
     calls, rounds = (3, 3) if quick else (10, 5)
     rows = []
     networks = QUICK_NETWORKS if quick else NETWORKS
@@ -106,8 +92,8 @@ def run(quick: bool = False, threads: int | None = 2, progress: bool = True) -> 
             for args, count in layers:
                 fns = _providers(args)
                 for fn in fns.values():
-                    fn(0)
-                ms = _best_ms(fns, calls, rounds)
+                    fn()
+                ms = {name: seconds * 1e3 for name, seconds in cpp_targets.best_round_means(fns, calls, rounds).items()}
                 for name in totals:
                     totals[name] += ms[name] * count
                 rows.append((label, "x".join(map(str, args[0].shape)), str(args[5]), str(args[1].shape[-1]),
@@ -129,15 +115,7 @@ def main(quick: bool = False, threads: int | None = 2, min_time: float | None = 
     ``min_time`` is accepted for the shared bench interface; with ``out_dir`` the rows are
     also written to ``out_dir/layers.csv``.
     """
-    from fuseops.cli.table import markdown_table, print_table
-
     rows = run(quick=quick, threads=threads, progress=progress)
-    print_table(f"FuSe layers alone, forward, eval (torch {torch.__version__}, {torch.get_num_threads()} threads)",
-                COLUMNS, rows)
-    if markdown:
-        print(markdown_table(COLUMNS, rows))
-    if out_dir:
-        from fuseops.cli.output import write_csv
-
-        print(f"wrote {write_csv(out_dir, 'layers.csv', COLUMNS, rows)}")
+    title = f"FuSe layers alone, forward, eval (torch {torch.__version__}, {torch.get_num_threads()} threads)"
+    show_results(title, COLUMNS, rows, markdown, out_dir, "layers.csv")
     return 0

@@ -40,3 +40,16 @@ def write_csv(out_dir: str, name: str, columns: Sequence[str], rows: Sequence[Se
         writer.writerow(columns)
         writer.writerows(rows)
     return path
+
+
+def show_results(title: str, columns: Sequence[str], rows: Sequence[Sequence[object]], markdown: bool,
+                 out_dir: str | None, csv_name: str) -> None:
+    """A benchmark's result: the terminal table, the markdown table when asked for, and
+    ``out_dir/csv_name`` when ``out_dir`` is given."""
+    from fuseops.cli.table import markdown_table, print_table
+
+    print_table(title, columns, rows)
+    if markdown:
+        print(markdown_table(columns, rows))
+    if out_dir:
+        print(f"wrote {write_csv(out_dir, csv_name, columns, rows)}")
