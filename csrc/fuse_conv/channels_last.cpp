@@ -206,8 +206,8 @@ class RowTaps {
 // loop walks the row's pixels.  Per pixel and vector that is K loads, K multiply-adds and
 // one store, with no per-pixel set-up.  RowTaps (above, the path for 16-bit inputs and
 // other tap counts) reloads the weights and rebuilds its source pointers at every pixel
-// and copies the row part's input row first: on MobileNetV2's FuSe layers it takes about
-// 1.4x this path's time (docs/fuse_conv_cpu.md).
+// and copies the row part's input row first: over MobileNetV2's 17 FuSe-half layers it
+// took about 1.3x this path's time (CHANGELOG.md, "whole networks at their targets").
 //
 // A channel count that is not a multiple of the vector width ends with one more block
 // that overlaps the one before it: the overlapping channels are computed again and
