@@ -11,8 +11,8 @@ maps, so in a compiled network it:
 * folds the gather into one copy and the stitch back into the BatchNorm/ReLU kernel that
   follows, where the op writes its output in a pass of its own.
 
-Compiled eval block ResNet-18 F28 at N=8 took 1.09x the compiled plain ResNet-18 this way,
-against 1.28x through the op, in the same run (docs/benchmarks.md, "Whole networks").
+docs/block-conv.md ("Under `torch.compile`") and docs/benchmarks.md ("Whole networks on
+CPU") have what that does to compiled block ResNet-18, and how it was measured.
 
 Graphs that need gradients keep the op, whose C++ backward is fused: Inductor's compiled
 backward of the composition is slower for reflect padding and fails for replicate padding
